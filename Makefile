@@ -1,0 +1,32 @@
+# `make train` and `make test` each create .venv when it is missing and
+# (re)install the package into it whenever setup.cfg changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: train test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: setup.cfg setup.py | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.cfg setup.py | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(PY) -m tfclm fit --config $(CONFIG)
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,87 @@
+"""A real tiny fit through the CLI and the same config as `make train`, then the output dir checks."""
+import json
+import os
+
+import pytest
+import yaml
+
+from conftest import DEFAULT_CONFIG, TINY, run_cli
+
+
+def test_fit_learns_and_reports(trained_dir):
+    out, output = trained_dir
+    results = json.load(open(os.path.join(out, "results.json")))
+    for key in ("train_loss", "eval_loss", "perplexity", "train_tokens", "train_seconds", "tokens_per_second"):
+        assert key in results
+    assert results["train_steps"] == 40 and results["train_tokens"] == 40 * 16 * 128
+    assert results["perplexity"] < 0.5 * results["perplexity_before"]  # real learning, even in 40 steps
+    assert f"perplexity {results['perplexity_before']:,.2f} -> {results['perplexity']:,.2f}" in output
+    assert "before training: eval loss" in output and "after training: eval loss" in output and "sample (" in output
+    assert results["data"]["validation_tokens_dropped"] == 0
+
+
+def test_resolved_config_is_saved_with_flags_applied(trained_dir):
+    out, _ = trained_dir
+    saved = yaml.safe_load(open(os.path.join(out, "tfclm.yaml")))
+    assert saved["train"]["max_steps"] == 40 and saved["output_dir"] == out
+    assert saved["model"]["config"]["n_embd"] == 64 and saved["data"]["max_documents"] == 40
+
+
+def test_output_dir_loads_with_plain_transformers(trained_dir):
+    import numpy as np
+    from transformers import AutoTokenizer, TFAutoModelForCausalLM, pipeline
+
+    out, _ = trained_dir
+    model = TFAutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    encoded = tokenizer("The list type", return_tensors="tf")
+    assert set(encoded) == {"input_ids", "attention_mask"}  # GPT-2 takes no token_type_ids
+    logits = model(**encoded).logits
+    assert logits.shape[-1] == len(tokenizer) and np.isfinite(logits.numpy()).all()
+    # transformers 4.57 reads its default dtype="auto" through torch; without torch, pass dtype=None.
+    generator = pipeline("text-generation", model=out, framework="tf", dtype=None)
+    text = generator("The list type", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The list type") and len(text) > len("The list type")
+
+
+def test_evaluate_command_on_the_validation_split_and_a_file(trained_dir, tmp_path):
+    out, _ = trained_dir
+    results = json.load(open(os.path.join(out, "results.json")))
+    result = run_cli(["evaluate", "--model", out, "--json"])
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["tokens"] == results["eval_tokens"]
+    assert measured["loss"] == pytest.approx(results["eval_loss"], rel=1e-4)
+    text = tmp_path / "notes.txt"
+    text.write_text("Return the number of items in a list.\n" * 20)
+    result = run_cli(["evaluate", "--model", out, "--text-file", str(text)])
+    assert result.exit_code == 0, result.output
+    assert f"{text}:" in result.output and "perplexity" in result.output
+
+
+def test_generate_command_same_seed_same_text(trained_dir):
+    out, _ = trained_dir
+    args = ["generate", "--model", out, "--prompt", "The list type", "--prompt", "Return", "--max-new-tokens", "8", "--seed", "3", "--json"]
+    first, second = run_cli(args), run_cli(args)
+    assert first.exit_code == 0, first.output
+    lines = [json.loads(line) for line in first.stdout.strip().splitlines()]
+    assert [line["prompt"] for line in lines] == ["The list type", "Return"]
+    assert all(0 < line["new_tokens"] <= 8 for line in lines)
+    assert first.stdout == second.stdout
+    greedy = ["generate", "--model", out, "--prompt", "The", "--greedy", "--max-new-tokens", "4"]
+    once, twice = run_cli(greedy), run_cli(greedy)
+    assert once.exit_code == 0 and once.stdout == twice.stdout and once.stdout.startswith("The")
+
+
+def test_recipe_pipeline_through_the_same_path(tmp_path):
+    out = str(tmp_path / "recipe")
+    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--set", "train.pipeline=recipe", "--set", "evaluate.before_training=false", "--max-steps", "3", "--output-dir", out])
+    assert result.exit_code == 0, result.output
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["train_steps"] == 3 and results["perplexity_before"] is None
+
+
+def test_help_shows_examples():
+    for command in ("fit", "evaluate", "generate"):
+        result = run_cli([command, "--help"])
+        assert result.exit_code == 0 and "Example:" in result.output and "python -m tfclm " + command in result.output

@@ -1,0 +1,79 @@
+import re
+
+import pytest
+
+from tfclm.config import ModelConfig, TrainConfig
+from tfclm.errors import ConfigError
+
+
+def tiny_gpt2(n_layer=2):
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+    model.build_in_name_scope()
+    return model
+
+
+def test_weight_decay_skips_biases_and_every_layer_norm():
+    from tfclm.modeling import make_optimizer
+
+    model = tiny_gpt2()
+    optimizer = make_optimizer(TrainConfig(weight_decay=0.1), model, total_steps=10)
+    decayed = sorted(re.sub(r"^.*?/transformer/", "", v.name) for v in model.trainable_variables if optimizer._do_use_weight_decay(v.name))
+    assert decayed == sorted(
+        [f"h_._{i}/{name}/weight:0" for i in range(2) for name in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")]
+        + ["wpe/embeddings:0", "wte/embeddings:0"]
+    )
+    skipped = [v.name for v in model.trainable_variables if not optimizer._do_use_weight_decay(v.name)]
+    for norm in ("h_._0/ln_1/", "h_._0/ln_2/", "h_._1/ln_1/", "ln_f/"):
+        assert any(norm + "gamma" in name for name in skipped) and any(norm + "beta" in name for name in skipped)
+
+
+def test_stock_exclusions_would_decay_gpt2_layer_norms():
+    """Why tfclm reads the exclusions off the layers: the usual name list misses ln_1/ln_2/ln_f."""
+    from transformers import AdamWeightDecay
+
+    model = tiny_gpt2(1)
+    stock = AdamWeightDecay(weight_decay_rate=0.1, exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"])
+    assert [v.name for v in model.trainable_variables if "ln_f/gamma" in v.name and stock._do_use_weight_decay(v.name)]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_schedules_warm_up_then_decay(schedule):
+    from tfclm.modeling import learning_rate_schedule
+
+    lr = learning_rate_schedule(TrainConfig(learning_rate=1e-3, lr_schedule=schedule, warmup_ratio=0.1), total_steps=100)
+    values = [float(lr(step)) for step in (0, 5, 10, 99)]
+    assert values[0] == 0.0 and values[1] == pytest.approx(5e-4) and values[2] == pytest.approx(1e-3)
+    assert values[3] == (pytest.approx(1e-3) if schedule == "constant" else pytest.approx(0.0, abs=2e-5))
+
+
+def test_scratch_model_takes_the_tokenizer_vocab_and_checks_block_size():
+    from tfclm.modeling import load_model
+    from tfclm.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["some text to learn a few merges from, some text"] * 4, 300)
+    model = load_model(ModelConfig(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}), tokenizer, 32)
+    assert model.config.vocab_size == len(tokenizer) and model.config.eos_token_id == tokenizer.eos_token_id
+    with pytest.raises(ConfigError, match="data.block_size: 64 is longer than the model's 32 positions"):
+        load_model(ModelConfig(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}), tokenizer, 64)
+    with pytest.raises(ConfigError, match="model.config.model_type"):
+        load_model(ModelConfig(config={"model_type": "no-such-arch"}), tokenizer, 32)
+
+
+def test_model_dir_errors(tmp_path):
+    from tfclm.modeling import from_pretrained
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        from_pretrained(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no model weights"):
+        from_pretrained(str(tmp_path / "empty"))
+
+
+def test_tokenizer_gives_no_token_type_ids():
+    from tfclm.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["hello world, hello there"] * 3, 280)
+    assert set(tokenizer("hello world")) == {"input_ids", "attention_mask"}
+    assert tokenizer.decode(tokenizer("hello world")["input_ids"]) == "hello world"

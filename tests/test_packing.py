@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from tfclm.errors import ConfigError
+from tfclm.packing import build_blocks, pack
+
+
+def word_tokenizer():
+    """A word-level tokenizer with known ids: <|endoftext|>=0, a=1, b=2, ... so blocks can be computed by hand."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, **{chr(ord("a") + i): i + 1 for i in range(26)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"])
+
+
+TEXTS = ["a b c", "d e", "f g h i"]  # tokens: 1 2 3 EOS 4 5 EOS 6 7 8 9 EOS
+
+
+def test_blocks_match_a_hand_computation():
+    blocks = build_blocks(TEXTS, word_tokenizer(), block_size=4)
+    assert blocks.input_ids.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 0]]
+    assert (blocks.documents, blocks.tokens, blocks.dropped) == (3, 12, 0)
+    assert blocks.attention_mask is None
+
+
+def test_only_the_final_partial_block_is_dropped():
+    blocks = build_blocks(TEXTS, word_tokenizer(), block_size=5)
+    assert blocks.input_ids.tolist() == [[1, 2, 3, 0, 4], [5, 0, 6, 7, 8]]
+    assert blocks.dropped == 2  # "i" and its EOS
+    assert blocks.input_ids.size + blocks.dropped == blocks.tokens
+    assert "2 tokens dropped as the remainder" in blocks.summary("train")
+
+
+def test_kept_remainder_is_padded_and_masked():
+    blocks = build_blocks(TEXTS, word_tokenizer(), block_size=5, keep_remainder=True)
+    assert blocks.input_ids.tolist() == [[1, 2, 3, 0, 4], [5, 0, 6, 7, 8], [9, 0, 0, 0, 0]]
+    assert blocks.attention_mask.tolist() == [[1] * 5, [1] * 5, [1, 1, 0, 0, 0]]
+    assert blocks.dropped == 0 and int(blocks.attention_mask.sum()) == blocks.tokens
+
+
+def test_every_document_ends_with_eos_and_no_token_is_lost():
+    rng = np.random.default_rng(0)
+    texts = [" ".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, rng.integers(1, 30))) for _ in range(200)]
+    tok = word_tokenizer()
+    blocks = build_blocks(texts, tok, block_size=16, num_proc=2)
+    expected = [t for text in texts for t in tok(text)["input_ids"] + [0]]
+    flat = blocks.input_ids.reshape(-1).tolist()
+    assert flat == expected[: len(flat)]
+    assert len(expected) - len(flat) == blocks.dropped < 16
+    assert flat.count(0) + expected[len(flat):].count(0) == len(texts)
+
+
+def test_too_little_text_says_how_many_tokens():
+    with pytest.raises(ConfigError, match=r"data.block_size: the training text has 12 tokens, fewer than one block of 64"):
+        pack(np.arange(12, dtype=np.int32), 64, 3, "training")
+
+
+def test_packing_is_linear_in_tokens():
+    tokens = np.arange(1_000_000, dtype=np.int32)
+    blocks = pack(tokens, 128, 1)
+    assert blocks.input_ids.shape == (7812, 128) and blocks.dropped == 64
+    assert blocks.input_ids[-1, -1] == 7812 * 128 - 1

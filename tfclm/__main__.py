@@ -1,0 +1,3 @@
+from tfclm.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""The built-in offline corpus: Python's own documentation.
+
+Every Python install ships it, so the default run needs no network: the
+`pydoc_data.topics` help pages (language reference topics) and the
+docstrings of the pure-Python standard library, read with `ast` so that no
+module is imported (some print or open a browser on import).
+"""
+import ast
+import inspect
+import os
+import sysconfig
+
+BUILTIN_PREFIX = "builtin:"
+PYDOC = "builtin:pydoc"
+NAMES = (PYDOC,)
+
+# Test suites and their fixtures are full of throwaway docstrings and code
+# that only parses on purpose-broken input; they are noise, not English.
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+def is_builtin(name: str) -> bool:
+    return name.startswith(BUILTIN_PREFIX)
+
+
+def pydoc_topics() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [topics[key].strip() for key in sorted(topics)]
+
+
+def _module_docstrings(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), filename=path)
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+    docs = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc and doc.strip():
+                docs.append(inspect.cleandoc(doc))
+    return "\n\n".join(docs)
+
+
+def stdlib_docstrings(stdlib: str | None = None) -> list[str]:
+    """One document per standard-library module: its docstrings joined, in source order."""
+    root = stdlib or sysconfig.get_paths()["stdlib"]
+    documents = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        for filename in sorted(filenames):
+            if filename.endswith(".py"):
+                text = _module_docstrings(os.path.join(dirpath, filename))
+                if text:
+                    documents.append(text)
+    return documents
+
+
+def load_builtin(name: str) -> list[str]:
+    """The documents of a built-in corpus, in a fixed order."""
+    if name != PYDOC:
+        from tfclm.errors import ConfigError
+
+        raise ConfigError("data.dataset", f"unknown built-in corpus {name!r}; the built-in corpora are: {', '.join(NAMES)}")
+    return pydoc_topics() + stdlib_docstrings()

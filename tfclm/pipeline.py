@@ -1,0 +1,83 @@
+"""Packed blocks -> batches for Keras.
+
+The batch contract, the one every tfclm dataset yields and the model takes:
+
+    {"input_ids": int32 (batch, block), "attention_mask": int32 (batch, block), "labels": int32 (batch, block)}
+
+with `labels = input_ids` where the mask is 1 and -100 elsewhere: the model
+shifts the labels by one position itself. EOS tokens keep their labels, so
+the model learns to stop.
+
+Two ways to build it: `fast` slices the packed array with `tf.data` and no
+Python per batch; `recipe` is the transformers recipe (`prepare_tf_dataset`
+with `DataCollatorForLanguageModeling`), kept for comparison and for
+datasets that need its collation.
+"""
+import numpy as np
+from transformers import DataCollatorForLanguageModeling
+
+from tfclm.backend import load
+from tfclm.packing import Blocks
+
+tf, keras = load()
+
+BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _to_batch(ids, mask):
+    return {"input_ids": ids, "attention_mask": mask, "labels": tf.where(mask == 1, ids, tf.constant(-100, ids.dtype))}
+
+
+def _arrays(blocks: Blocks) -> tuple[np.ndarray, np.ndarray]:
+    ids = blocks.input_ids.astype(np.int32)
+    mask = blocks.attention_mask if blocks.attention_mask is not None else np.ones_like(ids)
+    return ids, mask.astype(np.int32)
+
+
+def fast_dataset(blocks: Blocks, batch_size: int, shuffle: bool, seed: int = 0):
+    """Training batches drop the remainder (fixed shapes); evaluation batches keep every block."""
+    ds = tf.data.Dataset.from_tensor_slices(_arrays(blocks))
+    if shuffle:
+        ds = ds.shuffle(len(blocks.input_ids), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=shuffle)
+    return ds.map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class CausalLMCollator(DataCollatorForLanguageModeling):
+    """The recipe's collator without its EOS bug.
+
+    With pad = eos, `DataCollatorForLanguageModeling` masks the label of every
+    EOS token, padding or not, so the model never learns to end a document.
+    Here labels are masked where the attention mask is 0: padding only.
+    """
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer=tokenizer, mlm=False, return_tensors="tf")
+
+    def tf_call(self, examples):
+        batch = super().tf_call(examples)
+        batch["labels"] = tf.where(batch["attention_mask"] == 1, batch["input_ids"], tf.constant(-100, batch["input_ids"].dtype))
+        return batch
+
+
+def recipe_dataset(model, blocks: Blocks, tokenizer, batch_size: int, shuffle: bool):
+    import datasets
+
+    ids, mask = _arrays(blocks)
+    table = datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": mask})
+    batches = model.prepare_tf_dataset(
+        table,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=CausalLMCollator(tokenizer),
+        drop_remainder=shuffle,
+    )
+    # prepare_tf_dataset splits the labels off as Keras' y; put them back into
+    # the one batch dict so both pipelines yield the same contract.
+    return batches.map(lambda features, labels: {key: tf.cast(value, tf.int32) for key, value in {**features, "labels": labels}.items()})
+
+
+def make_dataset(kind: str, blocks: Blocks, batch_size: int, shuffle: bool, seed: int, model=None, tokenizer=None):
+    if kind == "recipe":
+        return recipe_dataset(model, blocks, tokenizer, batch_size, shuffle)
+    return fast_dataset(blocks, batch_size, shuffle, seed)

@@ -1,0 +1,88 @@
+"""The tokenizer: the model's own, or a byte-level BPE trained on the corpus.
+
+A trained tokenizer is cached in the output dir under a key made of the
+training text and the vocabulary size, so a rerun on the same data reuses it.
+"""
+import hashlib
+import os
+
+from tfclm.config import Config
+from tfclm.errors import ConfigError
+
+EOS = "<|endoftext|>"
+# GPT-2 takes no token_type_ids; a PreTrainedTokenizerFast returns them
+# unless told which inputs the model has.
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
+def train_bpe(texts: list[str], vocab_size: int):
+    """A GPT-2 style byte-level BPE over `texts`, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
+        model_input_names=MODEL_INPUT_NAMES,
+    )
+
+
+def _cache_key(texts: list[str], vocab_size: int) -> str:
+    digest = hashlib.sha256(f"bpe-v1|{vocab_size}|{len(texts)}".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def trained_tokenizer(texts: list[str], vocab_size: int, cache_root: str):
+    """Train a BPE on `texts`, or load the one an earlier run trained on the same text."""
+    from transformers import PreTrainedTokenizerFast
+
+    cache_dir = os.path.join(cache_root, f"bpe-{vocab_size}-{_cache_key(texts, vocab_size)}")
+    if os.path.exists(os.path.join(cache_dir, "tokenizer.json")):
+        print(f"tokenizer: reusing the BPE cached in {cache_dir}")
+        return PreTrainedTokenizerFast.from_pretrained(cache_dir)
+    tokenizer = train_bpe(texts, vocab_size)
+    from tfclm.io import save_pretrained_atomic
+
+    save_pretrained_atomic([tokenizer], cache_dir)
+    print(f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens, cached in {cache_dir}")
+    return tokenizer
+
+
+def pretrained_tokenizer(name_or_path: str, trust_remote_code: bool, key: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors for one cause
+        raise ConfigError(key, f"could not load a tokenizer from {name_or_path!r}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}; check the id or directory") from None
+    if tokenizer.eos_token is None:
+        raise ConfigError(key, f"the tokenizer of {name_or_path!r} has no eos token; a causal LM needs one to separate documents")
+    if tokenizer.pad_token is None:
+        # Padding only fills batches for generation and evaluation; labels of
+        # padding are masked by the attention mask, never by token id.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(config: Config, train_texts: list[str]):
+    if config.tokenizer.name_or_path:
+        return pretrained_tokenizer(config.tokenizer.name_or_path, config.model.trust_remote_code, "tokenizer.name_or_path")
+    if config.model.name_or_path:
+        return pretrained_tokenizer(config.model.name_or_path, config.model.trust_remote_code, "model.name_or_path")
+    return trained_tokenizer(train_texts, config.tokenizer.vocab_size, os.path.join(config.output_dir, "cache"))
