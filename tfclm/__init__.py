@@ -17,6 +17,16 @@ def fit(config, verbose=None):
     return _fit(config if isinstance(config, Config) else load_config(config), verbose=verbose)
 
 
+def generate(model_or_dir, prompts, **options):
+    """Complete `prompts` (a string or a list) with a saved model; returns the texts.
+
+    The model and tokenizer of a directory are loaded once and kept for later calls.
+    """
+    from tfclm.generation import generate as _generate
+
+    return _generate(model_or_dir, prompts, **options)
+
+
 def __getattr__(name):
     if name == "callbacks":
         import importlib

@@ -3,6 +3,7 @@
 Commands parse options and hand over to the library; domain errors become
 `click.UsageError` (exit code 2, one line, no traceback).
 """
+import dataclasses
 import functools
 import json
 
@@ -102,33 +103,48 @@ def evaluate_command(model_dir, config_path, text_file, batch_size, block_size, 
         click.echo(f"{result['source']}: {result['tokens']:,} tokens, eval loss {result['loss']:.4f}, perplexity {result['perplexity']:,.2f}")
 
 
+def _read_prompts(prompts: tuple, prompt_file) -> list[str]:
+    collected = list(prompts)
+    if prompt_file is not None:
+        collected += [line.rstrip("\r\n") for line in prompt_file if line.strip()]
+    if not collected:
+        raise click.UsageError("no prompt: pass --prompt TEXT, or --prompt-file FILE (one prompt per line; - reads stdin)")
+    return collected
+
+
 @cli.command("generate")
 @click.option("--model", "model_dir", required=True, metavar="DIR", help="A tfclm output dir or save_pretrained folder.")
-@click.option("--prompt", "prompts", multiple=True, required=True, help="Text to continue; repeat for a batch of prompts.")
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=100, show_default=True, help="Tokens to add to each prompt.")
+@click.option("--prompt", "prompts", multiple=True, help="Text to continue; repeat for a batch of prompts.")
+@click.option("--prompt-file", type=click.File("r", encoding="utf-8"), help="A file with one prompt per line; - reads stdin.")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=100, show_default=True, help="Tokens to add to each prompt, at most.")
+@click.option("--min-new-tokens", type=click.IntRange(min=0), default=0, show_default=True, help="Tokens to add before EOS may end a text.")
 @click.option("--do-sample/--greedy", default=True, show_default=True, help="Sample (with top-k/top-p/temperature) or take the likeliest token.")
 @click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="Sample among the k likeliest tokens (0: off).")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.95, show_default=True, help="Sample among the likeliest tokens holding this probability mass.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Below 1 sharpens, above 1 flattens the distribution.")
+@click.option("--num-beams", type=click.IntRange(min=1), default=1, show_default=True, help="Beam search width (1: no beam search).")
+@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Above 1 discourages repeating tokens (1.0: off).")
 @click.option("--num-return-sequences", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt.")
 @click.option("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per sample: prompt, completion, new_tokens.")
+@click.option("--xla/--no-xla", default=True, show_default=True, help="Compile generation with XLA (once per prompt-length bucket) or run eagerly.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per sample: prompt, completion, prompt_tokens, new_tokens, seconds.")
 @domain_errors
-def generate_command(model_dir, prompts, max_new_tokens, do_sample, top_k, top_p, temperature, num_return_sequences, seed, as_json):
-    """Continue prompts with a saved model.
+def generate_command(model_dir, prompts, prompt_file, xla, as_json, **options):
+    """Continue prompts with a saved model; several prompts run as one batch.
 
     \b
     Example:
         python -m tfclm generate --model runs/default --prompt "The list type" --seed 1
+        printf 'Return the\nThe list type\n' | python -m tfclm generate --model runs/default --prompt-file - --json
     """
-    from tfclm.generate import generate_samples
+    from tfclm.generation import Generator
     from tfclm.modeling import load_trained
 
-    model, tokenizer = load_trained(model_dir)
-    samples = generate_samples(model, tokenizer, list(prompts), max_new_tokens, do_sample, top_k, top_p, temperature, num_return_sequences, seed)
-    for sample in samples:
+    texts = _read_prompts(prompts, prompt_file)
+    generator = Generator(*load_trained(model_dir), xla=xla, log=lambda line: click.echo(line, err=True))
+    for sample in generator(texts, **options):
         if as_json:
-            click.echo(json.dumps({"prompt": sample.prompt, "completion": sample.completion, "new_tokens": sample.new_tokens}))
+            click.echo(json.dumps(dataclasses.asdict(sample)))
         else:
             click.echo(sample.text)
             click.echo("")

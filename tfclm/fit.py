@@ -46,7 +46,7 @@ def fit(config: config_lib.Config, verbose: int | None = None) -> dict:
     """Train and evaluate as `config` says; write the output dir; return the results (also in results.json)."""
     from tfclm.callbacks import PerplexityCallback, StopAfterSteps, ThroughputCallback
     from tfclm.evaluate import evaluate_loss
-    from tfclm.generate import generate_samples
+    from tfclm.generation import generate_samples
     from tfclm.modeling import load_model, make_optimizer
     from tfclm.pipeline import make_dataset
 
@@ -96,6 +96,7 @@ def fit(config: config_lib.Config, verbose: int | None = None) -> dict:
         model,
         tokenizer,
         gen.prompts,
+        xla=False,  # one call: compiling would cost more than it saves
         max_new_tokens=gen.max_new_tokens,
         do_sample=gen.do_sample,
         top_k=gen.top_k,

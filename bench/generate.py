@@ -1,0 +1,94 @@
+"""Generation speed: eager `generate` against tfclm's XLA path, side by side in one run.
+
+The distilgpt2 architecture (GPT2Config(n_layer=6), 50,257 tokens) with
+random weights (no download), 100 new tokens, top-k 50 + top-p 0.95, at batch
+1 and 8; then a second prompt length inside the same bucket, which must not
+compile again. Also a plain `tf.function(generate, jit_compile=True)` with
+transformers' own warpers, to show what the fused top-k/top-p step buys.
+
+    .venv/bin/python bench/generate.py [--new-tokens 100] [--repeats 2]
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tfclm  # noqa: E402,F401  - sets TF_USE_LEGACY_KERAS first
+from tfclm.backend import load  # noqa: E402
+
+tf, keras = load()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    from transformers import GPT2Config, PreTrainedTokenizerFast, TFGPT2LMHeadModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from tfclm.generation import Generator
+
+    tf.random.set_seed(0)
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=6))
+    model.build_in_name_scope()
+    # A word-level tokenizer over the same 50,257 ids: the model, not the tokenizer, is measured.
+    vocab = {f"w{i}": i for i in range(50256)} | {"<|endoftext|>": 50256}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"])
+    prompt = " ".join(f"w{i}" for i in range(100, 112))  # 12 tokens
+    second = " ".join(f"w{i}" for i in range(200, 209))  # 9 tokens: the same 16-token bucket
+    options = dict(do_sample=True, top_k=50, top_p=0.95, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=1)
+
+    def timed(run, prompts):
+        best = float("inf")
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            run(prompts)
+            best = min(best, time.perf_counter() - started)
+        return len(prompts) * args.new_tokens / best
+
+    rows = []
+    eager = Generator(model, tokenizer, xla=False, log=lambda line: None)
+    xla = Generator(model, tokenizer, xla=True, log=lambda line: None)
+    for batch in (1, 8):
+        prompts = [prompt] * batch
+        eager_tps = timed(lambda p: eager(p, **options), prompts)
+        started = time.perf_counter()
+        xla(prompts, **options)
+        compile_s = time.perf_counter() - started
+        xla_tps = timed(lambda p: xla(p, **options), prompts)
+        rows.append((batch, eager_tps, xla_tps, compile_s))
+
+    # transformers' own warpers under one plain tf.function (sorts the whole vocabulary for top-p).
+    plain = tf.function(model.generate, jit_compile=True)
+    encoded = tokenizer([prompt], return_tensors="tf")
+    hf = dict(do_sample=True, top_k=50, top_p=0.95, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=50256, seed=[1, 0])
+    plain(**encoded, **hf)
+    plain_tps = timed(lambda p: plain(**encoded, **hf), [prompt])
+
+    traces = xla.traces
+    started = time.perf_counter()
+    xla([second], **options)
+    second_s = time.perf_counter() - started
+    started = time.perf_counter()
+    xla([prompt], **options)
+    first_again_s = time.perf_counter() - started
+
+    print(f"device: {tf.config.list_physical_devices()[-1].device_type}, {os.cpu_count()} cores; distilgpt2 architecture, random weights; "
+          f"{args.new_tokens} new tokens, top-k 50 + top-p 0.95; best of {args.repeats}")
+    print(f"{'batch':>5} {'eager tok/s':>12} {'tfclm XLA tok/s':>16} {'ratio':>7} {'first call (compile) s':>23}")
+    for batch, e, x, c in rows:
+        print(f"{batch:>5} {e:>12.1f} {x:>16.1f} {x / e:>6.2f}x {c:>23.1f}")
+    print(f"plain tf.function(generate, jit_compile=True), transformers' warpers, batch 1: {plain_tps:.1f} tok/s "
+          f"(tfclm XLA is {rows[0][2] / plain_tps:.2f}x that)")
+    print(f"second prompt length in the same bucket: {second_s:.2f} s (the first length again: {first_again_s:.2f} s); "
+          f"new traces: {xla.traces - traces}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Generation: XLA equals eager, bucketed shapes compile once, seeds reproduce, batches equal solo runs."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(trained_dir):
+    from tfclm.modeling import load_trained
+
+    return load_trained(trained_dir[0])
+
+
+def generator(model_and_tokenizer, xla):
+    from tfclm.generation import Generator
+
+    logged = []
+    return Generator(*model_and_tokenizer, xla=xla, log=logged.append), logged
+
+
+GREEDY = dict(do_sample=False, max_new_tokens=10)
+
+
+def test_xla_greedy_equals_eager_greedy(model_and_tokenizer):
+    prompts = ["The list type", "Return"]
+    eager = generator(model_and_tokenizer, xla=False)[0](prompts, **GREEDY)
+    xla, logged = generator(model_and_tokenizer, xla=True)
+    compiled = xla(prompts, **GREEDY)
+    assert [s.completion for s in compiled] == [s.completion for s in eager]
+    assert [s.new_tokens for s in compiled] == [s.new_tokens for s in eager]
+    assert any("compiling with XLA" in line for line in logged)
+
+
+def test_two_prompt_lengths_in_one_bucket_trace_once(model_and_tokenizer):
+    xla, logged = generator(model_and_tokenizer, xla=True)
+    tokenizer = model_and_tokenizer[1]
+    short, longer = "The", "The list type is a mutable sequence"
+    assert len(tokenizer(short)["input_ids"]) != len(tokenizer(longer)["input_ids"])
+    xla([short], **GREEDY)
+    xla([longer], **GREEDY)
+    assert xla.traces == 1 and len(logged) == 1
+    xla(["x " * 40], **GREEDY)  # a longer bucket compiles once more
+    assert xla.traces == 2
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_same_seed_same_text(model_and_tokenizer, xla):
+    gen = generator(model_and_tokenizer, xla=xla)[0]
+    options = dict(do_sample=True, top_k=20, top_p=0.9, temperature=1.2, max_new_tokens=12)
+    first = [s.completion for s in gen(["The", "Return the"], seed=5, **options)]
+    again = [s.completion for s in gen(["The", "Return the"], seed=5, **options)]
+    other = [s.completion for s in gen(["The", "Return the"], seed=6, **options)]
+    assert first == again and first != other
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_batch_gives_each_prompt_its_solo_completion(model_and_tokenizer, xla):
+    gen = generator(model_and_tokenizer, xla=xla)[0]
+    prompts = ["The", "Return the number of", "A list"]
+    batch = [s.completion for s in gen(prompts, **GREEDY)]
+    alone = [gen([p], **GREEDY)[0].completion for p in prompts]
+    assert batch == alone
+
+
+def test_min_new_tokens_holds_eos_back_and_beams_run(model_and_tokenizer):
+    gen = generator(model_and_tokenizer, xla=False)[0]
+    samples = gen(["The"], do_sample=False, min_new_tokens=6, max_new_tokens=8)
+    assert samples[0].new_tokens >= 6
+    beams = gen(["The", "Return"], do_sample=False, num_beams=2, num_return_sequences=2, max_new_tokens=5)
+    assert len(beams) == 4 and [s.prompt for s in beams] == ["The", "The", "Return", "Return"]
+
+
+def test_fused_top_k_top_p_equals_transformers_warpers():
+    import tensorflow as tf
+    from transformers.generation.tf_logits_process import TFTemperatureLogitsWarper, TFTopKLogitsWarper, TFTopPLogitsWarper
+
+    from tfclm.generation import TopKTopPLogitsProcessor
+
+    scores = tf.constant(np.random.default_rng(0).normal(size=(4, 500)) * 3, tf.float32)
+    expected = TFTopPLogitsWarper(0.8)(None, TFTopKLogitsWarper(30)(None, TFTemperatureLogitsWarper(0.7)(None, scores, 1), 1), 1)
+    ours = TopKTopPLogitsProcessor(top_k=30, top_p=0.8, temperature=0.7)(None, scores, 1)
+    kept_expected, kept_ours = np.isfinite(expected.numpy()) & (expected.numpy() > -1e30), ours.numpy() > -1e30
+    assert np.array_equal(kept_expected, kept_ours) and 1 <= kept_ours.sum(axis=1).min() <= 30
+    assert np.allclose(ours.numpy()[kept_ours], (scores.numpy() / 0.7)[kept_ours])
+
+
+def test_python_api_loads_once(trained_dir):
+    import tfclm
+    from tfclm import generation as generate_module
+
+    out = trained_dir[0]
+    first = tfclm.generate(out, ["The"], do_sample=False, max_new_tokens=6)
+    second = tfclm.generate(out, "The list", do_sample=False, max_new_tokens=6)
+    assert first[0].startswith("The") and second[0].startswith("The list")
+    assert list(generate_module._GENERATORS) == [(out, True)] and generate_module._GENERATORS[(out, True)].traces == 1
+
+
+def test_cli_prompts_from_file_and_stdin_as_json(trained_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from tfclm.cli import cli
+
+    out = trained_dir[0]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The list type\n\nReturn the\n")
+    result = run_cli(["generate", "--model", out, "--prompt-file", str(prompts), "--greedy", "--max-new-tokens", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["prompt"] for r in rows] == ["The list type", "Return the"]
+    assert all(set(r) == {"prompt", "completion", "prompt_tokens", "new_tokens", "seconds"} and r["prompt_tokens"] > 0 for r in rows)
+    piped = CliRunner().invoke(cli, ["generate", "--model", out, "--prompt-file", "-", "--greedy", "--max-new-tokens", "5", "--json"], input="The list type\nReturn the\n")
+    assert piped.exit_code == 0 and [json.loads(line)["completion"] for line in piped.stdout.splitlines()] == [r["completion"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--prompt", ""], "prompt"),
+        (["--prompt", "x", "--top-p", "1.5"], "--top-p"),
+        (["--prompt", "x", "--top-p", "0"], "--top-p"),
+        (["--prompt", "x", "--max-new-tokens", "-1"], "--max-new-tokens"),
+        (["--prompt", "x", "--num-beams", "0"], "--num-beams"),
+        ([], "--prompt"),
+    ],
+)
+def test_generate_bad_input(trained_dir, args, named):
+    result = run_cli(["generate", "--model", trained_dir[0], *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert named in line

@@ -1,0 +1,228 @@
+"""Sampling text from a trained model, eagerly or compiled with XLA.
+
+`Generator` loads nothing itself: it holds a model and tokenizer and serves
+many calls. Prompts run as one left-padded batch with an attention mask.
+Under XLA the prompt length is padded up to a bucket and the batch up to a
+power of two, so a new prompt length inside a bucket reuses the compiled
+function instead of compiling again.
+
+Sampling with top-k runs top-p over the k survivors only: transformers' TF
+top-p warper sorts the whole vocabulary at every step, which under XLA on a
+CPU costs more than the model itself.
+"""
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from transformers.generation.tf_logits_process import TFLogitsProcessor
+
+from tfclm.backend import load
+from tfclm.errors import ConfigError
+
+tf, keras = load()
+
+LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass
+class Sample:
+    prompt: str
+    completion: str
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.completion
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 100
+    min_new_tokens: int = 0
+    do_sample: bool = True
+    top_k: int = 50
+    top_p: float = 0.95
+    temperature: float = 1.0
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    num_return_sequences: int = 1
+    seed: Optional[int] = None
+
+    def validate(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 0, "max_new_tokens", f"must be 0 or more, got {self.max_new_tokens}"),
+            (self.min_new_tokens >= 0, "min_new_tokens", f"must be 0 or more, got {self.min_new_tokens}"),
+            (self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", f"({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"),
+            (self.top_k >= 0, "top_k", f"must be 0 (off) or more, got {self.top_k}"),
+            (0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}"),
+            (self.temperature > 0, "temperature", f"must be positive, got {self.temperature}"),
+            (self.num_beams >= 1, "num_beams", f"must be at least 1, got {self.num_beams}"),
+            (self.repetition_penalty > 0, "repetition_penalty", f"must be positive (1.0: off), got {self.repetition_penalty}"),
+            (self.num_return_sequences >= 1, "num_return_sequences", f"must be at least 1, got {self.num_return_sequences}"),
+            (
+                self.do_sample or self.num_return_sequences <= self.num_beams,
+                "num_return_sequences",
+                "greedy decoding gives one sequence per prompt (num_beams at most); sample (--do-sample) or ask for fewer",
+            ),
+        ]
+        for ok, key, message in checks:
+            if not ok:
+                raise ConfigError(key, message)
+
+
+class TopKTopPLogitsProcessor(TFLogitsProcessor):
+    """Temperature, then top-k, then top-p among the k survivors, in one pass.
+
+    Equals transformers' temperature + top-k + top-p warpers (top-p after
+    top-k only ever sees the k survivors), with a partial sort of k entries
+    instead of a full sort of the vocabulary.
+    """
+
+    def __init__(self, top_k: int, top_p: float, temperature: float):
+        self.top_k = top_k
+        self.top_p = top_p
+        self.temperature = temperature
+
+    def __call__(self, input_ids, scores, cur_len):
+        scores = scores / self.temperature
+        k = min(self.top_k, int(scores.shape[-1]))
+        values, _ = tf.math.top_k(scores, k=k)  # sorted, descending
+        probs = tf.nn.softmax(values, axis=-1)
+        mass_before = tf.math.cumsum(probs, axis=-1, exclusive=True)
+        # Keep a token while the mass before it is under top_p; the first always stays.
+        kept = tf.logical_or(mass_before < self.top_p, tf.range(k) == 0)
+        threshold = tf.reduce_min(tf.where(kept, values, tf.fill(tf.shape(values), values.dtype.max)), axis=-1, keepdims=True)
+        return tf.where(scores >= threshold, scores, tf.fill(tf.shape(scores), scores.dtype.min))
+
+
+def _bucket(value: int, buckets) -> int:
+    return next((b for b in buckets if b >= value), value)
+
+
+class Generator:
+    """Generates from one model and tokenizer for many calls; `xla=True` compiles once per shape bucket.
+
+    `traces` counts how often a compiled function was traced (a compile each).
+    """
+
+    def __init__(self, model, tokenizer, xla: bool = True, length_buckets=LENGTH_BUCKETS, log=print):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.xla = xla
+        self.length_buckets = tuple(length_buckets)
+        self.log = log
+        self.traces = 0
+        self._compiled = {}
+        self._shapes = set()
+        self._eager_only = set()
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    def _generate_kwargs(self, options: GenerationOptions) -> dict:
+        kwargs = dict(
+            max_new_tokens=options.max_new_tokens,
+            do_sample=options.do_sample,
+            num_beams=options.num_beams,
+            num_return_sequences=options.num_return_sequences,
+            repetition_penalty=options.repetition_penalty,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        if options.do_sample and options.top_k > 0:
+            kwargs.update(top_k=0, top_p=1.0, temperature=1.0)
+        elif options.do_sample:
+            kwargs.update(top_k=0, top_p=options.top_p, temperature=options.temperature)
+        return kwargs
+
+    def _run(self, input_ids, attention_mask, seed, options: GenerationOptions):
+        def generate(input_ids, attention_mask, seed):
+            self.traces += 1  # Python side effect: runs once per trace, not per call
+            processors = []
+            if options.do_sample and options.top_k > 0:
+                processors.append(TopKTopPLogitsProcessor(options.top_k, options.top_p, options.temperature))
+            kwargs = self._generate_kwargs(options)
+            if options.min_new_tokens:
+                kwargs["min_length"] = int(input_ids.shape[1]) + options.min_new_tokens
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, seed=seed, logits_processor=processors, **kwargs)
+
+        if not self.xla or options in self._eager_only:
+            return generate(input_ids, attention_mask, seed)
+        if options not in self._compiled:
+            self._compiled[options] = tf.function(generate, jit_compile=True)
+        shape = (options, tuple(input_ids.shape))
+        if shape not in self._shapes:
+            self._shapes.add(shape)
+            self.log(f"generate: compiling with XLA for a batch of {input_ids.shape[0]} x {input_ids.shape[1]} prompt tokens (once per bucket)")
+        try:
+            return self._compiled[options](input_ids, attention_mask, seed)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, NotImplementedError, TypeError, ValueError) as exc:
+            self._eager_only.add(options)
+            self.log(f"generate: XLA cannot run these options ({type(exc).__name__}); running eagerly")
+            return generate(input_ids, attention_mask, seed)
+
+    def __call__(self, prompts: list[str], **options) -> list[Sample]:
+        from tfclm.modeling import n_positions
+
+        opts = GenerationOptions(**options)
+        opts.validate()
+        if not prompts or any(not isinstance(p, str) or not p for p in prompts):
+            raise ConfigError("prompt", "prompts must be non-empty text; pass --prompt 'Some text'")
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        encoded = tok(list(prompts), padding=True, add_special_tokens=False, return_tensors="np")
+        ids, mask = encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int32)
+        limit = n_positions(self.model) or 10**9
+        if ids.shape[1] + opts.max_new_tokens > limit:
+            raise ConfigError("max_new_tokens", f"the prompt ({ids.shape[1]} tokens) plus {opts.max_new_tokens} new tokens exceed the model's {limit} positions; lower max_new_tokens or shorten the prompt")
+        if self.xla:
+            length = max(ids.shape[1], min(_bucket(ids.shape[1], self.length_buckets), limit - opts.max_new_tokens))
+            batch = _bucket(len(prompts), [2**i for i in range(16)])
+            ids = np.pad(ids, ((0, batch - len(prompts)), (length - ids.shape[1], 0)), constant_values=tok.pad_token_id)
+            mask = np.pad(mask, ((0, batch - len(prompts)), (length - mask.shape[1], 0)))
+            mask[len(prompts):, -1] = 1  # filler rows need one visible token
+        seed = opts.seed if opts.seed is not None else int(np.random.randint(0, 2**31 - 1))
+        started = time.perf_counter()
+        output = self._run(tf.constant(ids), tf.constant(mask), tf.constant([seed, 0], tf.int32), opts)
+        output = output.numpy()[: len(prompts) * opts.num_return_sequences]
+        seconds = time.perf_counter() - started
+        samples = []
+        for row, sequence in enumerate(output):
+            prompt_index = row // opts.num_return_sequences
+            new = [int(t) for t in sequence[ids.shape[1]:]]
+            if tok.eos_token_id in new:
+                new = new[: new.index(tok.eos_token_id) + 1]
+            samples.append(Sample(prompts[prompt_index], tok.decode(new, skip_special_tokens=True), int(encoded["attention_mask"][prompt_index].sum()), len(new), seconds))
+        return samples
+
+
+def generate_samples(model, tokenizer, prompts: list[str], xla: bool = False, **options) -> list[Sample]:
+    """One-off generation; for many calls keep a `Generator`."""
+    return Generator(model, tokenizer, xla=xla)(prompts, **options)
+
+
+_GENERATORS: dict = {}
+
+
+def generate(model_or_dir, prompts, xla: bool = True, **options) -> list[str]:
+    """Texts (prompt + completion) for `prompts`; a directory's model and tokenizer are loaded once and kept.
+
+    `model_or_dir` is a tfclm output dir, a `Generator`, or a `(model, tokenizer)` pair.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(model_or_dir, Generator):
+        generator = model_or_dir
+    elif isinstance(model_or_dir, tuple):
+        generator = Generator(*model_or_dir, xla=xla)
+    else:
+        key = (str(model_or_dir), xla)
+        if key not in _GENERATORS:
+            from tfclm.modeling import load_trained
+
+            _GENERATORS[key] = Generator(*load_trained(str(model_or_dir), key="model_or_dir"), xla=xla)
+        generator = _GENERATORS[key]
+    return [sample.text for sample in generator(list(prompts), **options)]
+
