@@ -69,6 +69,8 @@ def test_min_new_tokens_holds_eos_back_and_beams_run(model_and_tokenizer):
     gen = generator(model_and_tokenizer, xla=False)[0]
     samples = gen(["The"], do_sample=False, min_new_tokens=6, max_new_tokens=8)
     assert samples[0].new_tokens >= 6
+    stopped = gen(["The"] * 8, do_sample=True, seed=0, max_new_tokens=60)
+    assert all(sample.stopped_at_eos or sample.new_tokens == 60 for sample in stopped)
     beams = gen(["The", "Return"], do_sample=False, num_beams=2, num_return_sequences=2, max_new_tokens=5)
     assert len(beams) == 4 and [s.prompt for s in beams] == ["The", "The", "Return", "Return"]
 
@@ -110,7 +112,7 @@ def test_cli_prompts_from_file_and_stdin_as_json(trained_dir, tmp_path):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["prompt"] for r in rows] == ["The list type", "Return the"]
-    assert all(set(r) == {"prompt", "completion", "prompt_tokens", "new_tokens", "seconds"} and r["prompt_tokens"] > 0 for r in rows)
+    assert all(set(r) == {"prompt", "completion", "prompt_tokens", "new_tokens", "seconds", "stopped_at_eos"} and r["prompt_tokens"] > 0 for r in rows)
     piped = CliRunner().invoke(cli, ["generate", "--model", out, "--prompt-file", "-", "--greedy", "--max-new-tokens", "5", "--json"], input="The list type\nReturn the\n")
     assert piped.exit_code == 0 and [json.loads(line)["completion"] for line in piped.stdout.splitlines()] == [r["completion"] for r in rows]
 

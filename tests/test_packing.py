@@ -31,7 +31,7 @@ def test_only_the_final_partial_block_is_dropped():
     assert blocks.input_ids.tolist() == [[1, 2, 3, 0, 4], [5, 0, 6, 7, 8]]
     assert blocks.dropped == 2  # "i" and its EOS
     assert blocks.input_ids.size + blocks.dropped == blocks.tokens
-    assert "2 tokens dropped as the remainder" in blocks.summary("train")
+    assert "2 tokens dropped" in blocks.summary("train")
 
 
 def test_kept_remainder_is_padded_and_masked():
@@ -63,3 +63,54 @@ def test_packing_is_linear_in_tokens():
     blocks = pack(tokens, 128, 1)
     assert blocks.input_ids.shape == (7812, 128) and blocks.dropped == 64
     assert blocks.input_ids[-1, -1] == 7812 * 128 - 1
+
+
+def test_unpacked_documents_are_padded_or_truncated_with_padding_masked():
+    from tfclm.pipeline import fast_dataset
+
+    blocks = build_blocks(TEXTS, word_tokenizer(), block_size=4, pack_documents=False)
+    assert blocks.input_ids.tolist() == [[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9]]
+    assert blocks.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert (blocks.tokens, blocks.dropped) == (12, 1)  # the last document lost its EOS to truncation
+    (batch,) = list(fast_dataset(blocks, batch_size=3, shuffle=False))
+    assert batch["labels"].numpy().tolist() == [[1, 2, 3, 0], [4, 5, 0, -100], [6, 7, 8, 9]]  # EOS label kept, padding masked
+
+
+@pytest.mark.parametrize("keep_remainder", [False, True])
+def test_streamed_blocks_equal_built_blocks(keep_remainder):
+    from tfclm.packing import stream_blocks
+
+    rng = np.random.default_rng(1)
+    texts = [" ".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, rng.integers(1, 40))) for _ in range(300)]
+    tok = word_tokenizer()
+    consumed = []
+
+    def lazily():  # a generator: the stream is never a list
+        for text in texts:
+            consumed.append(1)
+            yield text
+
+    stream = stream_blocks(lazily(), tok, 16, keep_remainder=keep_remainder, chunk=32)
+    first = next(stream)
+    assert len(consumed) == 32  # only one chunk was read to give the first block
+    streamed = [first, *stream]
+    built = build_blocks(texts, tok, 16, keep_remainder=keep_remainder)
+    assert np.array_equal(np.stack([ids for ids, _ in streamed]), built.input_ids)
+    mask = built.attention_mask if built.attention_mask is not None else np.ones_like(built.input_ids)
+    assert np.array_equal(np.stack([m for _, m in streamed]), mask)
+
+
+def test_blocks_cache_round_trip_and_key(tmp_path):
+    from tfclm.packing import blocks_key, load_blocks, save_blocks
+
+    tok = word_tokenizer()
+    train = build_blocks(TEXTS, tok, 4)
+    val = build_blocks(["a b"], tok, 4, keep_remainder=True)
+    path = str(tmp_path / "cache" / "blocks.npz")
+    save_blocks(path, {"train": train, "validation": val})
+    loaded = load_blocks(path, ("train", "validation"))
+    assert loaded["train"].input_ids.tolist() == train.input_ids.tolist() and loaded["train"].attention_mask is None
+    assert loaded["validation"].attention_mask.tolist() == val.attention_mask.tolist() and loaded["validation"].tokens == 3
+    key = blocks_key(TEXTS, ["a b"], tok, 4, True)
+    assert key == blocks_key(TEXTS, ["a b"], tok, 4, True)
+    assert len({key, blocks_key(TEXTS, ["a b c"], tok, 4, True), blocks_key(TEXTS, ["a b"], tok, 8, True), blocks_key(TEXTS, ["a b"], tok, 4, False)}) == 4

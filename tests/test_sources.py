@@ -41,13 +41,63 @@ def test_saved_dataset_directory_with_split_slice(tmp_path):
         load_documents(DataConfig(dataset=path, split="validation", text_column="answers.text"))
 
 
-def test_csv_and_text_files(tmp_path):
+def test_csv_json_parquet_files(tmp_path):
+    import datasets
+
     csv = tmp_path / "d.csv"
     csv.write_text("id,body\n1,first document\n2,second document\n2,second document\n")
     assert load_documents(DataConfig(dataset=str(csv), text_column="body")) == ["first document", "second document"]
-    txt = tmp_path / "d.txt"
-    txt.write_text("line one\nline two\n\nline three\n")
-    assert load_documents(DataConfig(dataset=str(txt))) == ["line one", "line two", "line three"]
+    array = tmp_path / "d.json"
+    array.write_text(json.dumps([{"meta": {"body": "one"}}, {"meta": {"body": "two"}}]))
+    assert load_documents(DataConfig(dataset=str(array), text_column="meta.body")) == ["one", "two"]
+    parquet = str(tmp_path / "d.parquet")
+    datasets.Dataset.from_list(eli5_records(3)).to_parquet(parquet)
+    assert load_documents(DataConfig(dataset=parquet, text_column="answers.text")) == [" ".join(r["answers"]["text"]) for r in eli5_records(3)]
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("file", ["line one\nline two\n\nline three\n", "other file\n"]),
+        ("paragraph", ["line one\nline two", "line three", "other file"]),
+        ("line", ["line one", "line two", "line three", "other file"]),
+    ],
+)
+def test_text_files_and_folders_by_document_mode(tmp_path, mode, expected):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("line one\nline two\n\nline three\n")
+    (folder / "b.txt").write_text("other file\n")
+    assert load_documents(DataConfig(dataset=str(folder), txt_document=mode)) == expected
+    assert load_documents(DataConfig(dataset=str(folder / "a.txt"), txt_document=mode)) == expected[:-1]
+
+
+def test_template_combines_fields(eli5_jsonl):
+    docs = load_documents(DataConfig(dataset=eli5_jsonl, text_template="Q: {title}\nA: {answers.text}", join_separator=" / "))
+    record = eli5_records()[0]
+    assert docs[0] == f"Q: {record['title']}\nA: {' / '.join(record['answers']['text'])}"
+    with pytest.raises(ConfigError, match=r"data.text_template: no column 'titel'; the columns are: q_id, title"):
+        load_documents(DataConfig(dataset=eli5_jsonl, text_template="{titel}"))
+
+
+def test_validation_choices(tmp_path, eli5_jsonl):
+    import datasets
+
+    from tfclm.sources import train_and_validation
+
+    saved = str(tmp_path / "saved")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(eli5_records(20)), "validation": datasets.Dataset.from_list(eli5_records(24)[20:])}).save_to_disk(saved)
+    data = DataConfig(dataset=saved, text_column="answers.text", validation_split="validation")
+    train, val, how = train_and_validation(data, seed=1)
+    assert (len(train), len(val)) == (20, 4) and how == f"validation: 4 documents from split 'validation' of {saved}"
+    extra = tmp_path / "val.txt"
+    extra.write_text("held out text\n")
+    train, val, how = train_and_validation(DataConfig(dataset=eli5_jsonl, text_column="answers.text", validation_split=str(extra)), seed=1)
+    assert (len(train), val) == (24, ["held out text\n"]) and str(extra) in how
+    train, val, how = train_and_validation(DataConfig(dataset=eli5_jsonl, text_column="answers.text"), seed=1)
+    assert (len(train), len(val)) == (19, 5) and how.startswith("validation: a seeded 20% of the documents (5 of 24)")
+    with pytest.raises(ConfigError, match="data.split"):
+        train_and_validation(DataConfig(dataset=saved, text_column="answers.text", validation_split="test"), seed=1)
 
 
 def test_missing_column_lists_the_columns(eli5_jsonl):
@@ -74,10 +124,16 @@ def test_missing_path_unknown_extension_and_bad_split(tmp_path):
 
 
 def test_too_few_documents(tmp_path):
+    from tfclm.sources import train_and_validation
+
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps({"text": "only"}) + "\n" + json.dumps({"text": "only"}) + "\n")
-    with pytest.raises(ConfigError, match="1 non-empty distinct document"):
-        load_documents(DataConfig(dataset=str(path)))
+    with pytest.raises(ConfigError, match="gave 1 distinct document; splitting needs at least 2"):
+        train_and_validation(DataConfig(dataset=str(path)), seed=0)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"text": ""}) + "\n" + json.dumps({"text": "  "}) + "\n")
+    with pytest.raises(ConfigError, match="gave no non-empty document"):
+        load_documents(DataConfig(dataset=str(empty)))
 
 
 def test_split_is_seeded_by_document_and_disjoint():
@@ -90,4 +146,5 @@ def test_split_is_seeded_by_document_and_disjoint():
 
 
 def test_duplicates_and_empties_are_dropped_in_order():
-    assert unique_documents(["b", "a", " ", "b ", "a", "c"]) == ["b", "a", "c"]
+    assert list(unique_documents(["b", "a", " ", "b ", "a", "c"])) == ["b", "a", "c"]
+    assert list(unique_documents(["b", "a", "b", "c", "d"], limit=2)) == ["b", "a"]

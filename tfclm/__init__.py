@@ -9,12 +9,15 @@ from tfclm import backend  # noqa: F401  - must run before anything imports Tens
 __version__ = "0.1.0"
 
 
-def fit(config, verbose=None):
-    """Run a training job; `config` is a `tfclm.config.Config` or a path to a YAML file. Returns results.json's content."""
+def fit(config, verbose=None, overwrite=False):
+    """Run a training job; `config` is a `tfclm.config.Config` or a path to a YAML file. Returns results.json's content.
+
+    The same config on the same output dir resumes from the last checkpoint; `overwrite` starts over.
+    """
     from tfclm.config import Config, load_config
     from tfclm.fit import fit as _fit
 
-    return _fit(config if isinstance(config, Config) else load_config(config), verbose=verbose)
+    return _fit(config if isinstance(config, Config) else load_config(config), verbose=verbose, overwrite=overwrite)
 
 
 def generate(model_or_dir, prompts, **options):

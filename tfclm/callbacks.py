@@ -3,6 +3,7 @@
 Each does one job, keeps its constructor arguments as attributes and writes
 what it measures into `logs`, in the style of Keras' own callbacks.
 """
+import math
 import time
 
 from tfclm.backend import load
@@ -74,6 +75,8 @@ class ThroughputCallback(keras.callbacks.Callback):
             self._started = None
         self.steps += 1
         self.tokens += self.tokens_per_step
+        if logs is not None:
+            logs["tokens_per_second"] = self.tokens_per_second
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -104,4 +107,37 @@ class StopAfterSteps(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
         if self.steps >= self.max_steps:
+            self.model.stop_training = True
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training when the loss becomes NaN or infinite; `stopped_at` is the batch, `value` the loss.
+
+    Unlike Keras' TerminateOnNaN it keeps what it saw, so the caller can name
+    the likely causes, and a checkpoint callback after it saves nothing more.
+
+    Example:
+
+    >>> import numpy as np, tfclm, tf_keras as keras
+    >>> from transformers import GPT2Config, TFGPT2LMHeadModel
+    >>> model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+    >>> ids = np.random.default_rng(0).integers(0, 50, (16, 16)).astype("int32")
+    >>> model.compile(optimizer=keras.optimizers.legacy.SGD(1e30))  # a learning rate that must blow up
+    >>> guard = tfclm.callbacks.StopOnNonFiniteLoss()
+    >>> _ = model.fit({"input_ids": ids, "labels": ids}, batch_size=2, epochs=3, verbose=0, callbacks=[guard])
+    >>> guard.stopped_at is not None and not np.isfinite(guard.value)
+    True
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stopped_at = None
+        self.value = None
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.stopped_at, self.value = self._batches, float(loss)
             self.model.stop_training = True

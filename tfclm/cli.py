@@ -59,12 +59,14 @@ FIT_FLAGS = {
 @click.option("--batch-size", type=int, help="Blocks per optimizer step (train.batch_size).")
 @click.option("--learning-rate", type=float, help="Peak learning rate (train.learning_rate).")
 @click.option("--seed", type=int, help="Seed for the split, shuffling and initialisation (train.seed).")
+@click.option("--overwrite", is_flag=True, help="Start over in an output dir that holds a checkpoint or a finished run.")
 @click.pass_context
 @domain_errors
-def fit_command(ctx, config_path, overrides, **_):
+def fit_command(ctx, config_path, overrides, overwrite, **_):
     """Train a model as the config says, evaluate it, sample from it and save it.
 
-    Explicit options win over --set, which wins over the file.
+    Explicit options win over --set, which wins over the file. Rerunning the
+    same command after an interruption resumes from the last checkpoint.
 
     \b
     Example:
@@ -75,7 +77,7 @@ def fit_command(ctx, config_path, overrides, **_):
     config = load_config(config_path, overrides, _explicit_flags(ctx, FIT_FLAGS))
     from tfclm.fit import fit
 
-    fit(config)
+    fit(config, overwrite=overwrite)
 
 
 @cli.command("evaluate")

@@ -10,7 +10,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -26,10 +26,16 @@ class DataConfig:
     config_name: Optional[str] = None  # the Hub dataset's configuration name
     split: str = "train"  # a split with an optional slice: "train[:5000]"
     text_column: str = "text"  # dotted path into nested fields: "answers.text"
+    text_template: Optional[str] = None  # several fields in one document: "{title}\n{answers.text}"
     join_separator: str = " "  # joins a list of strings into one document
-    validation_split: float = 0.2  # seeded fraction of documents held out for evaluation
+    txt_document: Literal["file", "paragraph", "line"] = "file"  # what one document is in .txt files
+    # A seeded fraction of the documents (0.2), a split of the same dataset
+    # ("validation", "test[:500]"), or a separate file or folder.
+    validation_split: Union[float, str] = 0.2
     max_documents: Optional[int] = None  # keep only the first N documents (quick runs)
-    block_size: int = 128  # tokens per packed training example
+    block_size: int = 128  # tokens per training example
+    pack: bool = True  # pack documents end to end; false: one document per example, padded or truncated
+    streaming: bool = False  # read and pack on the fly, for corpora larger than memory
     num_proc: int = 2  # tokenization processes
 
 
@@ -56,6 +62,10 @@ class TrainConfig:
     clipnorm: Optional[float] = None  # global gradient norm clipping
     epochs: int = 3
     max_steps: Optional[int] = None  # stop after this many optimizer steps
+    gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimizer step
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: CPUs with bf16, GPUs, TPUs; fp16: GPUs
+    jit_compile: Literal["auto", "true", "false"] = "auto"  # XLA for the train step; auto: on GPU/TPU only
+    checkpoint_steps: Optional[int] = 500  # also checkpoint every N optimizer steps (null: epoch ends only)
     seed: int = 42
     pipeline: Literal["fast", "recipe"] = "fast"
 
@@ -68,12 +78,17 @@ class EvaluateConfig:
 
 @dataclass
 class GenerateConfig:
+    """The sample printed after training; the fields besides `prompts` are tfclm.generation.GenerationOptions."""
+
     prompts: list = field(default_factory=lambda: ["The"])
     max_new_tokens: int = 100
+    min_new_tokens: int = 0
     do_sample: bool = True
     top_k: int = 50
     top_p: float = 0.95
     temperature: float = 1.0
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
     num_return_sequences: int = 1
     seed: Optional[int] = None  # default: train.seed
 
@@ -218,6 +233,28 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+def generation_problems(options) -> list[tuple[str, str]]:
+    """(key, message) for each decoding option out of range; `options` has GenerateConfig's fields."""
+    o = options
+    checks = [
+        (o.max_new_tokens >= 0, "max_new_tokens", f"must be 0 or more, got {o.max_new_tokens}"),
+        (o.min_new_tokens >= 0, "min_new_tokens", f"must be 0 or more, got {o.min_new_tokens}"),
+        (o.min_new_tokens <= o.max_new_tokens, "min_new_tokens", f"({o.min_new_tokens}) must not exceed max_new_tokens ({o.max_new_tokens})"),
+        (o.top_k >= 0, "top_k", f"must be 0 (off) or more, got {o.top_k}"),
+        (0.0 < o.top_p <= 1.0, "top_p", f"must be in (0, 1], got {o.top_p}"),
+        (o.temperature > 0, "temperature", f"must be positive, got {o.temperature}"),
+        (o.num_beams >= 1, "num_beams", f"must be at least 1, got {o.num_beams}"),
+        (o.repetition_penalty > 0, "repetition_penalty", f"must be positive (1.0: off), got {o.repetition_penalty}"),
+        (o.num_return_sequences >= 1, "num_return_sequences", f"must be at least 1, got {o.num_return_sequences}"),
+        (
+            o.do_sample or o.num_return_sequences <= o.num_beams,
+            "num_return_sequences",
+            "greedy decoding gives one sequence per prompt (num_beams at most); sample (--do-sample) or ask for fewer",
+        ),
+    ]
+    return [(key, message) for ok, key, message in checks if not ok]
+
+
 def validate(config: Config) -> None:
     """Checks that need more than a type: ranges and combinations of keys."""
     data, model, train, gen = config.data, config.model, config.train, config.generate
@@ -225,7 +262,15 @@ def validate(config: Config) -> None:
     _require(bool(data.dataset), "data.dataset", "must name a Hub dataset, a local file or folder, or builtin:pydoc")
     _require(bool(data.text_column), "data.text_column", "must name the text field, such as text or answers.text")
     _require(data.block_size >= 2, "data.block_size", f"must be at least 2, got {data.block_size}")
-    _require(0.0 < data.validation_split < 1.0, "data.validation_split", f"must be a fraction between 0 and 1, such as 0.2, got {data.validation_split}")
+    if isinstance(data.validation_split, float):
+        _require(0.0 < data.validation_split < 1.0, "data.validation_split", f"must be a fraction between 0 and 1 (such as 0.2), a split name or a file, got {data.validation_split}")
+    else:
+        _require(bool(data.validation_split.strip()), "data.validation_split", "must be a fraction such as 0.2, a split name such as validation, or a file")
+    _require(
+        not data.streaming or config.train.max_steps is not None,
+        "train.max_steps",
+        "is required with data.streaming: true (a stream has no known length to plan the schedule by); set it, such as --max-steps 1000",
+    )
     _require(data.num_proc >= 1, "data.num_proc", f"must be at least 1, got {data.num_proc}")
     _require(data.max_documents is None or data.max_documents >= 2, "data.max_documents", "must be at least 2 (one to train on, one to evaluate) or null")
     _require(config.tokenizer.vocab_size >= 260, "tokenizer.vocab_size", "must be at least 260 (the 256 bytes and the special tokens)")
@@ -243,13 +288,12 @@ def validate(config: Config) -> None:
     _require(train.clipnorm is None or train.clipnorm > 0, "train.clipnorm", "must be positive or null")
     _require(train.epochs >= 1, "train.epochs", f"must be at least 1, got {train.epochs}")
     _require(train.max_steps is None or train.max_steps >= 1, "train.max_steps", f"must be at least 1 or null, got {train.max_steps}")
+    _require(train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", f"must be at least 1, got {train.gradient_accumulation_steps}")
+    _require(train.checkpoint_steps is None or train.checkpoint_steps >= 1, "train.checkpoint_steps", "must be at least 1, or null for epoch ends only")
     _require(config.evaluate.batch_size >= 1, "evaluate.batch_size", f"must be at least 1, got {config.evaluate.batch_size}")
     _require(all(isinstance(p, str) and p for p in gen.prompts), "generate.prompts", "must be a list of non-empty strings")
-    _require(gen.max_new_tokens >= 0, "generate.max_new_tokens", f"must be 0 or more, got {gen.max_new_tokens}")
-    _require(gen.top_k >= 0, "generate.top_k", f"must be 0 (off) or more, got {gen.top_k}")
-    _require(0.0 < gen.top_p <= 1.0, "generate.top_p", f"must be in (0, 1], got {gen.top_p}")
-    _require(gen.temperature > 0, "generate.temperature", f"must be positive, got {gen.temperature}")
-    _require(gen.num_return_sequences >= 1, "generate.num_return_sequences", "must be at least 1")
+    for key, message in generation_problems(gen):
+        raise ConfigError(f"generate.{key}", message)
 
 
 def to_yaml(config: Config) -> str:

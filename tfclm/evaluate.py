@@ -8,6 +8,7 @@ sum of token losses over the count of tokens, computed in float32.
 import math
 
 from tfclm.backend import load
+from tfclm.engine import token_loss_sums
 
 tf, keras = load()
 
@@ -23,11 +24,8 @@ def _sum_and_count(model):
     # One trace for every batch shape: the last batch is usually shorter.
     @tf.function(input_signature=[{"input_ids": spec, "attention_mask": spec, "labels": spec}])
     def step(batch):
-        logits = tf.cast(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], training=False).logits, tf.float32)
-        labels = batch["labels"][:, 1:]
-        mask = tf.cast(labels != -100, tf.float32)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(labels, 0), logits=logits[:, :-1])
-        return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], training=False).logits
+        return token_loss_sums(batch["labels"], logits)
 
     return step
 
@@ -48,13 +46,14 @@ def evaluate_loss(model, dataset) -> dict:
 
 def evaluate_dir(model_dir: str, config_path: str | None = None, text_file: str | None = None, batch_size: int | None = None, block_size: int | None = None) -> dict:
     """Perplexity of a saved model on a text file, or on the validation split its config describes."""
+    import dataclasses
     import os
 
     from tfclm import config as config_lib
     from tfclm import packing, sources
     from tfclm.errors import ConfigError
     from tfclm.modeling import load_trained, n_positions
-    from tfclm.pipeline import fast_dataset
+    from tfclm.pipeline import fast_dataset, stream_dataset
 
     model, tokenizer = load_trained(model_dir)
     config_path = config_path or os.path.join(model_dir, config_lib.CONFIG_FILENAME)
@@ -66,13 +65,19 @@ def evaluate_dir(model_dir: str, config_path: str | None = None, text_file: str 
         try:
             with open(text_file, encoding="utf-8") as handle:
                 texts, source = [handle.read()], text_file
-        except OSError as exc:
-            raise ConfigError("--text-file", f"cannot read {text_file!r}: {exc.strerror}; pass a readable UTF-8 text file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("--text-file", f"cannot read {text_file!r} as UTF-8 text ({type(exc).__name__}); pass a readable UTF-8 text file") from None
+        blocks = packing.build_blocks(texts, tokenizer, block, 1, "evaluation", keep_remainder=True)
+        dataset = fast_dataset(blocks, batch_size or config.evaluate.batch_size, shuffle=False)
+    elif config.data.streaming:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, block_size=block))
+        dataset = stream_dataset(config, tokenizer, "validation", batch_size or config.evaluate.batch_size, shuffle=False)
+        source = f"the validation stream of {config.data.dataset}"
     else:
-        documents = sources.load_documents(config.data)
-        texts = sources.split_documents(documents, config.data.validation_split, config.train.seed)[1]
+        texts = sources.train_and_validation(config.data, config.train.seed)[1]
         source = f"the validation split of {config.data.dataset}"
-    blocks = packing.build_blocks(texts, tokenizer, block, config.data.num_proc, "evaluation", keep_remainder=True)
-    result = evaluate_loss(model, fast_dataset(blocks, batch_size or config.evaluate.batch_size, shuffle=False))
+        blocks = packing.build_blocks(texts, tokenizer, block, config.data.num_proc, "evaluation", keep_remainder=True, pack_documents=config.data.pack)
+        dataset = fast_dataset(blocks, batch_size or config.evaluate.batch_size, shuffle=False)
+    result = evaluate_loss(model, dataset)
     result["source"] = source
     return result

@@ -1,19 +1,21 @@
 """`fit`: the whole run, in the order the data flows.
 
 config -> documents -> tokenizer -> packed blocks -> tf.data -> model and
-optimizer -> Keras fit with callbacks -> evaluation -> sample -> output dir.
+optimizer -> Keras fit with callbacks (checkpoints, resume) -> evaluation ->
+save -> sample -> results.json.
 """
 import dataclasses
 import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 
 from tfclm import config as config_lib
-from tfclm import io, packing, sources
+from tfclm import io
 from tfclm.backend import load
-from tfclm.errors import ConfigError
-from tfclm.tokenizer import load_tokenizer
+from tfclm.data import prepare
+from tfclm.errors import ConfigError, TfclmError
 
 tf, keras = load()
 
@@ -27,117 +29,175 @@ def _versions() -> dict:
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "tf_keras": keras.__version__, "transformers": transformers.__version__, "datasets": datasets.__version__}
 
 
-def _steps(n_blocks: int, config: config_lib.Config) -> tuple[int, int]:
-    """(optimizer steps per epoch, total optimizer steps)."""
-    per_epoch = n_blocks // config.train.batch_size
+@dataclass
+class Plan:
+    """Optimizer steps and the micro-batches Keras sees (accumulation_steps of them per optimizer step)."""
+
+    total_steps: int
+    steps_per_epoch: int | None  # optimizer steps; None for a stream
+    accumulation: int
+
+    def epochs_needed(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch) if self.steps_per_epoch else 1
+
+
+def plan_steps(n_blocks: int | None, config: config_lib.Config) -> Plan:
+    train, accumulation = config.train, config.train.gradient_accumulation_steps
+    if n_blocks is None:  # a stream: only max_steps bounds it
+        return Plan(train.max_steps, None, accumulation)
+    per_epoch = n_blocks // train.batch_size // accumulation
     if per_epoch == 0:
         raise ConfigError(
             "train.batch_size",
-            f"the training text makes {n_blocks} blocks of {config.data.block_size} tokens, fewer than one batch of {config.train.batch_size}; "
-            "lower train.batch_size or data.block_size, or add text",
+            f"the training text makes {n_blocks} blocks of {config.data.block_size} tokens, fewer than one step of "
+            f"{train.batch_size} x {accumulation} blocks; lower train.batch_size, train.gradient_accumulation_steps or data.block_size, or add text",
         )
-    total = per_epoch * config.train.epochs
-    if config.train.max_steps is not None:
-        total = min(total, config.train.max_steps)
-    return per_epoch, total
+    total = per_epoch * train.epochs if train.max_steps is None else min(per_epoch * train.epochs, train.max_steps)
+    return Plan(total, per_epoch, accumulation)
 
 
-def fit(config: config_lib.Config, verbose: int | None = None) -> dict:
-    """Train and evaluate as `config` says; write the output dir; return the results (also in results.json)."""
-    from tfclm.callbacks import PerplexityCallback, StopAfterSteps, ThroughputCallback
+def _nan_message(step: int, value: float, config: config_lib.Config, saved: list[int]) -> str:
+    causes = [f"a learning rate too high (train.learning_rate is {config.train.learning_rate:g})"]
+    if config.train.clipnorm is None:
+        causes.append("no gradient clipping (set train.clipnorm: 1.0)")
+    if config.train.precision == "fp16":
+        causes.append("fp16 overflow (try precision bf16 or fp32)")
+    kept = f"the last good checkpoint (step {saved[-1]}) is kept in {config.output_dir}/checkpoints; rerun to resume from it" if saved else "no checkpoint was saved before it"
+    return f"train: the loss became {value} at optimizer step {step}, so training stopped; likely causes: {'; '.join(causes)}; {kept}"
+
+
+def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool = False) -> dict:
+    """Train and evaluate as `config` says; write the output dir; return the results (also in results.json).
+
+    Rerunning the same config on the same output dir resumes from its latest
+    checkpoint; a finished run is not trained again unless `overwrite`.
+    """
+    from tfclm.engine import set_precision
+
+    config_lib.validate(config)
+    out = config.output_dir
+    resolved = config_lib.to_yaml(config)
+    from tfclm.checkpoints import check_resumable
+
+    check_resumable(out, dataclasses.asdict(config), overwrite)
+    os.makedirs(out, exist_ok=True)
+    io.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), resolved)
+    keras.utils.set_random_seed(config.train.seed)
+    policy = set_precision(config.train.precision)
+    try:
+        return _fit(config, verbose, policy)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # the policy is global: leave the process as it was
+
+
+def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
+    from tfclm.callbacks import PerplexityCallback, StopAfterSteps, StopOnNonFiniteLoss, ThroughputCallback
+    from tfclm.checkpoints import CheckpointCallback, Checkpoints
+    from tfclm.engine import CausalLMTrainer, resolve_jit_compile
     from tfclm.evaluate import evaluate_loss
     from tfclm.generation import generate_samples
     from tfclm.modeling import load_model, make_optimizer
-    from tfclm.pipeline import make_dataset
+    from tfclm.pipeline import make_dataset, stream_dataset
 
-    out = config.output_dir
-    os.makedirs(out, exist_ok=True)
-    io.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
-    keras.utils.set_random_seed(config.train.seed)
-
-    data = config.data
-    documents = sources.load_documents(data)
-    train_texts, eval_texts = sources.split_documents(documents, data.validation_split, config.train.seed)
-    print(f"data: {len(documents):,} distinct documents from {data.dataset}; seeded split: {len(train_texts):,} train, {len(eval_texts):,} validation")
-    tokenizer = load_tokenizer(config, train_texts)
-    train_blocks = packing.build_blocks(train_texts, tokenizer, data.block_size, data.num_proc, "training")
-    eval_blocks = packing.build_blocks(eval_texts, tokenizer, data.block_size, data.num_proc, "validation", keep_remainder=True)
-    print(train_blocks.summary("train"))
-    print(eval_blocks.summary("validation"))
-    steps_per_epoch, total_steps = _steps(len(train_blocks.input_ids), config)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-
+    out, data, train = config.output_dir, config.data, config.train
+    prepared = prepare(config)
+    tokenizer = prepared.tokenizer
     model = load_model(config.model, tokenizer, data.block_size)
-    train_ds = make_dataset(config.train.pipeline, train_blocks, config.train.batch_size, True, config.train.seed, model, tokenizer)
-    eval_ds = make_dataset(config.train.pipeline, eval_blocks, config.evaluate.batch_size, False, config.train.seed, model, tokenizer)
+    plan = plan_steps(None if data.streaming else len(prepared.train.input_ids), config)
+    eval_ds = (
+        stream_dataset(config, tokenizer, "validation", config.evaluate.batch_size, shuffle=False)
+        if data.streaming
+        else make_dataset(train.pipeline, prepared.validation, config.evaluate.batch_size, False, train.seed, model, tokenizer)
+    )
     params = int(sum(v.shape.num_elements() for v in model.trainable_variables))
-    print(f"model: {type(model).__name__}, {params:,} parameters")
+    print(f"model: {type(model).__name__}, {params:,} parameters, {policy} precision")
 
-    before = evaluate_loss(model, eval_ds) if config.evaluate.before_training else None
+    trainer = CausalLMTrainer(model, accumulation_steps=plan.accumulation)
+    optimizer = make_optimizer(train, model, plan.total_steps)
+    jit = resolve_jit_compile(train.jit_compile)
+    trainer.compile(optimizer=optimizer, jit_compile=jit)
+    checkpoints = Checkpoints(out, model, trainer.optimizer)
+    start = checkpoints.restore()
+    if start:
+        print(f"resuming from the checkpoint at optimizer step {start:,} of {plan.total_steps:,} ({checkpoints.latest})")
+    if start >= plan.total_steps and os.path.exists(os.path.join(out, RESULTS_FILENAME)):
+        raise ConfigError("output_dir", f"{out!r} already holds a finished run ({start:,} steps, results.json); use a new --output-dir, or --overwrite to train again")
+
+    before = evaluate_loss(model, eval_ds) if config.evaluate.before_training and not start else None
     if before:
         print(f"before training: eval loss {before['loss']:.4f}, perplexity {before['perplexity']:,.2f}")
 
-    model.compile(optimizer=make_optimizer(config.train, model, total_steps))
-    throughput = ThroughputCallback(tokens_per_step=config.train.batch_size * data.block_size)
-    callbacks = [throughput, PerplexityCallback(), StopAfterSteps(total_steps)]
-    tokens_per_step = config.train.batch_size * data.block_size
-    print(f"training: {total_steps:,} steps over {epochs} epoch(s), {config.train.batch_size} x {data.block_size} = {tokens_per_step:,} tokens a step")
+    micro = plan.accumulation
+    if data.streaming:
+        train_ds = stream_dataset(config, tokenizer, "train", train.batch_size, shuffle=True).skip(start * micro)
+        micro_per_epoch, initial_epoch, epochs = None, 0, train.epochs
+    else:
+        train_ds = make_dataset(train.pipeline, prepared.train, train.batch_size, True, train.seed, model, tokenizer, plan.epochs_needed(), start * micro)
+        # A run shorter than one epoch gets a progress bar of its own length.
+        micro_per_epoch = min(plan.steps_per_epoch, plan.total_steps) * micro
+        initial_epoch, epochs = start // plan.steps_per_epoch, plan.epochs_needed()
+    tokens_per_micro = train.batch_size * data.block_size
+    throughput = ThroughputCallback(tokens_per_step=tokens_per_micro)
+    guard = StopOnNonFiniteLoss()
+    saver = CheckpointCallback(checkpoints, train.checkpoint_steps, plan.steps_per_epoch)
+    callbacks = [throughput, guard, saver, PerplexityCallback(), StopAfterSteps((plan.total_steps - start) * micro)]
+    print(
+        f"training: {plan.total_steps - start:,} optimizer steps of {train.batch_size} x {micro} x {data.block_size} = "
+        f"{tokens_per_micro * micro:,} tokens, {'XLA' if jit else 'no XLA'}"
+    )
     started = time.perf_counter()
-    # A run shorter than one epoch gets a progress bar of its own length; longer
-    # runs stop mid-epoch through StopAfterSteps.
-    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=min(steps_per_epoch, total_steps), callbacks=callbacks, verbose=verbose if verbose is not None else (1 if os.isatty(1) else 2))
+    history = None
+    if start < plan.total_steps:
+        history = trainer.fit(
+            train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=micro_per_epoch, callbacks=callbacks,
+            verbose=verbose if verbose is not None else (1 if os.isatty(1) else 2),
+        )
     train_seconds = time.perf_counter() - started
+    steps = int(trainer.optimizer.iterations)
+    if guard.stopped_at is not None:
+        raise TfclmError(_nan_message(steps, guard.value, config, [start, *saver.saved] if start else saver.saved))
+    if not saver.saved or saver.saved[-1] != steps:
+        checkpoints.save(steps)  # the finish line, so a rerun knows this run is done
 
     after = evaluate_loss(model, eval_ds)
     print(f"after training: eval loss {after['loss']:.4f}, perplexity {after['perplexity']:,.2f}")
-
-    gen = config.generate
-    samples = generate_samples(
-        model,
-        tokenizer,
-        gen.prompts,
-        xla=False,  # one call: compiling would cost more than it saves
-        max_new_tokens=gen.max_new_tokens,
-        do_sample=gen.do_sample,
-        top_k=gen.top_k,
-        top_p=gen.top_p,
-        temperature=gen.temperature,
-        num_return_sequences=gen.num_return_sequences,
-        seed=gen.seed if gen.seed is not None else config.train.seed,
-    )
-    for sample in samples:
-        print(f"sample ({sample.new_tokens} new tokens): {sample.text!r}")
-
+    # Saved before sampling: whatever happens next, the trained model is on disk.
     io.save_pretrained_atomic([model, tokenizer], out)
+
+    options = dataclasses.asdict(config.generate)
+    prompts = options.pop("prompts")
+    options["seed"] = options["seed"] if options["seed"] is not None else train.seed
+    # One call: compiling it with XLA would cost more than it saves.
+    samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
+    for sample in samples:
+        print(f"sample ({sample.new_tokens} new tokens{', ended at EOS' if sample.stopped_at_eos else ''}): {sample.text!r}")
+
+    logged = history.history if history else {}
     results = {
-        "train_loss": float(history.history["loss"][-1]),
+        "train_loss": float(logged["loss"][-1]) if logged.get("loss") else None,
         "eval_loss": after["loss"],
         "perplexity": after["perplexity"],
         "eval_loss_before": before["loss"] if before else None,
         "perplexity_before": before["perplexity"] if before else None,
         "eval_tokens": after["tokens"],
         "train_tokens": throughput.tokens,
-        "train_steps": throughput.steps,
-        "epochs": len(history.history["loss"]),
+        "train_steps": steps,
+        "resumed_from_step": start,
+        "epochs": len(logged.get("loss", [])),
         "train_seconds": round(train_seconds, 3),
         "tokens_per_second": round(throughput.tokens_per_second, 1),
         "parameters": params,
-        "data": {
-            "documents": len(documents),
-            "train_documents": len(train_texts),
-            "validation_documents": len(eval_texts),
-            "train_blocks": int(len(train_blocks.input_ids)),
-            "validation_blocks": int(len(eval_blocks.input_ids)),
-            "train_tokens_dropped": train_blocks.dropped,
-            "validation_tokens_dropped": eval_blocks.dropped,
-        },
-        "history": {key: [float(v) for v in values] for key, values in history.history.items()},
+        "precision": policy,
+        "jit_compile": jit,
+        "data": prepared.facts,
+        "history": {key: [float(v) for v in values] for key, values in logged.items()},
         "samples": [dataclasses.asdict(s) for s in samples],
         "versions": _versions(),
     }
     io.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
     print(
-        f"done: {throughput.steps:,} steps, {throughput.tokens:,} tokens in {train_seconds:,.1f} s "
-        f"({throughput.tokens_per_second:,.0f} tokens/s); perplexity {before['perplexity'] if before else float('nan'):,.2f} -> {after['perplexity']:,.2f}; saved to {out}"
+        f"done: {steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} tokens in {train_seconds:,.1f} s "
+        f"({throughput.tokens_per_second:,.0f} tokens/s); perplexity "
+        f"{before['perplexity'] if before else float('nan'):,.2f} -> {after['perplexity']:,.2f}; saved to {out}"
     )
     return results

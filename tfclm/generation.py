@@ -32,6 +32,7 @@ class Sample:
     prompt_tokens: int
     new_tokens: int
     seconds: float
+    stopped_at_eos: bool = False  # ended with EOS, not at max_new_tokens
 
     @property
     def text(self) -> str:
@@ -52,25 +53,10 @@ class GenerationOptions:
     seed: Optional[int] = None
 
     def validate(self) -> None:
-        checks = [
-            (self.max_new_tokens >= 0, "max_new_tokens", f"must be 0 or more, got {self.max_new_tokens}"),
-            (self.min_new_tokens >= 0, "min_new_tokens", f"must be 0 or more, got {self.min_new_tokens}"),
-            (self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", f"({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"),
-            (self.top_k >= 0, "top_k", f"must be 0 (off) or more, got {self.top_k}"),
-            (0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}"),
-            (self.temperature > 0, "temperature", f"must be positive, got {self.temperature}"),
-            (self.num_beams >= 1, "num_beams", f"must be at least 1, got {self.num_beams}"),
-            (self.repetition_penalty > 0, "repetition_penalty", f"must be positive (1.0: off), got {self.repetition_penalty}"),
-            (self.num_return_sequences >= 1, "num_return_sequences", f"must be at least 1, got {self.num_return_sequences}"),
-            (
-                self.do_sample or self.num_return_sequences <= self.num_beams,
-                "num_return_sequences",
-                "greedy decoding gives one sequence per prompt (num_beams at most); sample (--do-sample) or ask for fewer",
-            ),
-        ]
-        for ok, key, message in checks:
-            if not ok:
-                raise ConfigError(key, message)
+        from tfclm.config import generation_problems
+
+        for key, message in generation_problems(self):
+            raise ConfigError(key, message)
 
 
 class TopKTopPLogitsProcessor(TFLogitsProcessor):
@@ -180,9 +166,12 @@ class Generator:
         if self.xla:
             length = max(ids.shape[1], min(_bucket(ids.shape[1], self.length_buckets), limit - opts.max_new_tokens))
             batch = _bucket(len(prompts), [2**i for i in range(16)])
-            ids = np.pad(ids, ((0, batch - len(prompts)), (length - ids.shape[1], 0)), constant_values=tok.pad_token_id)
-            mask = np.pad(mask, ((0, batch - len(prompts)), (length - mask.shape[1], 0)))
-            mask[len(prompts):, -1] = 1  # filler rows need one visible token
+            ids = np.pad(ids, ((0, 0), (length - ids.shape[1], 0)), constant_values=tok.pad_token_id)
+            mask = np.pad(mask, ((0, 0), (length - mask.shape[1], 0)))
+            # Filler rows repeat the first prompt: their output is dropped, and a row
+            # of padding alone would make transformers warn of right-padding.
+            filler = np.zeros(batch - len(prompts), dtype=np.int64)
+            ids, mask = np.concatenate([ids, ids[filler]]), np.concatenate([mask, mask[filler]])
         seed = opts.seed if opts.seed is not None else int(np.random.randint(0, 2**31 - 1))
         started = time.perf_counter()
         output = self._run(tf.constant(ids), tf.constant(mask), tf.constant([seed, 0], tf.int32), opts)
@@ -192,9 +181,11 @@ class Generator:
         for row, sequence in enumerate(output):
             prompt_index = row // opts.num_return_sequences
             new = [int(t) for t in sequence[ids.shape[1]:]]
-            if tok.eos_token_id in new:
+            stopped = tok.eos_token_id in new
+            if stopped:
                 new = new[: new.index(tok.eos_token_id) + 1]
-            samples.append(Sample(prompts[prompt_index], tok.decode(new, skip_special_tokens=True), int(encoded["attention_mask"][prompt_index].sum()), len(new), seconds))
+            prompt_tokens = int(encoded["attention_mask"][prompt_index].sum())
+            samples.append(Sample(prompts[prompt_index], tok.decode(new, skip_special_tokens=True), prompt_tokens, len(new), seconds, stopped))
         return samples
 
 

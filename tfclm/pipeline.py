@@ -34,12 +34,26 @@ def _arrays(blocks: Blocks) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask.astype(np.int32)
 
 
-def fast_dataset(blocks: Blocks, batch_size: int, shuffle: bool, seed: int = 0):
-    """Training batches drop the remainder (fixed shapes); evaluation batches keep every block."""
-    ds = tf.data.Dataset.from_tensor_slices(_arrays(blocks))
-    if shuffle:
-        ds = ds.shuffle(len(blocks.input_ids), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=shuffle)
+def epoch_order(n_blocks: int, batch_size: int, seed: int, epochs: int) -> np.ndarray:
+    """Block indices of every training batch, epoch after epoch: (batches, batch_size).
+
+    Each epoch is its own seeded permutation, fixed by (seed, epoch) alone, so
+    a resumed run can skip exactly the batches it already trained on.
+    """
+    per_epoch = n_blocks // batch_size
+    orders = [np.random.default_rng([seed, epoch]).permutation(n_blocks)[: per_epoch * batch_size] for epoch in range(epochs)]
+    return np.concatenate(orders).reshape(-1, batch_size).astype(np.int32)
+
+
+def fast_dataset(blocks: Blocks, batch_size: int, shuffle: bool, seed: int = 0, epochs: int = 1, skip_batches: int = 0):
+    """Shuffled training batches drop each epoch's remainder (fixed shapes); evaluation batches keep every block."""
+    ids, mask = _arrays(blocks)
+    if not shuffle:
+        ds = tf.data.Dataset.from_tensor_slices((ids, mask)).batch(batch_size)
+    else:
+        ids_t, mask_t = tf.constant(ids), tf.constant(mask)
+        order = epoch_order(len(ids), batch_size, seed, epochs)[skip_batches:]
+        ds = tf.data.Dataset.from_tensor_slices(order).map(lambda rows: (tf.gather(ids_t, rows), tf.gather(mask_t, rows)))
     return ds.map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -77,7 +91,32 @@ def recipe_dataset(model, blocks: Blocks, tokenizer, batch_size: int, shuffle: b
     return batches.map(lambda features, labels: {key: tf.cast(value, tf.int32) for key, value in {**features, "labels": labels}.items()})
 
 
-def make_dataset(kind: str, blocks: Blocks, batch_size: int, shuffle: bool, seed: int, model=None, tokenizer=None):
+def make_dataset(kind: str, blocks: Blocks, batch_size: int, shuffle: bool, seed: int, model=None, tokenizer=None, epochs: int = 1, skip_batches: int = 0):
     if kind == "recipe":
-        return recipe_dataset(model, blocks, tokenizer, batch_size, shuffle)
-    return fast_dataset(blocks, batch_size, shuffle, seed)
+        ds = recipe_dataset(model, blocks, tokenizer, batch_size, shuffle)
+        # prepare_tf_dataset reshuffles on every pass: a resumed run skips as many batches, not the same ones.
+        return ds.repeat(epochs).skip(skip_batches) if shuffle else ds
+    return fast_dataset(blocks, batch_size, shuffle, seed, epochs, skip_batches)
+
+
+SHUFFLE_BUFFER = 10_000  # blocks: bounds a stream's memory, 10,000 x 128 tokens = 5 MB
+
+
+def stream_dataset(config, tokenizer, side: str, batch_size: int, shuffle: bool):
+    """Batches packed on the fly from a stream of documents; memory is bounded by the shuffle buffer."""
+    from tfclm.data import stream_texts
+    from tfclm.packing import stream_blocks
+
+    data = config.data
+    block = data.block_size
+
+    def blocks():
+        texts = stream_texts(data, config.train.seed, side)
+        yield from stream_blocks(texts, tokenizer, block, data.pack, keep_remainder=not shuffle)
+
+    spec = tf.TensorSpec([block], tf.int32)
+    ds = tf.data.Dataset.from_generator(blocks, output_signature=(spec, spec))
+    if shuffle:
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=config.train.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=shuffle)
+    return ds.map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

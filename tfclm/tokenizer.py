@@ -15,7 +15,7 @@ EOS = "<|endoftext|>"
 MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
-def train_bpe(texts: list[str], vocab_size: int):
+def train_bpe(texts, vocab_size: int):
     """A GPT-2 style byte-level BPE over `texts`, wrapped for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -29,7 +29,7 @@ def train_bpe(texts: list[str], vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    bpe.train_from_iterator(texts, trainer=trainer, length=len(texts) if hasattr(texts, "__len__") else None)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=EOS,
@@ -80,9 +80,14 @@ def pretrained_tokenizer(name_or_path: str, trust_remote_code: bool, key: str):
     return tokenizer
 
 
-def load_tokenizer(config: Config, train_texts: list[str]):
+def load_tokenizer(config: Config, train_texts):
+    """The configured tokenizer, or a BPE trained on `train_texts` (a list, cached; or an iterator, streamed)."""
     if config.tokenizer.name_or_path:
         return pretrained_tokenizer(config.tokenizer.name_or_path, config.model.trust_remote_code, "tokenizer.name_or_path")
     if config.model.name_or_path:
         return pretrained_tokenizer(config.model.name_or_path, config.model.trust_remote_code, "model.name_or_path")
+    if not isinstance(train_texts, list):
+        tokenizer = train_bpe(train_texts, config.tokenizer.vocab_size)
+        print(f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens on the stream (not cached: a stream has no fingerprint short of reading it)")
+        return tokenizer
     return trained_tokenizer(train_texts, config.tokenizer.vocab_size, os.path.join(config.output_dir, "cache"))

@@ -1,0 +1,80 @@
+"""The data stage: documents -> split -> tokenizer -> blocks, with a cache of the blocks.
+
+In memory (the default) the blocks are built once and cached in
+`OUTPUT_DIR/cache/`, keyed by the documents, the tokenizer, block_size and
+packing; a rerun with the same inputs skips tokenization and says so. With
+`data.streaming: true` nothing is built here: the pipeline packs on the fly.
+"""
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+from tfclm import packing, sources
+from tfclm.config import Config, DataConfig
+from tfclm.packing import Blocks
+from tfclm.tokenizer import load_tokenizer
+
+
+@dataclass
+class PreparedData:
+    tokenizer: object
+    train: Optional[Blocks] = None  # None when streaming
+    validation: Optional[Blocks] = None
+    facts: dict = field(default_factory=dict)  # counts for results.json
+
+
+def _in_validation(text: str, fraction: float, seed: int) -> bool:
+    """A seeded coin per document, the same on every pass: a stream's split without holding the stream."""
+    digest = hashlib.blake2b(f"{seed}\0{text.strip()}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def stream_texts(data: DataConfig, seed: int, side: str) -> Iterator[str]:
+    """The training or validation documents of a stream, read lazily."""
+    other = sources.validation_source(data)
+    if other is not None:
+        source = other if side == "validation" else data
+        yield from sources.unique_documents(sources.iter_texts(source), source.max_documents)
+        return
+    for text in sources.unique_documents(sources.iter_texts(data), data.max_documents):
+        if _in_validation(text, data.validation_split, seed) == (side == "validation"):
+            yield text
+
+
+def prepare(config: Config) -> PreparedData:
+    data, seed = config.data, config.train.seed
+    if data.streaming:
+        tokenizer = load_tokenizer(config, stream_texts(data, seed, "train"))
+        print(f"data: streaming {data.dataset}; blocks of {data.block_size} are packed on the fly")
+        return PreparedData(tokenizer, facts={"streaming": True})
+
+    train_texts, eval_texts, how = sources.train_and_validation(data, seed)
+    print(f"data: {len(train_texts) + len(eval_texts):,} distinct documents from {data.dataset}; {how}")
+    tokenizer = load_tokenizer(config, train_texts)
+    key = packing.blocks_key(train_texts, eval_texts, tokenizer, data.block_size, data.pack)
+    cache = os.path.join(config.output_dir, "cache", f"blocks-{key}.npz")
+    if os.path.exists(cache):
+        blocks = packing.load_blocks(cache, ("train", "validation"))
+        print(f"data: reusing the blocks cached in {cache}; tokenization skipped")
+    else:
+        build = dict(block_size=data.block_size, num_proc=data.num_proc, pack_documents=data.pack)
+        blocks = {
+            "train": packing.build_blocks(train_texts, tokenizer, name="training", **build),
+            "validation": packing.build_blocks(eval_texts, tokenizer, name="validation", keep_remainder=True, **build),
+        }
+        packing.save_blocks(cache, blocks)
+    train, validation = blocks["train"], blocks["validation"]
+    print(train.summary("train"))
+    print(validation.summary("validation"))
+    facts = {
+        "documents": len(train_texts) + len(eval_texts),
+        "train_documents": len(train_texts),
+        "validation_documents": len(eval_texts),
+        "train_blocks": int(len(train.input_ids)),
+        "validation_blocks": int(len(validation.input_ids)),
+        "train_tokens_dropped": train.dropped,
+        "validation_tokens_dropped": validation.dropped,
+        "validation": how,
+    }
+    return PreparedData(tokenizer, train, validation, facts)
