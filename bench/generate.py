@@ -10,13 +10,11 @@ transformers' own warpers, to show what the fused top-k/top-p step buys.
 """
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import distilgpt2, id_tokenizer
 
-import tfclm  # noqa: E402,F401  - sets TF_USE_LEGACY_KERAS first
-from tfclm.backend import load  # noqa: E402
+from tfclm.backend import load
 
 tf, keras = load()
 
@@ -27,19 +25,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from transformers import GPT2Config, PreTrainedTokenizerFast, TFGPT2LMHeadModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     from tfclm.generation import Generator
 
-    tf.random.set_seed(0)
-    model = TFGPT2LMHeadModel(GPT2Config(n_layer=6))
-    model.build_in_name_scope()
-    # A word-level tokenizer over the same 50,257 ids: the model, not the tokenizer, is measured.
-    vocab = {f"w{i}": i for i in range(50256)} | {"<|endoftext|>": 50256}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"])
+    model = distilgpt2()
+    tokenizer = id_tokenizer()
     prompt = " ".join(f"w{i}" for i in range(100, 112))  # 12 tokens
     second = " ".join(f"w{i}" for i in range(200, 209))  # 9 tokens: the same 16-token bucket
     options = dict(do_sample=True, top_k=50, top_p=0.95, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=1)

@@ -64,7 +64,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many optimizer steps
     gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimizer step
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: CPUs with bf16, GPUs, TPUs; fp16: GPUs
-    jit_compile: Literal["auto", "true", "false"] = "auto"  # XLA for the train step; auto: on GPU/TPU only
+    jit_compile: Union[bool, Literal["auto"]] = "auto"  # XLA for the train step: true, false, or auto (on GPU/TPU only)
     checkpoint_steps: Optional[int] = 500  # also checkpoint every N optimizer steps (null: epoch ends only)
     seed: int = 42
     pipeline: Literal["fast", "recipe"] = "fast"

@@ -29,32 +29,35 @@ def pydoc_topics() -> list[str]:
     return [topics[key].strip() for key in sorted(topics)]
 
 
-def _module_docstrings(path: str) -> str:
+def _module_docstrings(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as handle:
             tree = ast.parse(handle.read(), filename=path)
     except (SyntaxError, UnicodeDecodeError, ValueError):
-        return ""
+        return []
     docs = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             doc = ast.get_docstring(node, clean=False)
             if doc and doc.strip():
                 docs.append(inspect.cleandoc(doc))
-    return "\n\n".join(docs)
+    return docs
 
 
 def stdlib_docstrings(stdlib: str | None = None) -> list[str]:
-    """One document per standard-library module: its docstrings joined, in source order."""
+    """One document per docstring of the standard library's modules, classes and functions.
+
+    A docstring is a whole text with an end, so the model sees EOS every few
+    dozen tokens and learns to stop; whole modules as documents averaged ~770
+    tokens, and a model trained on them rarely ended a 100-token sample.
+    """
     root = stdlib or sysconfig.get_paths()["stdlib"]
     documents = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         for filename in sorted(filenames):
             if filename.endswith(".py"):
-                text = _module_docstrings(os.path.join(dirpath, filename))
-                if text:
-                    documents.append(text)
+                documents.extend(_module_docstrings(os.path.join(dirpath, filename)))
     return documents
 
 

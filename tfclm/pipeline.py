@@ -111,8 +111,20 @@ def stream_dataset(config, tokenizer, side: str, batch_size: int, shuffle: bool)
     block = data.block_size
 
     def blocks():
+        from tqdm import tqdm
+
         texts = stream_texts(data, config.train.seed, side)
-        yield from stream_blocks(texts, tokenizer, block, data.pack, keep_remainder=not shuffle)
+        counts = {"tokens": 0, "blocks": 0}
+        with tqdm(desc=f"streaming {side}", unit=" docs", leave=False) as bar:
+
+            def progress(documents, tokens):
+                counts["tokens"] += tokens
+                bar.update(documents)
+                bar.set_postfix(tokens=f"{counts['tokens']:,}", blocks=f"{counts['blocks']:,}", refresh=False)
+
+            for pair in stream_blocks(texts, tokenizer, block, data.pack, keep_remainder=not shuffle, progress=progress):
+                counts["blocks"] += 1
+                yield pair
 
     spec = tf.TensorSpec([block], tf.int32)
     ds = tf.data.Dataset.from_generator(blocks, output_signature=(spec, spec))

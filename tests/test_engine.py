@@ -1,0 +1,159 @@
+"""The training engine: accumulation, precision, XLA switch, NaN guard, checkpoints and resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli
+
+
+def tiny_lm(seed=0):
+    import tf_keras as keras
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    keras.utils.set_random_seed(seed)
+    lm = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    lm.build_in_name_scope()
+    return lm
+
+
+def batches(ids, size):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(ids).batch(size).map(lambda x: {"input_ids": x, "attention_mask": tf.ones_like(x), "labels": x})
+
+
+def test_accumulation_equals_one_large_batch_step():
+    from transformers import AdamWeightDecay
+
+    from tfclm.engine import CausalLMTrainer
+
+    ids = np.random.default_rng(0).integers(0, 64, (8, 16)).astype(np.int32)
+    weights = []
+    for accumulation, size in ((1, 8), (4, 2)):
+        lm = tiny_lm()
+        trainer = CausalLMTrainer(lm, accumulation_steps=accumulation)
+        trainer.compile(optimizer=AdamWeightDecay(learning_rate=1e-2, weight_decay_rate=0.01))
+        trainer.fit(batches(ids, size), epochs=1, verbose=0)
+        assert int(trainer.optimizer.iterations) == 1
+        weights.append([v.numpy() for v in lm.trainable_variables])
+    untouched = [v.numpy() for v in tiny_lm().trainable_variables]
+    for big, accumulated, start in zip(*weights, untouched):
+        assert np.allclose(big, accumulated, atol=1e-6)
+    assert any(not np.allclose(b, s) for b, s in zip(weights[0], untouched))  # a step was taken
+
+
+def test_bf16_trains_on_cpu_with_falling_loss():
+    import tf_keras as keras
+    from transformers import AdamWeightDecay
+
+    from tfclm.engine import CausalLMTrainer, set_precision
+
+    set_precision("bf16")
+    try:
+        lm = tiny_lm()
+        assert lm.transformer.h[0].attn.c_attn.compute_dtype == "bfloat16"
+        trainer = CausalLMTrainer(lm)
+        trainer.compile(optimizer=AdamWeightDecay(learning_rate=3e-3))
+        ids = np.tile(np.arange(16, dtype=np.int32), (32, 1))  # one sequence to learn
+        losses = trainer.fit(batches(ids, 8), epochs=4, verbose=0).history["loss"]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] * 0.8
+
+
+@pytest.mark.skipif("not __import__('tensorflow').config.list_physical_devices('GPU')", reason="fp16 loss scaling needs a GPU; this machine has none")
+def test_fp16_with_loss_scaling_on_gpu():
+    import tf_keras as keras
+    from transformers import AdamWeightDecay
+
+    from tfclm.engine import CausalLMTrainer, set_precision
+
+    set_precision("fp16")
+    try:
+        trainer = CausalLMTrainer(tiny_lm())
+        trainer.compile(optimizer=AdamWeightDecay(learning_rate=3e-3))
+        assert isinstance(trainer.optimizer, keras.mixed_precision.LossScaleOptimizer)
+        ids = np.tile(np.arange(16, dtype=np.int32), (32, 1))
+        losses = trainer.fit(batches(ids, 8), epochs=3, verbose=0).history["loss"]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_nan_stops_training_names_causes_and_keeps_the_checkpoint(tmp_path):
+    out = str(tmp_path / "nan")
+    result = run_cli([
+        "fit", "--config", DEFAULT_CONFIG, *TINY, "--set", "evaluate.before_training=false", "--set", "train.warmup_ratio=0",
+        "--set", "train.clipnorm=null", "--set", "train.lr_schedule=constant", "--set", "train.checkpoint_steps=1",
+        "--learning-rate", "1e12", "--max-steps", "30", "--output-dir", out,
+    ])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "the loss became" in line and "train.learning_rate is 1e+12" in line and "train.clipnorm" in line
+    assert "last good checkpoint" in line and os.path.exists(os.path.join(out, "checkpoints", "checkpoint"))
+    assert not os.path.exists(os.path.join(out, "tf_model.h5"))  # NaN weights are not saved as the model
+
+
+def test_xla_and_progress_logs(tmp_path):
+    out = str(tmp_path / "xla")
+    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--set", "evaluate.before_training=false", "--set", "train.jit_compile=true", "--set", "train.gradient_accumulation_steps=2", "--max-steps", "3", "--output-dir", out])
+    assert result.exit_code == 0, result.output
+    assert "XLA" in result.stdout and "learning_rate:" in result.stdout and "tokens_per_second:" in result.stdout
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["jit_compile"] is True and results["train_steps"] == 3 and results["train_tokens"] == 3 * 2 * 16 * 128
+
+
+def test_finished_run_is_not_retrained_and_other_settings_are_refused(trained_dir):
+    out, _ = trained_dir
+    again = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--max-steps", "40", "--output-dir", out])
+    assert again.exit_code == 2 and "already holds a finished run (40 steps" in again.output
+    other = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--max-steps", "40", "--output-dir", out, "--set", "train.learning_rate=0.5"])
+    assert other.exit_code == 2 and "train.learning_rate" in other.output and "--overwrite" in other.output
+
+
+def _fit_command(out):
+    return [
+        sys.executable, "-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *TINY,
+        "--set", "evaluate.before_training=false", "--set", "train.checkpoint_steps=5", "--set", "train.epochs=2",
+        "--set", "data.max_documents=80", "--batch-size", "4", "--output-dir", out,
+    ]
+
+
+def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    reference = str(tmp_path / "reference")
+    done = subprocess.run(_fit_command(reference), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = json.load(open(os.path.join(reference, "results.json")))
+    steps_per_epoch = expected["train_steps"] // 2
+
+    out = str(tmp_path / "killed")
+    process = subprocess.Popen(_fit_command(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True)
+    index = os.path.join(out, "checkpoints", "checkpoint")
+    deadline = time.monotonic() + 300
+    try:
+        # Kill once a checkpoint inside the first epoch is on disk, and before the epoch's end.
+        while time.monotonic() < deadline and process.poll() is None:
+            if os.path.exists(index) and "ckpt-10" in open(index).read():
+                break
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(out, "results.json"))
+
+    resumed = subprocess.run(_fit_command(out), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    line = [l for l in resumed.stdout.splitlines() if l.startswith("resuming from the checkpoint at optimizer step")][0]
+    resumed_at = int(line.split("step ")[1].split(" ")[0].replace(",", ""))
+    assert 10 <= resumed_at < steps_per_epoch
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["resumed_from_step"] == resumed_at and results["train_steps"] == expected["train_steps"]
+    assert results["eval_loss"] == pytest.approx(expected["eval_loss"], rel=0.02)
