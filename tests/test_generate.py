@@ -46,6 +46,15 @@ def test_two_prompt_lengths_in_one_bucket_trace_once(model_and_tokenizer):
     assert xla.traces == 2
 
 
+def test_xla_and_eager_sample_the_same_text_for_a_seed(model_and_tokenizer):
+    # No top-k/top-p cut: this barely trained model's logits are near ties, and which tie
+    # falls inside a cut can differ by float rounding between the two; the draws cannot.
+    options = dict(do_sample=True, top_k=0, top_p=1.0, seed=11, max_new_tokens=12)
+    eager = [s.completion for s in generator(model_and_tokenizer, xla=False)[0](["The", "Return the value"], **options)]
+    xla = [s.completion for s in generator(model_and_tokenizer, xla=True)[0](["The", "Return the value"], **options)]
+    assert eager == xla
+
+
 @pytest.mark.parametrize("xla", [False, True])
 def test_same_seed_same_text(model_and_tokenizer, xla):
     gen = generator(model_and_tokenizer, xla=xla)[0]
@@ -79,14 +88,45 @@ def test_fused_top_k_top_p_equals_transformers_warpers():
     import tensorflow as tf
     from transformers.generation.tf_logits_process import TFTemperatureLogitsWarper, TFTopKLogitsWarper, TFTopPLogitsWarper
 
-    from tfclm.generation import TopKTopPLogitsProcessor
+    from tfclm.generation import filter_logits
 
     scores = tf.constant(np.random.default_rng(0).normal(size=(4, 500)) * 3, tf.float32)
-    expected = TFTopPLogitsWarper(0.8)(None, TFTopKLogitsWarper(30)(None, TFTemperatureLogitsWarper(0.7)(None, scores, 1), 1), 1)
-    ours = TopKTopPLogitsProcessor(top_k=30, top_p=0.8, temperature=0.7)(None, scores, 1)
-    kept_expected, kept_ours = np.isfinite(expected.numpy()) & (expected.numpy() > -1e30), ours.numpy() > -1e30
-    assert np.array_equal(kept_expected, kept_ours) and 1 <= kept_ours.sum(axis=1).min() <= 30
-    assert np.allclose(ours.numpy()[kept_ours], (scores.numpy() / 0.7)[kept_ours])
+    for top_k, top_p in ((30, 0.8), (0, 0.8), (30, 1.0)):
+        expected = TFTemperatureLogitsWarper(0.7)(None, scores, 1)
+        if top_k:
+            expected = TFTopKLogitsWarper(top_k)(None, expected, 1)
+        if top_p < 1:
+            expected = TFTopPLogitsWarper(top_p)(None, expected, 1)
+        ours = filter_logits(scores, top_k=top_k, top_p=top_p, temperature=0.7).numpy()
+        kept_expected, kept_ours = expected.numpy() > -1e30, ours > -1e30
+        assert np.array_equal(kept_expected, kept_ours) and kept_ours.sum(axis=1).min() >= 1
+        assert np.allclose(ours[kept_ours], (scores.numpy() / 0.7)[kept_ours])
+
+
+def test_sampling_draws_from_the_filtered_softmax_with_a_new_seed_each_step():
+    """transformers' TF sampling reuses one seed for every step; tfclm's must not, and must follow the distribution."""
+    import tensorflow as tf
+
+    from tfclm.generation import SamplingLogitsProcessor
+
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    scores = tf.constant(np.log(probs)[None, :], tf.float32)
+    sampler = SamplingLogitsProcessor(top_k=3, top_p=1.0, temperature=1.0, seed=tf.constant([7, 0], tf.int32))
+    draws = np.array([int(tf.argmax(sampler(None, scores, step), axis=-1)[0]) for step in range(4000)])
+    frequencies = np.bincount(draws, minlength=4) / len(draws)
+    assert frequencies[3] == 0  # top-k 3 removed the last token
+    assert np.allclose(frequencies[:3], probs[:3] / probs[:3].sum(), atol=0.03)
+    again = [int(tf.argmax(sampler(None, scores, step), axis=-1)[0]) for step in range(50)]
+    assert again == draws[:50].tolist()  # the same seed and step give the same draw
+
+
+def test_seeded_samples_do_not_repeat_one_token(model_and_tokenizer):
+    gen = generator(model_and_tokenizer, xla=True)[0]
+    samples = gen(["The"] * 4, do_sample=True, seed=1, max_new_tokens=30, min_new_tokens=30, top_k=50, top_p=0.95)
+    for sample in samples:
+        ids = model_and_tokenizer[1](sample.completion)["input_ids"]
+        assert len(set(ids)) > 5, sample.completion
+    assert len({s.completion for s in samples}) == 4  # each row its own draw
 
 
 def test_python_api_loads_once(trained_dir):

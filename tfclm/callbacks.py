@@ -141,3 +141,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.stopped_at, self.value = self._batches, float(loss)
             self.model.stop_training = True
+
+
+from tfclm.hub import PushToHubCallback  # noqa: E402,F401  - a callback too; it lives with the Hub code

@@ -152,5 +152,28 @@ def generate_command(model_dir, prompts, prompt_file, xla, as_json, **options):
             click.echo("")
 
 
+@cli.command("push")
+@click.option("--model", "model_dir", required=True, metavar="DIR", help="A tfclm output dir to push.")
+@click.option("--repo-id", required=True, metavar="NAME", help="The Hub repo, such as user/my-model; created if missing.")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--checkpoint", is_flag=True, help="Also push the resumable checkpoints (checkpoints/).")
+@click.option("--message", default="Upload model trained with tfclm", show_default=True, help="The commit message.")
+@domain_errors
+def push_command(model_dir, repo_id, private, checkpoint, message):
+    """Push an output dir to the Hugging Face Hub, with a model card.
+
+    The token comes from HF_TOKEN or `huggingface-cli login`; HF_ENDPOINT
+    points at another Hub.
+
+    \b
+    Example:
+        python -m tfclm push --model runs/default --repo-id me/pydoc-gpt2 --private
+    """
+    from tfclm.hub import push_dir
+
+    commit = push_dir(model_dir, repo_id, private=private, checkpoint=checkpoint, message=message)
+    click.echo(f"pushed {model_dir} to {repo_id} (commit {commit[:12]})")
+
+
 def main():
     cli(prog_name="python -m tfclm")

@@ -94,6 +94,17 @@ class GenerateConfig:
 
 
 @dataclass
+class HubConfig:
+    push: bool = False  # push to the Hub during and after training
+    model_id: Optional[str] = None  # "user/name"; default: the output dir's name under your user
+    private: bool = False
+    save_strategy: Literal["epoch", "steps", "no"] = "epoch"  # when to push during training
+    save_steps: Optional[int] = None  # with save_strategy: steps
+    checkpoint: bool = False  # also push the resumable checkpoints
+    max_retries: int = 3  # per push, with exponential backoff; a push that still fails is reported
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -102,6 +113,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
 
 _TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list"}
@@ -292,6 +304,10 @@ def validate(config: Config) -> None:
     _require(train.checkpoint_steps is None or train.checkpoint_steps >= 1, "train.checkpoint_steps", "must be at least 1, or null for epoch ends only")
     _require(config.evaluate.batch_size >= 1, "evaluate.batch_size", f"must be at least 1, got {config.evaluate.batch_size}")
     _require(all(isinstance(p, str) and p for p in gen.prompts), "generate.prompts", "must be a list of non-empty strings")
+    hub = config.hub
+    _require(hub.save_strategy != "steps" or (hub.save_steps or 0) >= 1, "hub.save_steps", "must be at least 1 with hub.save_strategy: steps")
+    _require(hub.max_retries >= 0, "hub.max_retries", f"must be 0 or more, got {hub.max_retries}")
+    _require(hub.model_id is None or hub.model_id.count("/") <= 1, "hub.model_id", f"{hub.model_id!r} is not a repo id; write it as user/name")
     for key, message in generation_problems(gen):
         raise ConfigError(f"generate.{key}", message)
 

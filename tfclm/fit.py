@@ -90,6 +90,20 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
         keras.mixed_precision.set_global_policy("float32")  # the policy is global: leave the process as it was
 
 
+def _hub_callback(config: config_lib.Config, tokenizer):
+    """The push-to-Hub callback the `hub:` section asks for; its final push waits for the results."""
+    hub = config.hub
+    if not hub.push:
+        return None
+    from tfclm.hub import DEFAULT_IGNORE, PushToHubCallback
+
+    ignore = tuple(p for p in DEFAULT_IGNORE if not (hub.checkpoint and p.startswith("checkpoints")))
+    return PushToHubCallback(
+        config.output_dir, save_strategy=hub.save_strategy, save_steps=hub.save_steps, tokenizer=tokenizer, hub_model_id=hub.model_id,
+        private=hub.private, max_retries=hub.max_retries, push_at_train_end=False, ignore_patterns=ignore,
+    )
+
+
 def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
     from tfclm.callbacks import PerplexityCallback, StopAfterSteps, StopOnNonFiniteLoss, ThroughputCallback
     from tfclm.checkpoints import CheckpointCallback, Checkpoints
@@ -141,6 +155,9 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
     guard = StopOnNonFiniteLoss()
     saver = CheckpointCallback(checkpoints, train.checkpoint_steps, plan.steps_per_epoch)
     callbacks = [throughput, guard, saver, PerplexityCallback(), StopAfterSteps((plan.total_steps - start) * micro)]
+    pusher = _hub_callback(config, tokenizer)
+    if pusher is not None:
+        callbacks.append(pusher)
     print(
         f"training: {plan.total_steps - start:,} optimizer steps of {train.batch_size} x {micro} x {data.block_size} = "
         f"{tokens_per_micro * micro:,} tokens, {'XLA' if jit else 'no XLA'}"
@@ -195,6 +212,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
         "versions": _versions(),
     }
     io.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
+    if pusher is not None:
+        pusher.push_final(config=dataclasses.asdict(config), results=results, save=False)
     print(
         f"done: {steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} tokens in {train_seconds:,.1f} s "
         f"({throughput.tokens_per_second:,.0f} tokens/s); perplexity "

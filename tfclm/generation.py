@@ -59,29 +59,85 @@ class GenerationOptions:
             raise ConfigError(key, message)
 
 
-class TopKTopPLogitsProcessor(TFLogitsProcessor):
-    """Temperature, then top-k, then top-p among the k survivors, in one pass.
+def filter_logits(scores, top_k: int, top_p: float, temperature: float):
+    """Temperature, then top-k, then top-p (among the k survivors when top-k is on); the rest become -inf.
 
-    Equals transformers' temperature + top-k + top-p warpers (top-p after
-    top-k only ever sees the k survivors), with a partial sort of k entries
+    Equals transformers' temperature + top-k + top-p warpers, since top-p after
+    top-k only ever sees the k survivors, with a partial sort of k entries
     instead of a full sort of the vocabulary.
     """
-
-    def __init__(self, top_k: int, top_p: float, temperature: float):
-        self.top_k = top_k
-        self.top_p = top_p
-        self.temperature = temperature
-
-    def __call__(self, input_ids, scores, cur_len):
-        scores = scores / self.temperature
-        k = min(self.top_k, int(scores.shape[-1]))
-        values, _ = tf.math.top_k(scores, k=k)  # sorted, descending
+    scores = tf.cast(scores, tf.float32) / temperature
+    vocab = int(scores.shape[-1])
+    if top_k <= 0 and top_p >= 1.0:
+        return scores
+    k = min(top_k, vocab) if top_k > 0 else vocab
+    values, _ = tf.math.top_k(scores, k=k)  # sorted, descending
+    if top_p < 1.0:
         probs = tf.nn.softmax(values, axis=-1)
         mass_before = tf.math.cumsum(probs, axis=-1, exclusive=True)
         # Keep a token while the mass before it is under top_p; the first always stays.
-        kept = tf.logical_or(mass_before < self.top_p, tf.range(k) == 0)
-        threshold = tf.reduce_min(tf.where(kept, values, tf.fill(tf.shape(values), values.dtype.max)), axis=-1, keepdims=True)
-        return tf.where(scores >= threshold, scores, tf.fill(tf.shape(scores), scores.dtype.min))
+        kept = tf.logical_or(mass_before < top_p, tf.range(k) == 0)
+        values = tf.where(kept, values, tf.fill(tf.shape(values), float("inf")))
+    threshold = tf.reduce_min(values, axis=-1, keepdims=True)
+    return tf.where(scores >= threshold, scores, tf.fill(tf.shape(scores), float("-inf")))
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x, c: int):
+    """(x * c) mod 2**32 for x < 2**32 held in int64, in 16-bit halves so nothing overflows."""
+    low, high = tf.bitwise.bitwise_and(x, 0xFFFF), tf.bitwise.right_shift(x, 16)
+    return tf.bitwise.bitwise_and(low * c + tf.bitwise.bitwise_and(high * c, 0xFFFF) * 65536, _MASK32)
+
+
+def _hash32(x):
+    """A 32-bit integer mixer (lowbias32): exact integer arithmetic, so XLA and TF's kernels agree bit for bit."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = _mul32(x, 0x7FEB352D)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = _mul32(x, 0x846CA68B)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def counter_uniform(shape, seed, step):
+    """Uniforms in (0, 1) from (seed, step, position) alone.
+
+    tf.random's stateless ops give other numbers under XLA than in TF's own
+    kernels for the same seed, so eager and compiled sampling would differ.
+    """
+    seed = tf.cast(seed, tf.int64)
+    rows, cols = shape[0], shape[1]
+    position = tf.range(tf.cast(rows * cols, tf.int64), dtype=tf.int64)
+    key = _hash32(tf.bitwise.bitwise_and(seed[0] * 0x9E3779B1 + seed[1] + tf.cast(step, tf.int64) * 0x85EBCA77, _MASK32))
+    bits = _hash32(tf.bitwise.bitwise_xor(_hash32(tf.bitwise.bitwise_and(position, _MASK32)), key))
+    bits = _hash32(tf.bitwise.bitwise_xor(bits, tf.bitwise.right_shift(position, 32) + key))
+    return tf.reshape((tf.cast(bits, tf.float64) + 0.5) / 2.0**32, [rows, cols])
+
+
+class SamplingLogitsProcessor(TFLogitsProcessor):
+    """Sampling as a logits processor: filter, then add Gumbel noise drawn with a per-step seed.
+
+    The argmax of logits plus Gumbel noise is a draw from their softmax, so
+    greedy decoding over these scores samples. transformers' own TF sampling
+    passes the same seed to every step, so a seeded run draws the same
+    uniform each step and repeats itself ("an an an ..."); here the step's
+    noise comes from (seed, tokens generated so far, position) through an
+    integer hash: the same seed gives the same text, eager or under XLA (whose
+    prompts are padded longer), and steps differ.
+    """
+
+    def __init__(self, top_k: int, top_p: float, temperature: float, seed, prompt_length: int = 0):
+        self.top_k = top_k
+        self.top_p = top_p
+        self.temperature = temperature
+        self.seed = seed  # int32 [2]
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores, cur_len):
+        filtered = filter_logits(scores, self.top_k, self.top_p, self.temperature)
+        uniform = counter_uniform(tf.shape(filtered), self.seed, tf.cast(cur_len, tf.int32) - self.prompt_length)
+        return filtered - tf.cast(tf.math.log(-tf.math.log(uniform)), filtered.dtype)
 
 
 def _bucket(value: int, buckets) -> int:
@@ -107,28 +163,36 @@ class Generator:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
 
+    @staticmethod
+    def _own_sampling(options: GenerationOptions) -> bool:
+        """tfclm samples itself (a seed per step) except in beam search, which keeps transformers' beam sampling."""
+        return options.do_sample and options.num_beams == 1
+
     def _generate_kwargs(self, options: GenerationOptions) -> dict:
+        own = self._own_sampling(options)
         kwargs = dict(
             max_new_tokens=options.max_new_tokens,
-            do_sample=options.do_sample,
+            # Own sampling runs as greedy decoding over noised scores, one row per sample.
+            do_sample=options.do_sample and not own,
             num_beams=options.num_beams,
-            num_return_sequences=options.num_return_sequences,
+            num_return_sequences=1 if own else options.num_return_sequences,
             repetition_penalty=options.repetition_penalty,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
         )
-        if options.do_sample and options.top_k > 0:
-            kwargs.update(top_k=0, top_p=1.0, temperature=1.0)
-        elif options.do_sample:
-            kwargs.update(top_k=0, top_p=options.top_p, temperature=options.temperature)
+        if options.do_sample and not own:
+            kwargs.update(top_k=options.top_k, top_p=options.top_p, temperature=options.temperature)
         return kwargs
 
     def _run(self, input_ids, attention_mask, seed, options: GenerationOptions):
         def generate(input_ids, attention_mask, seed):
             self.traces += 1  # Python side effect: runs once per trace, not per call
             processors = []
-            if options.do_sample and options.top_k > 0:
-                processors.append(TopKTopPLogitsProcessor(options.top_k, options.top_p, options.temperature))
+            if self._own_sampling(options):
+                processors.append(SamplingLogitsProcessor(options.top_k, options.top_p, options.temperature, seed, int(input_ids.shape[1])))
             kwargs = self._generate_kwargs(options)
             if options.min_new_tokens:
                 kwargs["min_length"] = int(input_ids.shape[1]) + options.min_new_tokens
@@ -158,19 +222,21 @@ class Generator:
             raise ConfigError("prompt", "prompts must be non-empty text; pass --prompt 'Some text'")
         tok = self.tokenizer
         tok.padding_side = "left"
-        encoded = tok(list(prompts), padding=True, add_special_tokens=False, return_tensors="np")
+        copies = opts.num_return_sequences if self._own_sampling(opts) else 1
+        rows = [prompt for prompt in prompts for _ in range(copies)]  # own sampling draws each sample as a row
+        encoded = tok(rows, padding=True, add_special_tokens=False, return_tensors="np")
         ids, mask = encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int32)
         limit = n_positions(self.model) or 10**9
         if ids.shape[1] + opts.max_new_tokens > limit:
             raise ConfigError("max_new_tokens", f"the prompt ({ids.shape[1]} tokens) plus {opts.max_new_tokens} new tokens exceed the model's {limit} positions; lower max_new_tokens or shorten the prompt")
         if self.xla:
             length = max(ids.shape[1], min(_bucket(ids.shape[1], self.length_buckets), limit - opts.max_new_tokens))
-            batch = _bucket(len(prompts), [2**i for i in range(16)])
+            batch = _bucket(len(rows), [2**i for i in range(16)])
             ids = np.pad(ids, ((0, 0), (length - ids.shape[1], 0)), constant_values=tok.pad_token_id)
             mask = np.pad(mask, ((0, 0), (length - mask.shape[1], 0)))
             # Filler rows repeat the first prompt: their output is dropped, and a row
             # of padding alone would make transformers warn of right-padding.
-            filler = np.zeros(batch - len(prompts), dtype=np.int64)
+            filler = np.zeros(batch - len(rows), dtype=np.int64)
             ids, mask = np.concatenate([ids, ids[filler]]), np.concatenate([mask, mask[filler]])
         seed = opts.seed if opts.seed is not None else int(np.random.randint(0, 2**31 - 1))
         started = time.perf_counter()
@@ -184,7 +250,7 @@ class Generator:
             stopped = tok.eos_token_id in new
             if stopped:
                 new = new[: new.index(tok.eos_token_id) + 1]
-            prompt_tokens = int(encoded["attention_mask"][prompt_index].sum())
+            prompt_tokens = int(encoded["attention_mask"][row if copies > 1 else prompt_index].sum())
             samples.append(Sample(prompts[prompt_index], tok.decode(new, skip_special_tokens=True), prompt_tokens, len(new), seconds, stopped))
         return samples
 

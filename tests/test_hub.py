@@ -1,0 +1,160 @@
+"""Pushing to a real Hub-compatible HTTP server on 127.0.0.1 (tests/hubserver.py), from fresh processes.
+
+huggingface_hub reads HF_ENDPOINT when it is imported, so every client runs in
+a subprocess with HF_ENDPOINT, HF_HOME and HF_TOKEN set first.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.request
+
+import pytest
+
+from conftest import DEFAULT_CONFIG, ROOT, TINY
+
+TOKEN = "hf_tfclmTestToken0123456789abcdef"
+FIT = [*TINY, "--set", "evaluate.before_training=false", "--set", "generate.max_new_tokens=4", "--set", "data.max_documents=60", "--batch-size", "8"]
+
+
+class HubServer:
+    def __init__(self):
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "tests", "hubserver.py"), "--port", "0", "--token", TOKEN, "--max-seconds", "900"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        line = self.process.stdout.readline()
+        assert line.startswith("listening on "), line
+        self.url = line.split()[-1]
+
+    def state(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/_test/state", timeout=10) as response:
+            return json.load(response)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()  # by PID: the server never gets a say
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture()
+def hub():
+    server = HubServer()
+    yield server
+    server.stop()
+
+
+def client_env(hub_url, home):
+    return {**os.environ, "HF_ENDPOINT": hub_url, "HF_HOME": str(home), "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run(args, env, timeout=600):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def test_fit_pushes_every_epoch_and_the_final_model(hub, tmp_path):
+    out = str(tmp_path / "tiny")
+    env = client_env(hub.url, tmp_path / "hf-home")
+    done = run(["-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *FIT, "--set", "train.epochs=2", "--set", "hub.push=true", "--set", "hub.model_id=tester/tiny", "--output-dir", out], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    commits = hub.state()["tester/tiny"]
+    assert [c["title"] for c in commits] == ["initial commit", "Training in progress epoch 1", "Training in progress epoch 2", "End of training"]
+    final = commits[-1]["files"]
+    assert final["tf_model.h5"]["lfs"] is True and final["tokenizer.json"]["lfs"] is False
+    assert {"config.json", "tokenizer_config.json", "README.md", "results.json", "tfclm.yaml"} <= set(final)
+    assert not any(path.startswith(("cache/", "checkpoints/")) for path in final)
+
+    # A fresh process and an empty cache load the model back through the endpoint: same logits, exactly.
+    check = textwrap.dedent(f"""
+        import numpy as np, tfclm
+        from transformers import AutoTokenizer, TFAutoModelForCausalLM
+        remote = TFAutoModelForCausalLM.from_pretrained("tester/tiny")
+        tokenizer = AutoTokenizer.from_pretrained("tester/tiny")
+        local = TFAutoModelForCausalLM.from_pretrained({out!r})
+        ids = tokenizer(["The list type", "Return the value"], return_tensors="tf", padding=True)
+        assert np.array_equal(remote(**ids).logits.numpy(), local(**ids).logits.numpy())
+        print("same logits")
+    """)
+    loaded = run(["-c", check], client_env(hub.url, tmp_path / "fresh-home"))
+    assert loaded.returncode == 0 and "same logits" in loaded.stdout, loaded.stdout + loaded.stderr
+
+    card = urllib.request.urlopen(f"{hub.url}/tester/tiny/resolve/main/README.md", timeout=10).read().decode()
+    from huggingface_hub import ModelCard
+
+    metadata = ModelCard(card).data.to_dict()
+    assert metadata["library_name"] == "transformers" and "tfclm" in metadata["tags"] and "base_model" not in metadata
+    assert "perplexity" in card and "n_layer=1" in card and "tensorflow:" in card
+    for path in (os.path.join(out, name) for name in ("tfclm.yaml", "results.json", "README.md")):
+        assert TOKEN not in open(path).read()
+    assert TOKEN not in done.stdout + done.stderr + card
+
+
+def test_server_lost_mid_training_then_push_later(hub, tmp_path):
+    out = str(tmp_path / "lost")
+    env = client_env(hub.url, tmp_path / "hf-home")
+    args = ["-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *FIT, "--set", "train.epochs=4", "--set", "hub.push=true",
+            "--set", "hub.model_id=tester/lost", "--set", "hub.max_retries=1", "--output-dir", out]
+    process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    try:
+        lines = []
+        for line in process.stdout:  # stop the Hub as soon as the first epoch is committed
+            lines.append(line)
+            if line.startswith("Epoch 2/"):
+                break
+        hub.stop()
+        lines += process.stdout.readlines()
+        process.wait(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = "".join(lines)
+    assert process.returncode == 0, output
+    assert "hub: could not push" in output and "push(es) to tester/lost failed" in output
+    assert TOKEN not in output
+    for name in ("tf_model.h5", "config.json", "tokenizer.json", "results.json", "README.md", "tfclm.yaml"):
+        assert os.path.exists(os.path.join(out, name)), name
+
+    again = HubServer()
+    try:
+        pushed = run(["-m", "tfclm", "push", "--model", out, "--repo-id", "tester/lost", "--private"], client_env(again.url, tmp_path / "hf-home-2"))
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        assert "pushed" in pushed.stdout and TOKEN not in pushed.stdout + pushed.stderr
+        titles = [c["title"] for c in again.state()["tester/lost"]]
+        assert titles == ["initial commit", "Upload model trained with tfclm"]
+        assert again.state()["tester/lost"][-1]["files"]["tf_model.h5"]["lfs"] is True
+    finally:
+        again.stop()
+
+
+def test_push_bad_input_and_bad_token(hub, tmp_path, trained_dir):
+    from conftest import run_cli
+
+    result = run_cli(["push", "--model", str(tmp_path), "--repo-id", "tester/x"])
+    assert result.exit_code == 2 and "holds no model weights" in result.output
+    env = {**client_env(hub.url, tmp_path / "home"), "HF_TOKEN": "hf_wrong"}
+    denied = run(["-m", "tfclm", "push", "--model", trained_dir[0], "--repo-id", "tester/x"], env)
+    assert denied.returncode == 2 and "Traceback" not in denied.stderr
+    assert "could not push to tester/x" in denied.stderr and "hf_wrong" not in denied.stderr
+
+
+def test_callback_in_a_plain_keras_workflow(hub, tmp_path):
+    """The callback on a user's own TFGPT2LMHeadModel and tf.data pipeline, no tfclm config."""
+    script = textwrap.dedent(f"""
+        import numpy as np, tensorflow as tf, tf_keras as keras, tfclm
+        from transformers import AdamWeightDecay, GPT2Config, TFGPT2LMHeadModel
+        model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+        ids = np.random.default_rng(0).integers(0, 50, (32, 16)).astype("int32")
+        data = tf.data.Dataset.from_tensor_slices({{"input_ids": ids, "labels": ids}}).batch(8)
+        model.compile(optimizer=AdamWeightDecay(1e-3))
+        push = tfclm.callbacks.PushToHubCallback({str(tmp_path / "plain")!r}, save_strategy="steps", save_steps=3,
+                                                 hub_model_id="tester/plain", checkpoint=True, license="mit")
+        model.fit(data, epochs=2, callbacks=[push], verbose=0)
+        print("failures", push.failures)
+    """)
+    done = run(["-c", script], client_env(hub.url, tmp_path / "home"))
+    assert done.returncode == 0 and "failures []" in done.stdout, done.stdout + done.stderr
+    commits = hub.state()["tester/plain"]
+    assert [c["title"] for c in commits] == ["initial commit", "Training in progress steps 3", "Training in progress steps 6", "End of training"]
+    files = commits[-1]["files"]
+    assert "tf_model.h5" in files and any(p.startswith("checkpoint/") for p in files) and "README.md" in files
