@@ -105,6 +105,14 @@ class HubConfig:
 
 
 @dataclass
+class LoggingConfig:
+    tensorboard: bool = True  # scalars and samples in OUTPUT_DIR/logs
+    every_n_steps: int = 10  # step-level scalars and curve points
+    sample_every_n_epochs: Optional[int] = 1  # sample generate.prompts during training; null: only at the end
+    curves: bool = True  # OUTPUT_DIR/training_curves.png
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -114,6 +122,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 _TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list"}
@@ -304,6 +313,8 @@ def validate(config: Config) -> None:
     _require(train.checkpoint_steps is None or train.checkpoint_steps >= 1, "train.checkpoint_steps", "must be at least 1, or null for epoch ends only")
     _require(config.evaluate.batch_size >= 1, "evaluate.batch_size", f"must be at least 1, got {config.evaluate.batch_size}")
     _require(all(isinstance(p, str) and p for p in gen.prompts), "generate.prompts", "must be a list of non-empty strings")
+    _require(config.logging.every_n_steps >= 1, "logging.every_n_steps", f"must be at least 1, got {config.logging.every_n_steps}")
+    _require(config.logging.sample_every_n_epochs is None or config.logging.sample_every_n_epochs >= 1, "logging.sample_every_n_epochs", "must be at least 1, or null")
     hub = config.hub
     _require(hub.save_strategy != "steps" or (hub.save_steps or 0) >= 1, "hub.save_steps", "must be at least 1 with hub.save_strategy: steps")
     _require(hub.max_retries >= 0, "hub.max_retries", f"must be 0 or more, got {hub.max_retries}")

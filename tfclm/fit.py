@@ -90,6 +90,23 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
         keras.mixed_precision.set_global_policy("float32")  # the policy is global: leave the process as it was
 
 
+def _logging_callbacks(config: config_lib.Config, tokenizer) -> list:
+    """TensorBoard scalars and samples during training, as the `logging:` section asks."""
+    from tfclm.callbacks import SampleTextCallback
+
+    log = config.logging
+    log_dir = os.path.join(config.output_dir, "logs") if log.tensorboard else None
+    callbacks = []
+    if log.sample_every_n_epochs:
+        options = dataclasses.asdict(config.generate)
+        prompts = options.pop("prompts")
+        options["seed"] = options["seed"] if options["seed"] is not None else config.train.seed
+        callbacks.append(SampleTextCallback(tokenizer, prompts, every_n_epochs=log.sample_every_n_epochs, log_dir=log_dir, **options))
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=log.every_n_steps, write_graph=False, profile_batch=0))
+    return callbacks
+
+
 def _hub_callback(config: config_lib.Config, tokenizer):
     """The push-to-Hub callback the `hub:` section asks for; its final push waits for the results."""
     hub = config.hub
@@ -105,7 +122,7 @@ def _hub_callback(config: config_lib.Config, tokenizer):
 
 
 def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
-    from tfclm.callbacks import PerplexityCallback, StopAfterSteps, StopOnNonFiniteLoss, ThroughputCallback
+    from tfclm.callbacks import PerplexityCallback, StepHistory, StopAfterSteps, StopOnNonFiniteLoss, ThroughputCallback
     from tfclm.checkpoints import CheckpointCallback, Checkpoints
     from tfclm.engine import CausalLMTrainer, resolve_jit_compile
     from tfclm.evaluate import evaluate_loss
@@ -154,7 +171,9 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
     throughput = ThroughputCallback(tokens_per_step=tokens_per_micro)
     guard = StopOnNonFiniteLoss()
     saver = CheckpointCallback(checkpoints, train.checkpoint_steps, plan.steps_per_epoch)
-    callbacks = [throughput, guard, saver, PerplexityCallback(), StopAfterSteps((plan.total_steps - start) * micro)]
+    steps = StepHistory(config.logging.every_n_steps)
+    # Order matters: what adds to the logs comes before what writes them out.
+    callbacks = [throughput, PerplexityCallback(), steps, guard, saver, StopAfterSteps((plan.total_steps - start) * micro), *_logging_callbacks(config, tokenizer)]
     pusher = _hub_callback(config, tokenizer)
     if pusher is not None:
         callbacks.append(pusher)
@@ -166,15 +185,15 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
     history = None
     if start < plan.total_steps:
         history = trainer.fit(
-            train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=micro_per_epoch, callbacks=callbacks,
+            train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=micro_per_epoch, callbacks=callbacks,
             verbose=verbose if verbose is not None else (1 if os.isatty(1) else 2),
         )
     train_seconds = time.perf_counter() - started
-    steps = int(trainer.optimizer.iterations)
+    optimizer_steps = int(trainer.optimizer.iterations)
     if guard.stopped_at is not None:
-        raise TfclmError(_nan_message(steps, guard.value, config, [start, *saver.saved] if start else saver.saved))
-    if not saver.saved or saver.saved[-1] != steps:
-        checkpoints.save(steps)  # the finish line, so a rerun knows this run is done
+        raise TfclmError(_nan_message(optimizer_steps, guard.value, config, [start, *saver.saved] if start else saver.saved))
+    if not saver.saved or saver.saved[-1] != optimizer_steps:
+        checkpoints.save(optimizer_steps)  # the finish line, so a rerun knows this run is done
 
     after = evaluate_loss(model, eval_ds)
     print(f"after training: eval loss {after['loss']:.4f}, perplexity {after['perplexity']:,.2f}")
@@ -190,6 +209,11 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
         print(f"sample ({sample.new_tokens} new tokens{', ended at EOS' if sample.stopped_at_eos else ''}): {sample.text!r}")
 
     logged = history.history if history else {}
+    if config.logging.curves and logged.get("loss"):
+        from tfclm.curves import FILENAME, plot_training_curves
+
+        # Step points count micro-batches; the curve's x axis counts optimizer steps.
+        plot_training_curves(os.path.join(out, FILENAME), logged, [start + s // micro for s in steps.steps], steps.history.get("loss"), plan.steps_per_epoch)
     results = {
         "train_loss": float(logged["loss"][-1]) if logged.get("loss") else None,
         "eval_loss": after["loss"],
@@ -198,7 +222,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
         "perplexity_before": before["perplexity"] if before else None,
         "eval_tokens": after["tokens"],
         "train_tokens": throughput.tokens,
-        "train_steps": steps,
+        "train_steps": optimizer_steps,
         "resumed_from_step": start,
         "epochs": len(logged.get("loss", [])),
         "train_seconds": round(train_seconds, 3),
@@ -208,6 +232,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
         "jit_compile": jit,
         "data": prepared.facts,
         "history": {key: [float(v) for v in values] for key, values in logged.items()},
+        "step_history": {"steps": [start + s // micro for s in steps.steps], **steps.history},
         "samples": [dataclasses.asdict(s) for s in samples],
         "versions": _versions(),
     }
@@ -215,7 +240,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
     if pusher is not None:
         pusher.push_final(config=dataclasses.asdict(config), results=results, save=False)
     print(
-        f"done: {steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} tokens in {train_seconds:,.1f} s "
+        f"done: {optimizer_steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} tokens in {train_seconds:,.1f} s "
         f"({throughput.tokens_per_second:,.0f} tokens/s); perplexity "
         f"{before['perplexity'] if before else float('nan'):,.2f} -> {after['perplexity']:,.2f}; saved to {out}"
     )

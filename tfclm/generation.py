@@ -179,9 +179,6 @@ class Generator:
             repetition_penalty=options.repetition_penalty,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
-            top_k=0,
-            top_p=1.0,
-            temperature=1.0,
         )
         if options.do_sample and not own:
             kwargs.update(top_k=options.top_k, top_p=options.top_p, temperature=options.temperature)
@@ -206,12 +203,20 @@ class Generator:
         if shape not in self._shapes:
             self._shapes.add(shape)
             self.log(f"generate: compiling with XLA for a batch of {input_ids.shape[0]} x {input_ids.shape[1]} prompt tokens (once per bucket)")
+        from transformers.utils import logging as hf_logging
+
+        # Tracing makes transformers warn of right-padding, seeing its own padded
+        # buffer symbolically; the prompts here are left-padded.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
             return self._compiled[options](input_ids, attention_mask, seed)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, NotImplementedError, TypeError, ValueError) as exc:
             self._eager_only.add(options)
             self.log(f"generate: XLA cannot run these options ({type(exc).__name__}); running eagerly")
             return generate(input_ids, attention_mask, seed)
+        finally:
+            hf_logging.set_verbosity(verbosity)
 
     def __call__(self, prompts: list[str], **options) -> list[Sample]:
         from tfclm.modeling import n_positions
