@@ -77,10 +77,9 @@ class EvaluateConfig:
 
 
 @dataclass
-class GenerateConfig:
-    """The sample printed after training; the fields besides `prompts` are tfclm.generation.GenerationOptions."""
+class GenerationOptions:
+    """Decoding controls, for `tfclm.generate`, the generate command and the config's `generate:` section."""
 
-    prompts: list = field(default_factory=lambda: ["The"])
     max_new_tokens: int = 100
     min_new_tokens: int = 0
     do_sample: bool = True
@@ -90,7 +89,18 @@ class GenerateConfig:
     num_beams: int = 1
     repetition_penalty: float = 1.0
     num_return_sequences: int = 1
-    seed: Optional[int] = None  # default: train.seed
+    seed: Optional[int] = None  # default: train.seed in a run, a random one elsewhere
+
+    def validate(self) -> None:
+        for key, message in generation_problems(self):
+            raise ConfigError(key, message)
+
+
+@dataclass
+class GenerateConfig(GenerationOptions):
+    """The samples printed during and after training."""
+
+    prompts: list = field(default_factory=lambda: ["The"])
 
 
 @dataclass

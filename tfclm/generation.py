@@ -10,14 +10,15 @@ Sampling with top-k runs top-p over the k survivors only: transformers' TF
 top-p warper sorts the whole vocabulary at every step, which under XLA on a
 CPU costs more than the model itself.
 """
+import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from transformers.generation.tf_logits_process import TFLogitsProcessor
 
 from tfclm.backend import load
+from tfclm.config import GenerationOptions
 from tfclm.errors import ConfigError
 
 tf, keras = load()
@@ -37,26 +38,6 @@ class Sample:
     @property
     def text(self) -> str:
         return self.prompt + self.completion
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    max_new_tokens: int = 100
-    min_new_tokens: int = 0
-    do_sample: bool = True
-    top_k: int = 50
-    top_p: float = 0.95
-    temperature: float = 1.0
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-    num_return_sequences: int = 1
-    seed: Optional[int] = None
-
-    def validate(self) -> None:
-        from tfclm.config import generation_problems
-
-        for key, message in generation_problems(self):
-            raise ConfigError(key, message)
 
 
 def filter_logits(scores, top_k: int, top_p: float, temperature: float):
@@ -195,11 +176,12 @@ class Generator:
                 kwargs["min_length"] = int(input_ids.shape[1]) + options.min_new_tokens
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, seed=seed, logits_processor=processors, **kwargs)
 
-        if not self.xla or options in self._eager_only:
+        key = dataclasses.astuple(options)
+        if not self.xla or key in self._eager_only:
             return generate(input_ids, attention_mask, seed)
-        if options not in self._compiled:
-            self._compiled[options] = tf.function(generate, jit_compile=True)
-        shape = (options, tuple(input_ids.shape))
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(generate, jit_compile=True)
+        shape = (key, tuple(input_ids.shape))
         if shape not in self._shapes:
             self._shapes.add(shape)
             self.log(f"generate: compiling with XLA for a batch of {input_ids.shape[0]} x {input_ids.shape[1]} prompt tokens (once per bucket)")
@@ -210,9 +192,9 @@ class Generator:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            return self._compiled[options](input_ids, attention_mask, seed)
+            return self._compiled[key](input_ids, attention_mask, seed)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, NotImplementedError, TypeError, ValueError) as exc:
-            self._eager_only.add(options)
+            self._eager_only.add(key)
             self.log(f"generate: XLA cannot run these options ({type(exc).__name__}); running eagerly")
             return generate(input_ids, attention_mask, seed)
         finally:
