@@ -175,5 +175,33 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
     click.echo(f"pushed {model_dir} to {repo_id} (commit {commit[:12]})")
 
 
+@cli.command("export")
+@click.option("--model", "model_dir", required=True, metavar="DIR", help="A tfclm output dir or save_pretrained folder (read, never modified).")
+@click.option("--to", "target", type=click.Choice(["pytorch", "saved_model"]), required=True, help="pytorch: safetensors for PyTorch transformers (v5 too); saved_model: for TF Serving.")
+@click.option("--output", required=True, metavar="DIR", help="Where the export goes; must not exist unless --force.")
+@click.option("--force", is_flag=True, help="Replace --output if it exists.")
+@click.option("--prompt-length", type=click.IntRange(min=1), default=64, show_default=True, help="saved_model: prompts are left-padded to this many tokens.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="saved_model: most tokens generate may add.")
+@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="saved_model: top-k when sampling.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.95, show_default=True, help="saved_model: top-p when sampling.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="saved_model: temperature when sampling.")
+@domain_errors
+def export_command(model_dir, target, output, force, prompt_length, max_new_tokens, top_k, top_p, temperature):
+    """Export a trained model to PyTorch weights or a TensorFlow SavedModel.
+
+    \b
+    Example:
+        python -m tfclm export --model runs/default --to pytorch --output runs/default-pt
+        python -m tfclm export --model runs/default --to saved_model --output serving/pydoc/1
+    """
+    from tfclm.export import to_pytorch, to_saved_model
+
+    if target == "pytorch":
+        to_pytorch(model_dir, output, force)
+    else:
+        to_saved_model(model_dir, output, force, prompt_length, max_new_tokens, top_k, top_p, temperature)
+    click.echo(f"exported {model_dir} to {output} ({target})")
+
+
 def main():
     cli(prog_name="python -m tfclm")

@@ -108,17 +108,22 @@ class SamplingLogitsProcessor(TFLogitsProcessor):
     prompts are padded longer), and steps differ.
     """
 
-    def __init__(self, top_k: int, top_p: float, temperature: float, seed, prompt_length: int = 0):
+    def __init__(self, top_k: int, top_p: float, temperature: float, seed, prompt_length: int = 0, enabled=None):
         self.top_k = top_k
         self.top_p = top_p
         self.temperature = temperature
         self.seed = seed  # int32 [2]
         self.prompt_length = prompt_length
+        self.enabled = enabled  # a bool tensor, or None for always: false leaves greedy decoding
 
     def __call__(self, input_ids, scores, cur_len):
         filtered = filter_logits(scores, self.top_k, self.top_p, self.temperature)
         uniform = counter_uniform(tf.shape(filtered), self.seed, tf.cast(cur_len, tf.int32) - self.prompt_length)
-        return filtered - tf.cast(tf.math.log(-tf.math.log(uniform)), filtered.dtype)
+        noise = -tf.cast(tf.math.log(-tf.math.log(uniform)), filtered.dtype)
+        if self.enabled is not None:
+            # Filtering keeps the likeliest token and scaling keeps the order, so without noise this is greedy.
+            noise = noise * tf.cast(self.enabled, filtered.dtype)
+        return filtered + noise
 
 
 def _bucket(value: int, buckets) -> int:

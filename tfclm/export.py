@@ -1,0 +1,201 @@
+"""Ways out of TensorFlow-transformers: PyTorch weights, and a SavedModel for TF Serving.
+
+transformers v5 has no TF classes, so a model trained with tfclm must not be
+stranded there. `to_pytorch` converts the TF weights directly (numpy +
+safetensors) into PyTorch's names and layouts, loadable by
+`AutoModelForCausalLM.from_pretrained` with no TensorFlow installed.
+`to_saved_model` writes a TensorFlow SavedModel with a `logits` and an
+XLA-compiled `generate` signature, servable with no transformers at all.
+Neither touches the model directory it reads.
+"""
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+from tfclm.backend import load
+from tfclm.errors import ConfigError
+
+tf, keras = load()
+
+SUPPORTED = ("gpt2",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def _check_output(output: str, force: bool) -> None:
+    if os.path.exists(output) and not force:
+        raise ConfigError("--output", f"{output!r} already exists; choose a new path, or pass --force to replace it")
+
+
+def _check_architecture(model) -> None:
+    if model.config.model_type not in SUPPORTED:
+        raise ConfigError("--model", f"exporting {model.config.model_type!r} models is not supported yet; supported: {', '.join(SUPPORTED)}")
+
+
+def _replace_dir(staging: str, output: str) -> None:
+    """Move a finished export into place, so `output` is never half written."""
+    if os.path.exists(output):
+        shutil.rmtree(output)
+    os.replace(staging, output)
+
+
+def _copy_tokenizer(model_dir: str, target: str) -> None:
+    for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(model_dir, name)):
+            shutil.copy2(os.path.join(model_dir, name), os.path.join(target, name))
+
+
+def pytorch_state_dict(model) -> dict:
+    """GPT-2 TF variables -> PyTorch GPT2LMHeadModel parameter names and layouts.
+
+    TF names read like `tfgpt2lm_head_model/transformer/h_._3/attn/c_attn/weight:0`.
+    GPT-2's Conv1D keeps (in, out) weights in both frameworks; its biases are
+    (1, n) in TF and (n,) in PyTorch; layer norms' gamma/beta are weight/bias.
+    The LM head is tied to `wte` in both, so it is not stored.
+    """
+    state = {}
+    for variable in model.weights:
+        name = variable.name.split("/", 1)[1].removesuffix(":0")  # drop the model's own scope
+        name = re.sub(r"h_\._(\d+)", r"h.\1", name).replace("/", ".")
+        name = re.sub(r"\.(gamma|embeddings)$", ".weight", name)
+        name = re.sub(r"\.beta$", ".bias", name)
+        value = variable.numpy().astype(np.float32)
+        if name.endswith(".bias") and value.ndim == 2:
+            value = value.reshape(-1)
+        state[name] = np.ascontiguousarray(value)
+    return state
+
+
+def to_pytorch(model_dir: str, output: str, force: bool = False) -> str:
+    from safetensors.numpy import save_file
+
+    from tfclm.modeling import load_trained
+
+    _check_output(output, force)
+    model, _ = load_trained(model_dir)
+    _check_architecture(model)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    try:
+        save_file(pytorch_state_dict(model), os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config["architectures"] = ["GPT2LMHeadModel"]
+        config["tie_word_embeddings"] = True
+        config.pop("transformers_version", None)
+        with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+        if os.path.exists(os.path.join(model_dir, "generation_config.json")):
+            shutil.copy2(os.path.join(model_dir, "generation_config.json"), staging)
+        _copy_tokenizer(model_dir, staging)
+        _replace_dir(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+class ServingModule(tf.Module):
+    """What the SavedModel serves: `logits`, and `generate` compiled with XLA.
+
+    `generate` takes prompts left-padded to `prompt_length` and always runs
+    `max_new_tokens` steps inside XLA (shapes must be static there); its
+    `max_new_tokens` input trims the answer. `do_sample` switches between
+    greedy decoding and sampling (top-k, top-p, temperature fixed at export)
+    at run time: the sampling noise is scaled by it, and the filtering never
+    changes the likeliest token.
+    """
+
+    def __init__(self, lm, prompt_length: int, max_new_tokens: int, top_k: int, top_p: float, temperature: float, pad_id: int, eos_id: int):
+        super().__init__()
+        self.lm = lm
+        self.prompt_length = prompt_length
+        self.max_new_tokens = max_new_tokens
+        self._sampling = (top_k, top_p, temperature)
+        self._ids = (pad_id, eos_id)
+        ragged = tf.TensorSpec([None, None], tf.int32)
+        prompts = tf.TensorSpec([None, prompt_length], tf.int32)
+        self.logits = tf.function(self._logits, input_signature=[ragged, ragged])
+        self._decode = tf.function(self._decode_all, jit_compile=True)
+        self.generate = tf.function(
+            self._generate,
+            input_signature=[prompts, prompts, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.bool), tf.TensorSpec([2], tf.int32)],
+        )
+
+    def _logits(self, input_ids, attention_mask):
+        return {"logits": tf.cast(self.lm(input_ids=input_ids, attention_mask=attention_mask, training=False).logits, tf.float32)}
+
+    def _decode_all(self, input_ids, attention_mask, do_sample, seed):
+        from tfclm.generation import SamplingLogitsProcessor
+
+        top_k, top_p, temperature = self._sampling
+        sampler = SamplingLogitsProcessor(top_k, top_p, temperature, seed, self.prompt_length, enabled=do_sample)
+        pad_id, eos_id = self._ids
+        return self.lm.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=self.max_new_tokens, do_sample=False,
+            logits_processor=[sampler], pad_token_id=pad_id, eos_token_id=eos_id,
+        )
+
+    def _generate(self, input_ids, attention_mask, max_new_tokens, do_sample, seed):
+        sequences = self._decode(input_ids, attention_mask, do_sample, seed)
+        keep = self.prompt_length + tf.minimum(max_new_tokens, self.max_new_tokens)
+        return {"sequences": sequences[:, :keep], "new_tokens": sequences[:, self.prompt_length:keep]}
+
+
+SERVING_README = """# {name}: a SavedModel of a tfclm causal LM
+
+Signatures (load with `tf.saved_model.load(path)`; no transformers needed):
+
+- `logits(input_ids, attention_mask)`: int32 `[batch, length]` -> `logits` float32 `[batch, length, {vocab}]`.
+- `generate(input_ids, attention_mask, max_new_tokens, do_sample, seed)`: prompts left-padded to
+  exactly {prompt_length} tokens (pad id {pad_id}, attention mask 0 on padding); `max_new_tokens` int32
+  scalar, at most {max_new_tokens}; `do_sample` bool (false: greedy; true: top-k {top_k}, top-p {top_p},
+  temperature {temperature}); `seed` int32 `[2]` (the same seed gives the same text). Returns `sequences`
+  `[batch, {prompt_length} + max_new_tokens]` and `new_tokens`; a finished text continues with pad id
+  {pad_id} after its EOS ({eos_id}). Compiled with XLA on first use.
+
+The tokenizer is `tokenizer.json` beside this file (`tokenizers.Tokenizer.from_file`).
+
+Serve it with TF Serving (`tensorflow_model_server --rest_api_port=8501 --model_name={name}
+--model_base_path=/models/{name}`, with this directory as `/models/{name}/1`), then:
+
+    curl -d '{{"signature_name": "generate", "inputs": {{"input_ids": [[{example_ids}]],
+      "attention_mask": [[{example_mask}]], "max_new_tokens": 20, "do_sample": false, "seed": [0, 0]}}}}' \\
+      http://localhost:8501/v1/models/{name}:predict
+"""
+
+
+def to_saved_model(model_dir: str, output: str, force: bool = False, prompt_length: int = 64, max_new_tokens: int = 64, top_k: int = 50, top_p: float = 0.95, temperature: float = 1.0) -> str:
+    from tfclm.modeling import load_trained, n_positions
+
+    _check_output(output, force)
+    model, tokenizer = load_trained(model_dir)
+    _check_architecture(model)
+    limit = n_positions(model)
+    if limit is not None and prompt_length + max_new_tokens > limit:
+        raise ConfigError("--max-new-tokens", f"--prompt-length {prompt_length} plus --max-new-tokens {max_new_tokens} exceed the model's {limit} positions; lower either")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    module = ServingModule(model, prompt_length, max_new_tokens, top_k, top_p, temperature, pad_id, tokenizer.eos_token_id)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    try:
+        signatures = {"logits": module.logits.get_concrete_function(), "generate": module.generate.get_concrete_function()}
+        tf.saved_model.save(module, staging, signatures=signatures)
+        _copy_tokenizer(model_dir, staging)
+        example = [pad_id] * (prompt_length - 2) + [1, 2]
+        readme = SERVING_README.format(
+            name=os.path.basename(os.path.abspath(output)), vocab=model.config.vocab_size, prompt_length=prompt_length, max_new_tokens=max_new_tokens,
+            top_k=top_k, top_p=top_p, temperature=temperature, pad_id=pad_id, eos_id=tokenizer.eos_token_id,
+            example_ids=", ".join(map(str, example)), example_mask=", ".join("1" if i >= prompt_length - 2 else "0" for i in range(prompt_length)),
+        )
+        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(readme)
+        _replace_dir(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
