@@ -114,3 +114,45 @@ def test_blocks_cache_round_trip_and_key(tmp_path):
     key = blocks_key(TEXTS, ["a b"], tok, 4, True)
     assert key == blocks_key(TEXTS, ["a b"], tok, 4, True)
     assert len({key, blocks_key(TEXTS, ["a b c"], tok, 4, True), blocks_key(TEXTS, ["a b"], tok, 8, True), blocks_key(TEXTS, ["a b"], tok, 4, False)}) == 4
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet", "saved", "txt"])
+def test_every_source_kind_gives_the_hand_computed_blocks(tmp_path, kind):
+    """Nested records -> documents -> blocks, checked token by token: "a b c" "d e" "f g h i" with EOS (0) after each."""
+    import json
+
+    import datasets
+
+    from tfclm.config import DataConfig
+    from tfclm.sources import load_documents
+
+    records = [{"meta": {"body": ["a b", "c"]}}, {"meta": {"body": ["d e"]}}, {"meta": {"body": ["f g", "h i"]}}]
+    flat = [{"body": " ".join(r["meta"]["body"])} for r in records]
+    column = "meta.body"
+    if kind == "jsonl":
+        path = tmp_path / "d.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    elif kind == "json":
+        path = tmp_path / "d.json"
+        path.write_text(json.dumps(records))
+    elif kind == "parquet":
+        path = tmp_path / "d.parquet"
+        datasets.Dataset.from_list(records).to_parquet(str(path))
+    elif kind == "saved":
+        path = tmp_path / "saved"
+        datasets.DatasetDict({"train": datasets.Dataset.from_list(records)}).save_to_disk(str(path))
+    elif kind == "csv":  # a flat format: the text is a plain column
+        path, column = tmp_path / "d.csv", "body"
+        path.write_text("body\n" + "".join(f"{r['body']}\n" for r in flat))
+    else:
+        path, column = tmp_path / "d.txt", "text"
+        path.write_text("".join(f"{r['body']}\n" for r in flat))
+    documents = load_documents(DataConfig(dataset=str(path), text_column=column, txt_document="line"))
+    assert documents == ["a b c", "d e", "f g h i"]
+    blocks = build_blocks(documents, word_tokenizer(), block_size=5)
+    assert blocks.input_ids.tolist() == [[1, 2, 3, 0, 4], [5, 0, 6, 7, 8]]  # boundaries and EOS
+    assert blocks.dropped == 2  # "i" and its EOS: the partial final block
+    from tfclm.pipeline import fast_dataset
+
+    (batch,) = list(fast_dataset(blocks, batch_size=2, shuffle=False))
+    assert batch["labels"].numpy().tolist() == blocks.input_ids.tolist()  # labels = input_ids, EOS included

@@ -39,22 +39,25 @@ def changed_keys(old: dict, new: dict) -> list[str]:
 
 
 class Checkpoints:
-    def __init__(self, output_dir: str, lm, optimizer, keep: int = 2):
+    """Saves into `output_dir`'s checkpoints; restores from `restore_dir`'s (the chief's, for every worker)."""
+
+    def __init__(self, output_dir: str, lm, optimizer, keep: int = 2, restore_dir: str | None = None):
         self.directory = os.path.join(output_dir, DIRNAME)
+        self.restore_directory = os.path.join(restore_dir or output_dir, DIRNAME)
         self.checkpoint = tf.train.Checkpoint(model=lm, optimizer=optimizer)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
         self.optimizer = optimizer
 
     @property
     def latest(self):
-        return self.manager.latest_checkpoint
+        return tf.train.latest_checkpoint(self.restore_directory)
 
     def restore(self) -> int:
         """Restore the latest checkpoint; returns its optimizer step (0 when there is none)."""
         if not self.latest:
             return 0
         self.checkpoint.restore(self.latest).assert_existing_objects_matched()
-        return int(self.optimizer.iterations)
+        return int(self.optimizer.iterations.numpy())
 
     def save(self, step: int) -> str:
         return self.manager.save(checkpoint_number=step)
@@ -107,7 +110,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.saved = []
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.checkpoints.optimizer.iterations)
+        step = int(self.checkpoints.optimizer.iterations.numpy())
         if not step or (self.saved and self.saved[-1] == step):
             return  # mid-accumulation, or already saved at this optimizer step
         due = (self.every_steps and step % self.every_steps == 0) or (self.steps_per_epoch and step % self.steps_per_epoch == 0)

@@ -68,6 +68,10 @@ class TrainConfig:
     checkpoint_steps: Optional[int] = 500  # also checkpoint every N optimizer steps (null: epoch ends only)
     seed: int = 42
     pipeline: Literal["fast", "recipe"] = "fast"
+    # tf.distribute: auto picks tpu when train.tpu is set, multiworker when TF_CONFIG
+    # names several workers, mirrored with several GPUs, else default. batch_size is per replica.
+    strategy: Literal["auto", "default", "mirrored", "multiworker", "tpu"] = "auto"
+    tpu: Optional[str] = None  # TPU name or grpc:// address; "local" on a TPU VM
 
 
 @dataclass

@@ -88,7 +88,9 @@ class CausalLMTrainer(keras.Model):
         with tf.GradientTape() as tape:
             total, count = token_loss_sums(batch["labels"], self(batch, training=True))
             loss = total / tf.maximum(count, 1.0)
-            objective = self.optimizer.get_scaled_loss(loss) if scaled else loss
+            # Replicas' gradients are summed when applied: each contributes its share of the mean.
+            objective = loss / tf.distribute.get_strategy().num_replicas_in_sync
+            objective = self.optimizer.get_scaled_loss(objective) if scaled else objective
         grads = tape.gradient(objective, variables)
         if scaled:
             grads = self.optimizer.get_unscaled_gradients(grads)

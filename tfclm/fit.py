@@ -41,16 +41,16 @@ class Plan:
         return math.ceil(self.total_steps / self.steps_per_epoch) if self.steps_per_epoch else 1
 
 
-def plan_steps(n_blocks: int | None, config: config_lib.Config) -> Plan:
+def plan_steps(n_blocks: int | None, config: config_lib.Config, replicas: int = 1) -> Plan:
     train, accumulation = config.train, config.train.gradient_accumulation_steps
     if n_blocks is None:  # a stream: only max_steps bounds it
         return Plan(train.max_steps, None, accumulation)
-    per_epoch = n_blocks // train.batch_size // accumulation
+    per_epoch = n_blocks // (train.batch_size * replicas) // accumulation
     if per_epoch == 0:
         raise ConfigError(
             "train.batch_size",
             f"the training text makes {n_blocks} blocks of {config.data.block_size} tokens, fewer than one step of "
-            f"{train.batch_size} x {accumulation} blocks; lower train.batch_size, train.gradient_accumulation_steps or data.block_size, or add text",
+            f"{train.batch_size} x {replicas} replica(s) x {accumulation} blocks; lower train.batch_size, train.gradient_accumulation_steps or data.block_size, or add text",
         )
     total = per_epoch * train.epochs if train.max_steps is None else min(per_epoch * train.epochs, train.max_steps)
     return Plan(total, per_epoch, accumulation)
@@ -72,22 +72,36 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
     Rerunning the same config on the same output dir resumes from its latest
     checkpoint; a finished run is not trained again unless `overwrite`.
     """
+    from tfclm.checkpoints import check_resumable
+    from tfclm.distribute import WorkerDirs, make_strategy
     from tfclm.engine import set_precision
 
     config_lib.validate(config)
+    # Multi-worker strategies must exist before any other TensorFlow work.
+    strategy, described = make_strategy(config.train.strategy, config.train.tpu)
+    if strategy.num_replicas_in_sync > 1 and config.train.gradient_accumulation_steps > 1:
+        raise ConfigError("train.gradient_accumulation_steps", f"works with one replica, and this run has {strategy.num_replicas_in_sync}; set it to 1 and raise train.batch_size or the replicas instead")
     out = config.output_dir
-    resolved = config_lib.to_yaml(config)
-    from tfclm.checkpoints import check_resumable
-
-    check_resumable(out, dataclasses.asdict(config), overwrite)
-    os.makedirs(out, exist_ok=True)
-    io.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), resolved)
+    dirs = WorkerDirs(out)
+    if dirs.chief:
+        check_resumable(out, dataclasses.asdict(config), overwrite)
+        os.makedirs(out, exist_ok=True)
+        io.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
     keras.utils.set_random_seed(config.train.seed)
     policy = set_precision(config.train.precision)
     try:
-        return _fit(config, verbose, policy)
+        return _fit(config, verbose, policy, strategy, described, dirs)
     finally:
         keras.mixed_precision.set_global_policy("float32")  # the policy is global: leave the process as it was
+        dirs.cleanup()
+
+
+def _sample_options(config: config_lib.Config) -> tuple[list, dict]:
+    """(prompts, decoding options) of the `generate:` section; the seed defaults to train.seed."""
+    options = dataclasses.asdict(config.generate)
+    prompts = options.pop("prompts")
+    options["seed"] = options["seed"] if options["seed"] is not None else config.train.seed
+    return prompts, options
 
 
 def _logging_callbacks(config: config_lib.Config, tokenizer) -> list:
@@ -98,9 +112,7 @@ def _logging_callbacks(config: config_lib.Config, tokenizer) -> list:
     log_dir = os.path.join(config.output_dir, "logs") if log.tensorboard else None
     callbacks = []
     if log.sample_every_n_epochs:
-        options = dataclasses.asdict(config.generate)
-        prompts = options.pop("prompts")
-        options["seed"] = options["seed"] if options["seed"] is not None else config.train.seed
+        prompts, options = _sample_options(config)
         callbacks.append(SampleTextCallback(tokenizer, prompts, every_n_epochs=log.sample_every_n_epochs, log_dir=log_dir, **options))
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=log.every_n_steps, write_graph=False, profile_batch=0))
@@ -121,64 +133,82 @@ def _hub_callback(config: config_lib.Config, tokenizer):
     )
 
 
-def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
+def _weights_digest(model) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(variable.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, described: str, dirs) -> dict:
     from tfclm.callbacks import PerplexityCallback, StepHistory, StopAfterSteps, StopOnNonFiniteLoss, ThroughputCallback
     from tfclm.checkpoints import CheckpointCallback, Checkpoints
     from tfclm.engine import CausalLMTrainer, resolve_jit_compile
     from tfclm.evaluate import evaluate_loss
     from tfclm.generation import generate_samples
     from tfclm.modeling import load_model, make_optimizer
+    from tfclm.distribute import shard_by_data
     from tfclm.pipeline import make_dataset, stream_dataset
 
     out, data, train = config.output_dir, config.data, config.train
-    prepared = prepare(config)
+    chief = dirs.chief
+    replicas = strategy.num_replicas_in_sync
+    batch_size = train.batch_size * replicas  # Keras splits each global batch among the replicas
+    prepared = prepare(config, os.path.join(dirs.work_dir, "cache"))
     tokenizer = prepared.tokenizer
-    model = load_model(config.model, tokenizer, data.block_size)
-    plan = plan_steps(None if data.streaming else len(prepared.train.input_ids), config)
-    eval_ds = (
+    with strategy.scope():
+        model = load_model(config.model, tokenizer, data.block_size)
+    plan = plan_steps(None if data.streaming else len(prepared.train.input_ids), config, replicas)
+    eval_ds = shard_by_data(
         stream_dataset(config, tokenizer, "validation", config.evaluate.batch_size, shuffle=False)
         if data.streaming
         else make_dataset(train.pipeline, prepared.validation, config.evaluate.batch_size, False, train.seed, model, tokenizer)
     )
     params = int(sum(v.shape.num_elements() for v in model.trainable_variables))
-    print(f"model: {type(model).__name__}, {params:,} parameters, {policy} precision")
+    print(f"model: {type(model).__name__}, {params:,} parameters, {policy} precision; strategy {described}, global batch {train.batch_size} x {replicas} = {batch_size}")
 
-    trainer = CausalLMTrainer(model, accumulation_steps=plan.accumulation)
-    optimizer = make_optimizer(train, model, plan.total_steps)
     jit = resolve_jit_compile(train.jit_compile)
-    trainer.compile(optimizer=optimizer, jit_compile=jit)
-    checkpoints = Checkpoints(out, model, trainer.optimizer)
+    with strategy.scope():
+        trainer = CausalLMTrainer(model, accumulation_steps=plan.accumulation)
+        trainer.compile(optimizer=make_optimizer(train, model, plan.total_steps), jit_compile=jit)
+    # Every worker resumes from the chief's checkpoints; the others save theirs to a temporary directory.
+    checkpoints = Checkpoints(dirs.work_dir, model, trainer.optimizer, restore_dir=out)
     start = checkpoints.restore()
     if start:
         print(f"resuming from the checkpoint at optimizer step {start:,} of {plan.total_steps:,} ({checkpoints.latest})")
-    if start >= plan.total_steps and os.path.exists(os.path.join(out, RESULTS_FILENAME)):
+    if chief and start >= plan.total_steps and os.path.exists(os.path.join(out, RESULTS_FILENAME)):
         raise ConfigError("output_dir", f"{out!r} already holds a finished run ({start:,} steps, results.json); use a new --output-dir, or --overwrite to train again")
 
-    before = evaluate_loss(model, eval_ds) if config.evaluate.before_training and not start else None
+    before = evaluate_loss(model, eval_ds) if chief and config.evaluate.before_training and not start else None
     if before:
         print(f"before training: eval loss {before['loss']:.4f}, perplexity {before['perplexity']:,.2f}")
 
     micro = plan.accumulation
     if data.streaming:
-        train_ds = stream_dataset(config, tokenizer, "train", train.batch_size, shuffle=True).skip(start * micro)
+        train_ds = stream_dataset(config, tokenizer, "train", batch_size, shuffle=True).skip(start * micro)
         micro_per_epoch, initial_epoch, epochs = None, 0, train.epochs
     else:
-        train_ds = make_dataset(train.pipeline, prepared.train, train.batch_size, True, train.seed, model, tokenizer, plan.epochs_needed(), start * micro)
+        train_ds = make_dataset(train.pipeline, prepared.train, batch_size, True, train.seed, model, tokenizer, plan.epochs_needed(), start * micro)
         # A run shorter than one epoch gets a progress bar of its own length.
         micro_per_epoch = min(plan.steps_per_epoch, plan.total_steps) * micro
         initial_epoch, epochs = start // plan.steps_per_epoch, plan.epochs_needed()
-    tokens_per_micro = train.batch_size * data.block_size
+    train_ds = shard_by_data(train_ds)
+    tokens_per_micro = batch_size * data.block_size
     throughput = ThroughputCallback(tokens_per_step=tokens_per_micro)
     guard = StopOnNonFiniteLoss()
     saver = CheckpointCallback(checkpoints, train.checkpoint_steps, plan.steps_per_epoch)
     steps = StepHistory(config.logging.every_n_steps)
     # Order matters: what adds to the logs comes before what writes them out.
-    callbacks = [throughput, PerplexityCallback(), steps, guard, saver, StopAfterSteps((plan.total_steps - start) * micro), *_logging_callbacks(config, tokenizer)]
-    pusher = _hub_callback(config, tokenizer)
+    callbacks = [throughput, PerplexityCallback(), steps, guard, saver, StopAfterSteps((plan.total_steps - start) * micro)]
+    if chief:
+        callbacks += _logging_callbacks(config, tokenizer)
+    pusher = _hub_callback(config, tokenizer) if chief else None
     if pusher is not None:
         callbacks.append(pusher)
     print(
-        f"training: {plan.total_steps - start:,} optimizer steps of {train.batch_size} x {micro} x {data.block_size} = "
+        f"training: {plan.total_steps - start:,} optimizer steps of {batch_size} x {micro} x {data.block_size} = "
         f"{tokens_per_micro * micro:,} tokens, {'XLA' if jit else 'no XLA'}"
     )
     started = time.perf_counter()
@@ -189,20 +219,22 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
             verbose=verbose if verbose is not None else (1 if os.isatty(1) else 2),
         )
     train_seconds = time.perf_counter() - started
-    optimizer_steps = int(trainer.optimizer.iterations)
+    optimizer_steps = int(trainer.optimizer.iterations.numpy())
     if guard.stopped_at is not None:
         raise TfclmError(_nan_message(optimizer_steps, guard.value, config, [start, *saver.saved] if start else saver.saved))
     if not saver.saved or saver.saved[-1] != optimizer_steps:
         checkpoints.save(optimizer_steps)  # the finish line, so a rerun knows this run is done
 
+    if not chief:
+        # A worker's results are the chief's; this line lets a launcher check the replicas agree.
+        print(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {_weights_digest(model)}")
+        return {"train_steps": optimizer_steps, "weights_sha256": _weights_digest(model)}
     after = evaluate_loss(model, eval_ds)
     print(f"after training: eval loss {after['loss']:.4f}, perplexity {after['perplexity']:,.2f}")
     # Saved before sampling: whatever happens next, the trained model is on disk.
     io.save_pretrained_atomic([model, tokenizer], out)
 
-    options = dataclasses.asdict(config.generate)
-    prompts = options.pop("prompts")
-    options["seed"] = options["seed"] if options["seed"] is not None else train.seed
+    prompts, options = _sample_options(config)
     # One call: compiling it with XLA would cost more than it saves.
     samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
     for sample in samples:
@@ -229,6 +261,9 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str) -> dict:
         "tokens_per_second": round(throughput.tokens_per_second, 1),
         "parameters": params,
         "precision": policy,
+        "strategy": described,
+        "global_batch_size": batch_size,
+        "weights_sha256": _weights_digest(model),
         "jit_compile": jit,
         "data": prepared.facts,
         "history": {key: [float(v) for v in values] for key, values in logged.items()},

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from tfclm.backend import load
+from tfclm.distribute import is_chief
 from tfclm.errors import ConfigError
 from tfclm.io import atomic_write_text, save_pretrained_atomic
 from tfclm.modelcard import check_card_args, model_card
@@ -23,22 +24,6 @@ tf, keras = load()
 
 # What never goes to the Hub: tfclm's caches, temporary files, and (unless asked) the resumable checkpoints.
 DEFAULT_IGNORE = ("cache/*", "checkpoints/*", ".tmp-*", "*.tmp-*")
-
-
-def is_chief() -> bool:
-    """True unless TF_CONFIG names this process a non-chief worker (multi-worker training)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return True
-    try:
-        spec = json.loads(raw)
-    except json.JSONDecodeError:
-        return True  # a malformed TF_CONFIG is tf.distribute's error to report, not the uploader's
-    task = spec.get("task") or {}
-    kind, index = task.get("type"), int(task.get("index", 0))
-    if kind in (None, "chief"):
-        return True
-    return kind == "worker" and index == 0 and "chief" not in (spec.get("cluster") or {})
 
 
 def _snapshot(folder: str, ignore) -> str:

@@ -80,7 +80,7 @@ def pretrained_tokenizer(name_or_path: str, trust_remote_code: bool, key: str):
     return tokenizer
 
 
-def load_tokenizer(config: Config, train_texts):
+def load_tokenizer(config: Config, train_texts, cache_dir: str | None = None):
     """The configured tokenizer, or a BPE trained on `train_texts` (a list, cached; or an iterator, streamed)."""
     if config.tokenizer.name_or_path:
         return pretrained_tokenizer(config.tokenizer.name_or_path, config.model.trust_remote_code, "tokenizer.name_or_path")
@@ -90,4 +90,4 @@ def load_tokenizer(config: Config, train_texts):
         tokenizer = train_bpe(train_texts, config.tokenizer.vocab_size)
         print(f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens on the stream (not cached: a stream has no fingerprint short of reading it)")
         return tokenizer
-    return trained_tokenizer(train_texts, config.tokenizer.vocab_size, os.path.join(config.output_dir, "cache"))
+    return trained_tokenizer(train_texts, config.tokenizer.vocab_size, cache_dir or os.path.join(config.output_dir, "cache"))
