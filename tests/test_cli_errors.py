@@ -1,7 +1,5 @@
 """Bad input: one line naming the key or path and the fix, exit code 2, no traceback, nothing lost."""
-import os
 
-import pytest
 
 from conftest import DEFAULT_CONFIG, run_cli
 

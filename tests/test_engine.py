@@ -43,7 +43,7 @@ def test_accumulation_equals_one_large_batch_step():
         assert int(trainer.optimizer.iterations) == 1
         weights.append([v.numpy() for v in lm.trainable_variables])
     untouched = [v.numpy() for v in tiny_lm().trainable_variables]
-    for big, accumulated, start in zip(*weights, untouched):
+    for big, accumulated in zip(*weights):
         assert np.allclose(big, accumulated, atol=1e-6)
     assert any(not np.allclose(b, s) for b, s in zip(weights[0], untouched))  # a step was taken
 
