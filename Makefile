@@ -20,12 +20,18 @@ $(VENV)/.installed-test: setup.cfg setup.py | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(VENV)/.installed $@
 
+# transformers v5 (PyTorch only) in a folder of its own beside the venv: the export
+# tests load tfclm's PyTorch export with it, in a process that puts it first on sys.path.
+$(VENV)/transformers-v5/.installed: | $(PY)
+	$(PY) -m pip install --quiet --target $(VENV)/transformers-v5 'transformers>=5,<6'
+	touch $@
+
 install: $(VENV)/.installed
 
 train: $(VENV)/.installed
 	$(PY) -m tfclm fit --config $(CONFIG)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(VENV)/transformers-v5/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

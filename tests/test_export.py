@@ -60,6 +60,32 @@ def test_pytorch_export_matches_tf_logits_without_tensorflow(trained_dir, tmp_pa
     assert run_cli(["evaluate", "--model", out, "--json"]).exit_code == 0
 
 
+V5_SITE = os.path.join(sys.prefix, "transformers-v5")
+
+
+@pytest.mark.skipif(not os.path.isdir(V5_SITE), reason="make test installs transformers v5 into .venv/transformers-v5")
+def test_pytorch_export_loads_in_transformers_v5(trained_dir, tmp_path):
+    pytest.importorskip("torch")
+    target = str(tmp_path / "pt")
+    assert run_cli(["export", "--model", trained_dir[0], "--to", "pytorch", "--output", target]).exit_code == 0
+    ids, expected = tf_logits(trained_dir[0])
+    np.save(tmp_path / "expected.npy", np.concatenate([e.reshape(-1) for e in expected]))
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, torch, transformers
+        from transformers import AutoModelForCausalLM
+        assert transformers.__version__.startswith("5."), transformers.__version__
+        model = AutoModelForCausalLM.from_pretrained({target!r}).eval()
+        with torch.no_grad():
+            got = np.concatenate([model(torch.tensor([r])).logits.numpy()[0].reshape(-1) for r in {ids!r}])
+        print("max abs diff", float(np.abs(got - np.load({str(tmp_path / "expected.npy")!r})).max()))
+        assert "tensorflow" not in sys.modules
+    """)
+    env = subprocess_env(USE_TF="0", PYTHONPATH=V5_SITE)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert float(done.stdout.split("max abs diff")[1]) < 1e-4
+
+
 def test_saved_model_greedy_generate_matches_tfclm_generate(trained_dir, tmp_path):
     out = trained_dir[0]
     target = str(tmp_path / "served")
