@@ -102,3 +102,29 @@ def test_strategy_bad_input(monkeypatch, env, args, message):
     assert result.exit_code == 2 and "Traceback" not in result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert message in line, line
+
+
+@pytest.mark.parametrize(
+    "cluster, task, chief",
+    [
+        (None, None, True),
+        ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 0}, True),
+        ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 1}, False),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, {"type": "worker", "index": 0}, False),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, {"type": "chief", "index": 0}, True),
+    ],
+)
+def test_only_the_chief_writes_and_pushes(monkeypatch, tmp_path, cluster, task, chief):
+    from tfclm.distribute import WorkerDirs, is_chief
+    from tfclm.hub import PushToHubCallback
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if cluster:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    assert is_chief() is chief
+    dirs = WorkerDirs(str(tmp_path / "out"))
+    assert (dirs.work_dir == str(tmp_path / "out")) is chief
+    dirs.cleanup()
+    push = PushToHubCallback(str(tmp_path / "out"), hub_model_id="tester/x")
+    push.on_train_begin()
+    assert (push.uploader is not None) is chief  # a non-chief never talks to the Hub
