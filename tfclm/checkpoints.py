@@ -68,9 +68,9 @@ def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:
     checkpoint_dir = os.path.join(output_dir, DIRNAME)
     if overwrite:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        for name in ("results.json",):
-            if os.path.exists(os.path.join(output_dir, name)):
-                os.unlink(os.path.join(output_dir, name))
+        results = os.path.join(output_dir, "results.json")
+        if os.path.exists(results):
+            os.unlink(results)
         return
     if not tf.train.latest_checkpoint(checkpoint_dir):
         return

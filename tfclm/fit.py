@@ -227,8 +227,9 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
 
     if not chief:
         # A worker's results are the chief's; this line lets a launcher check the replicas agree.
-        print(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {_weights_digest(model)}")
-        return {"train_steps": optimizer_steps, "weights_sha256": _weights_digest(model)}
+        digest = _weights_digest(model)
+        print(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {digest}")
+        return {"train_steps": optimizer_steps, "weights_sha256": digest}
     after = evaluate_loss(model, eval_ds)
     print(f"after training: eval loss {after['loss']:.4f}, perplexity {after['perplexity']:,.2f}")
     # Saved before sampling: whatever happens next, the trained model is on disk.

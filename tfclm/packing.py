@@ -33,16 +33,19 @@ class Blocks:
         return f"{name}: {self.documents:,} documents, {self.tokens:,} tokens -> {n:,} blocks of {size}, {self.dropped:,} tokens dropped"
 
 
+def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each document, EOS appended: the unit that packing lays end to end."""
+    # verbose=False: documents longer than the model's context are expected here; packing cuts them.
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    return [row + [tokenizer.eos_token_id] for row in ids]
+
+
 def tokenize(texts: list[str], tokenizer, num_proc: int = 1, desc: str = "tokenizing"):
     """A `datasets.Dataset` with one row of token ids per document, EOS appended."""
     import datasets
 
-    eos = tokenizer.eos_token_id
-
     def encode(batch):
-        # verbose=False: documents longer than the model's context are expected here; packing cuts them.
-        ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-        return {"input_ids": [row + [eos] for row in ids]}
+        return {"input_ids": encode_documents(tokenizer, batch["text"])}
 
     docs = datasets.Dataset.from_dict({"text": texts})
     # Forking workers only pays off when each gets a real share of the text.
@@ -159,12 +162,9 @@ def stream_blocks(
     carry = np.zeros(0, dtype=np.int32)
     batch = []
 
-    def encode(docs):
-        return tokenizer(docs, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-
     def flush(docs):
         nonlocal carry
-        rows = [row + [eos] for row in encode(docs)]
+        rows = encode_documents(tokenizer, docs)
         if progress is not None:
             progress(documents=len(rows), tokens=sum(map(len, rows)))
         if not pack_documents:

@@ -191,7 +191,7 @@ def iter_texts(data: DataConfig) -> Iterator[str]:
     if corpus.is_builtin(data.dataset):
         yield from corpus.load_builtin(data.dataset)
         return
-    check_local(data.dataset)
+    # A missing path or an unknown extension gives no .txt files; load_records then says which.
     txt = _txt_files(data.dataset) if os.path.exists(data.dataset) else []
     if txt:
         yield from txt_documents(txt, data.txt_document)
@@ -204,7 +204,7 @@ def iter_texts(data: DataConfig) -> Iterator[str]:
 def load_texts(data: DataConfig) -> list[str]:
     if corpus.is_builtin(data.dataset):
         return corpus.load_builtin(data.dataset)
-    check_local(data.dataset)
+    # A missing path or an unknown extension gives no .txt files; load_records then says which.
     txt = _txt_files(data.dataset) if os.path.exists(data.dataset) else []
     if txt:
         return list(txt_documents(txt, data.txt_document))
