@@ -8,15 +8,14 @@ transformers' own warpers, to show what the fused top-k/top-p step buys.
 
     .venv/bin/python bench/generate.py [--new-tokens 100] [--repeats 2]
 """
+
 import argparse
 import os
 import time
 
+from tfclm.backend import tf
+
 from common import distilgpt2, id_tokenizer
-
-from tfclm.backend import load
-
-tf, keras = load()
 
 
 def main():
@@ -25,13 +24,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from tfclm.generation import Generator
+    from tfclm.generation.generator import Generator
 
     model = distilgpt2()
     tokenizer = id_tokenizer()
     prompt = " ".join(f"w{i}" for i in range(100, 112))  # 12 tokens
     second = " ".join(f"w{i}" for i in range(200, 209))  # 9 tokens: the same 16-token bucket
-    options = dict(do_sample=True, top_k=50, top_p=0.95, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=1)
+    options = dict(
+        do_sample=True, top_k=50, top_p=0.95, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=1
+    )
 
     def timed(run, prompts):
         best = float("inf")
@@ -56,7 +57,15 @@ def main():
     # transformers' own warpers under one plain tf.function (sorts the whole vocabulary for top-p).
     plain = tf.function(model.generate, jit_compile=True)
     encoded = tokenizer([prompt], return_tensors="tf")
-    hf = dict(do_sample=True, top_k=50, top_p=0.95, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=50256, seed=[1, 0])
+    hf = dict(
+        do_sample=True,
+        top_k=50,
+        top_p=0.95,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        pad_token_id=50256,
+        seed=[1, 0],
+    )
     plain(**encoded, **hf)
     plain_tps = timed(lambda p: plain(**encoded, **hf), [prompt])
 
@@ -68,15 +77,21 @@ def main():
     xla([prompt], **options)
     first_again_s = time.perf_counter() - started
 
-    print(f"device: {tf.config.list_physical_devices()[-1].device_type}, {os.cpu_count()} cores; distilgpt2 architecture, random weights; "
-          f"{args.new_tokens} new tokens, top-k 50 + top-p 0.95; best of {args.repeats}")
+    print(
+        f"device: {tf.config.list_physical_devices()[-1].device_type}, {os.cpu_count()} cores; distilgpt2 architecture, random weights; "
+        f"{args.new_tokens} new tokens, top-k 50 + top-p 0.95; best of {args.repeats}"
+    )
     print(f"{'batch':>5} {'eager tok/s':>12} {'tfclm XLA tok/s':>16} {'ratio':>7} {'first call (compile) s':>23}")
     for batch, e, x, c in rows:
         print(f"{batch:>5} {e:>12.1f} {x:>16.1f} {x / e:>6.2f}x {c:>23.1f}")
-    print(f"plain tf.function(generate, jit_compile=True), transformers' warpers, batch 1: {plain_tps:.1f} tok/s "
-          f"(tfclm XLA is {rows[0][2] / plain_tps:.2f}x that)")
-    print(f"second prompt length in the same bucket: {second_s:.2f} s (the first length again: {first_again_s:.2f} s); "
-          f"new traces: {xla.traces - traces}")
+    print(
+        f"plain tf.function(generate, jit_compile=True), transformers' warpers, batch 1: {plain_tps:.1f} tok/s "
+        f"(tfclm XLA is {rows[0][2] / plain_tps:.2f}x that)"
+    )
+    print(
+        f"second prompt length in the same bucket: {second_s:.2f} s (the first length again: {first_again_s:.2f} s); "
+        f"new traces: {xla.traces - traces}"
+    )
 
 
 if __name__ == "__main__":

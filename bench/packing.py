@@ -8,6 +8,7 @@ tutorial's: `sum(examples[k], [])` per `map` batch of 1,000 records, with
 
     .venv/bin/python bench/packing.py [--records 5000 20000 80000] [--num-proc 2]
 """
+
 import argparse
 import os
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tfclm.packing import flat_tokens, pack  # noqa: E402
+from tfclm.data.packing import flat_tokens, pack  # noqa: E402
 
 BLOCK = 128
 
@@ -78,7 +79,9 @@ def main():
     import datasets
 
     datasets.disable_progress_bars()
-    print(f"{os.cpu_count()} cores; block {BLOCK}; best of {args.repeats} (tfclm: {args.repeats * 3}) cold-cache calls; recipe with num_proc={args.num_proc}, no datasets cache")
+    print(
+        f"{os.cpu_count()} cores; block {BLOCK}; best of {args.repeats} (tfclm: {args.repeats * 3}) cold-cache calls; recipe with num_proc={args.num_proc}, no datasets cache"
+    )
     print(f"{'records':>8} {'tokens':>11} {'recipe s':>9} {'tfclm s':>9} {'speed-up':>9}")
     rows = []
     for n in args.records:
@@ -90,7 +93,9 @@ def main():
         rows.append((n, blocks.tokens, recipe_s, tfclm_s))
         print(f"{n:>8,} {blocks.tokens:>11,} {recipe_s:>9.3f} {tfclm_s:>9.5f} {recipe_s / tfclm_s:>8.0f}x")
     (n0, _, r0, t0), (n1, _, r1, t1) = rows[0], rows[-1]
-    print(f"scaling from {n0:,} to {n1:,} records ({n1 / n0:.0f}x): recipe {r1 / r0:.1f}x the time, tfclm {t1 / t0:.1f}x the time")
+    print(
+        f"scaling from {n0:,} to {n1:,} records ({n1 / n0:.0f}x): recipe {r1 / r0:.1f}x the time, tfclm {t1 / t0:.1f}x the time"
+    )
 
 
 if __name__ == "__main__":

@@ -10,16 +10,17 @@ peak in float32 and bfloat16, and model FLOPs utilisation
 
     .venv/bin/python bench/train.py [--steps 6] [--warmup 2]
 """
+
 import argparse
 import os
 import time
 
 import numpy as np
+
+from tfclm.backend import keras, tf
+
 from common import VOCAB, distilgpt2, id_tokenizer
 
-from tfclm.backend import load
-
-tf, keras = load()
 BATCH, BLOCK = 16, 128
 
 
@@ -47,7 +48,7 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._t)
 
     def tokens_per_second(self):
-        measured = self.times[self.warmup:]
+        measured = self.times[self.warmup :]
         return BATCH * BLOCK * len(measured) / sum(measured)
 
 
@@ -56,7 +57,9 @@ def recipe(blocks, steps, warmup):
     from transformers import AdamWeightDecay, DataCollatorForLanguageModeling
 
     model = distilgpt2()
-    lm_dataset = datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": np.ones_like(blocks), "labels": blocks})
+    lm_dataset = datasets.Dataset.from_dict(
+        {"input_ids": blocks, "attention_mask": np.ones_like(blocks), "labels": blocks}
+    )
     data_collator = DataCollatorForLanguageModeling(tokenizer=id_tokenizer(), mlm=False, return_tensors="tf")
     tf_train_set = model.prepare_tf_dataset(lm_dataset, shuffle=True, batch_size=BATCH, collate_fn=data_collator)
     optimizer = AdamWeightDecay(learning_rate=2e-5, weight_decay_rate=0.01)
@@ -68,16 +71,19 @@ def recipe(blocks, steps, warmup):
 
 def tfclm_engine(blocks, steps, warmup, precision, jit):
     from tfclm.config import TrainConfig
-    from tfclm.engine import CausalLMTrainer, set_precision
-    from tfclm.modeling import make_optimizer
-    from tfclm.packing import Blocks
-    from tfclm.pipeline import fast_dataset
+    from tfclm.data.packing import Blocks
+    from tfclm.data.pipeline import fast_dataset
+    from tfclm.training.optimizer import make_optimizer
+    from tfclm.training.trainer import CausalLMTrainer, set_precision
 
     set_precision(precision)
     try:
         model = distilgpt2()
         trainer = CausalLMTrainer(model)
-        trainer.compile(optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, warmup + steps), jit_compile=jit)
+        trainer.compile(
+            optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, warmup + steps),
+            jit_compile=jit,
+        )
         timer = StepTimer(warmup)
         data = fast_dataset(Blocks(blocks, len(blocks), blocks.size, 0), BATCH, shuffle=True, seed=0)
         trainer.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
@@ -91,7 +97,9 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-    blocks = np.random.default_rng(0).integers(0, VOCAB - 1, (BATCH * (args.steps + args.warmup), BLOCK)).astype(np.int32)
+    blocks = (
+        np.random.default_rng(0).integers(0, VOCAB - 1, (BATCH * (args.steps + args.warmup), BLOCK)).astype(np.int32)
+    )
     params = sum(v.shape.num_elements() for v in distilgpt2().trainable_variables)
     peak32, peak16 = matmul_peak(tf.float32), matmul_peak(tf.bfloat16)
     rows = [("recipe as written (fp32)", recipe(blocks, args.steps, args.warmup))]
@@ -99,9 +107,13 @@ def main():
     rows.append(("tfclm fast pipeline, fp32 + XLA", tfclm_engine(blocks, args.steps, args.warmup, "fp32", True)))
     rows.append(("tfclm fast pipeline, bf16", tfclm_engine(blocks, args.steps, args.warmup, "bf16", False)))
     device = tf.config.list_physical_devices()[-1].device_type
-    print(f"device: {device}, {os.cpu_count()} cores; distilgpt2 architecture ({params / 1e6:.1f}M parameters), batch {BATCH} x {BLOCK}; "
-          f"{args.steps} timed steps after {args.warmup} warm-up steps")
-    print(f"matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s, bfloat16 {peak16 / 1e9:.0f} GFLOP/s ({peak16 / peak32:.2f}x)")
+    print(
+        f"device: {device}, {os.cpu_count()} cores; distilgpt2 architecture ({params / 1e6:.1f}M parameters), batch {BATCH} x {BLOCK}; "
+        f"{args.steps} timed steps after {args.warmup} warm-up steps"
+    )
+    print(
+        f"matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s, bfloat16 {peak16 / 1e9:.0f} GFLOP/s ({peak16 / peak32:.2f}x)"
+    )
     base = rows[0][1]
     print(f"{'variant':<34} {'tokens/s':>9} {'vs recipe':>10} {'MFU (fp32 peak)':>16}")
     for name, tps in rows:

@@ -1,4 +1,5 @@
 """Shared fixtures: small real models and data written by the tests themselves (no network)."""
+
 import json
 import os
 
@@ -12,14 +13,22 @@ RECIPE_CONFIG = os.path.join(ROOT, "configs", "distilgpt2-eli5.yaml")
 
 # The default run, shrunk: same config file and code path as `make train`.
 TINY = [
-    "--set", "data.max_documents=40",
-    "--set", "data.num_proc=1",
-    "--set", "tokenizer.vocab_size=600",
-    "--set", "model.config.n_layer=1",
-    "--set", "model.config.n_embd=64",
-    "--set", "model.config.n_head=2",
-    "--set", "train.warmup_ratio=0.1",
-    "--set", "generate.max_new_tokens=12",
+    "--set",
+    "data.max_documents=40",
+    "--set",
+    "data.num_proc=1",
+    "--set",
+    "tokenizer.vocab_size=600",
+    "--set",
+    "model.config.n_layer=1",
+    "--set",
+    "model.config.n_embd=64",
+    "--set",
+    "model.config.n_head=2",
+    "--set",
+    "train.warmup_ratio=0.1",
+    "--set",
+    "generate.max_new_tokens=12",
 ]
 
 
@@ -47,7 +56,13 @@ def eli5_records(n=24):
     for i in range(n):
         a = f"answer {i}: " + " ".join(words[(i + k) % len(words)] for k in range(12))
         b = " ".join(words[(3 * i + k) % len(words)] for k in range(9))
-        records.append({"q_id": f"q{i}", "title": f"question {i} about {words[i % len(words)]}", "answers": {"a_id": [f"a{i}", f"b{i}"], "text": [a, b], "score": [3, 1]}})
+        records.append(
+            {
+                "q_id": f"q{i}",
+                "title": f"question {i} about {words[i % len(words)]}",
+                "answers": {"a_id": [f"a{i}", f"b{i}"], "text": [a, b], "score": [3, 1]},
+            }
+        )
     return records
 
 

@@ -6,6 +6,7 @@ create a repo, commit files (regular and Git LFS) and download them, served from
 prints `listening on http://127.0.0.1:PORT` and serves until killed or until
 --max-seconds pass. `GET /_test/state` shows the repos and their commits.
 """
+
 import argparse
 import base64
 import datetime
@@ -103,10 +104,21 @@ class Handler(BaseHTTPRequestHandler):
     def info(self, repo, commit):
         record = STORE.repos[repo]
         return {
-            "_id": hashlib.md5(repo.encode()).hexdigest()[:24], "id": repo, "modelId": repo, "author": repo.split("/")[0],
-            "sha": commit["oid"], "private": record["private"], "disabled": False, "gated": False,
-            "lastModified": commit["date"], "createdAt": record["created"], "downloads": 0, "likes": 0,
-            "tags": [], "library_name": None, "siblings": [{"rfilename": path} for path in sorted(commit["files"])],
+            "_id": hashlib.md5(repo.encode()).hexdigest()[:24],
+            "id": repo,
+            "modelId": repo,
+            "author": repo.split("/")[0],
+            "sha": commit["oid"],
+            "private": record["private"],
+            "disabled": False,
+            "gated": False,
+            "lastModified": commit["date"],
+            "createdAt": record["created"],
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "library_name": None,
+            "siblings": [{"rfilename": path} for path in sorted(commit["files"])],
         }
 
     # --- routes --------------------------------------------------------------
@@ -127,10 +139,33 @@ class Handler(BaseHTTPRequestHandler):
         head = method == "HEAD"
         with STORE.lock:
             if path == "/_test/state":
-                return self.send(200, {repo: [{k: c[k] for k in ("oid", "title")} | {"files": {p: {k: v for k, v in f.items() if k != "content"} for p, f in c["files"].items()}} for c in r["commits"]] for repo, r in STORE.repos.items()})
+                return self.send(
+                    200,
+                    {
+                        repo: [
+                            {k: c[k] for k in ("oid", "title")}
+                            | {
+                                "files": {
+                                    p: {k: v for k, v in f.items() if k != "content"} for p, f in c["files"].items()
+                                }
+                            }
+                            for c in r["commits"]
+                        ]
+                        for repo, r in STORE.repos.items()
+                    },
+                )
             if path == "/api/whoami-v2":
                 if self.authorized():
-                    self.send(200, {"type": "user", "name": USER, "fullname": "Test User", "orgs": [], "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}}})
+                    self.send(
+                        200,
+                        {
+                            "type": "user",
+                            "name": USER,
+                            "fullname": "Test User",
+                            "orgs": [],
+                            "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}},
+                        },
+                    )
                 return
             if path == "/api/repos/create" and method == "POST":
                 return self.create_repo()
@@ -167,7 +202,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(409, {"error": "You already created this model repo", "url": url})
         STORE.repos[repo] = {"private": bool(request.get("private")), "created": now(), "commits": []}
         attributes = b"*.h5 filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
-        STORE.commit(repo, "initial commit", {".gitattributes": {"lfs": False, "oid": git_sha1(attributes), "size": len(attributes), "content": attributes}})
+        STORE.commit(
+            repo,
+            "initial commit",
+            {
+                ".gitattributes": {
+                    "lfs": False,
+                    "oid": git_sha1(attributes),
+                    "size": len(attributes),
+                    "content": attributes,
+                }
+            },
+        )
         self.send(200, {"url": url, "name": repo, "id": repo})
 
     def preupload(self, repo):
@@ -180,7 +226,14 @@ class Handler(BaseHTTPRequestHandler):
             sample = base64.b64decode(item.get("sample", ""))
             lfs = item["path"].endswith(LFS_SUFFIXES) or item["size"] >= LFS_MIN_SIZE or b"\0" in sample
             existing = current.get(item["path"])
-            answers.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": existing["oid"] if existing else None})
+            answers.append(
+                {
+                    "path": item["path"],
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": existing["oid"] if existing else None,
+                }
+            )
         self.send(200, {"files": answers, "commitOid": STORE.head(repo)["oid"]})
 
     def lfs_batch(self, repo):
@@ -211,7 +264,12 @@ class Handler(BaseHTTPRequestHandler):
         if oid not in STORE.lfs:
             return self.error(404, "EntryNotFound", "no such object", head=method == "HEAD")
         data = STORE.lfs[oid]
-        self.send(200, raw=data, headers={"ETag": f'"{oid}"', "Content-Type": "application/octet-stream"}, head=method == "HEAD")
+        self.send(
+            200,
+            raw=data,
+            headers={"ETag": f'"{oid}"', "Content-Type": "application/octet-stream"},
+            head=method == "HEAD",
+        )
 
     def commit(self, repo):
         lines = [json.loads(line) for line in self.body().splitlines() if line.strip()]
@@ -274,7 +332,14 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(404, "EntryNotFound", f"{filename} does not exist on {revision}", head=head)
         headers = {"X-Repo-Commit": commit["oid"]}
         if entry["lfs"]:
-            headers.update({"Location": f"{self.base()}/_lfs/{entry['oid']}", "X-Linked-Etag": f'"{entry["oid"]}"', "X-Linked-Size": str(entry["size"]), "ETag": f'"{git_sha1(entry["oid"].encode())}"'})
+            headers.update(
+                {
+                    "Location": f"{self.base()}/_lfs/{entry['oid']}",
+                    "X-Linked-Etag": f'"{entry["oid"]}"',
+                    "X-Linked-Size": str(entry["size"]),
+                    "ETag": f'"{git_sha1(entry["oid"].encode())}"',
+                }
+            )
             return self.send(302, raw=b"", headers=headers, head=head)
         headers["ETag"] = f'"{entry["oid"]}"'
         self.send(200, raw=entry["content"], headers=headers, head=head)

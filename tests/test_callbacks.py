@@ -1,4 +1,5 @@
 """tfclm's callbacks in a plain Keras workflow, TensorBoard output, and the training curves."""
+
 import glob
 import json
 import math
@@ -23,7 +24,7 @@ def test_callbacks_in_a_users_own_keras_fit(tmp_path, capsys):
     from transformers import AdamWeightDecay, GPT2Config, TFGPT2LMHeadModel
 
     from tfclm.callbacks import PerplexityCallback, SampleTextCallback, StepHistory, ThroughputCallback
-    from tfclm.tokenizer import train_bpe
+    from tfclm.data.tokenizer import train_bpe
 
     keras.utils.set_random_seed(0)
     tokenizer = train_bpe(["the list type holds items in order; a dict maps keys to values"] * 20, 300)
@@ -33,23 +34,33 @@ def test_callbacks_in_a_users_own_keras_fit(tmp_path, capsys):
 
     def batches(rows):
         # The user's own pipeline: plain tf.data, labels = input_ids.
-        return tf.data.Dataset.from_tensor_slices({"input_ids": rows, "attention_mask": np.ones_like(rows), "labels": rows}).batch(4)
+        return tf.data.Dataset.from_tensor_slices(
+            {"input_ids": rows, "attention_mask": np.ones_like(rows), "labels": rows}
+        ).batch(4)
 
     train, held_out = batches(blocks[:20]), batches(blocks[20:])
     log_dir = str(tmp_path / "logs")
     perplexity = PerplexityCallback(eval_data=held_out, every_n_steps=5)
-    sampler = SampleTextCallback(tokenizer, ["the list"], every_n_epochs=1, log_dir=log_dir, max_new_tokens=6, do_sample=False)
+    sampler = SampleTextCallback(
+        tokenizer, ["the list"], every_n_epochs=1, log_dir=log_dir, max_new_tokens=6, do_sample=False
+    )
     throughput = ThroughputCallback(tokens_per_step=4 * 16, peak_flops=1e12)
     steps = StepHistory(every_n_steps=5)
     model.compile(optimizer=AdamWeightDecay(learning_rate=3e-3))
-    history = model.fit(train, validation_data=held_out, epochs=2, verbose=0, callbacks=[throughput, perplexity, sampler, steps]).history
+    history = model.fit(
+        train, validation_data=held_out, epochs=2, verbose=0, callbacks=[throughput, perplexity, sampler, steps]
+    ).history
 
     assert np.allclose(history["perplexity"], np.exp(history["loss"]), rtol=1e-6)
     assert np.allclose(history["val_perplexity"], np.exp(history["val_loss"]), rtol=1e-6)
     assert history["perplexity"][1] < history["perplexity"][0]
     assert [step for step, _ in perplexity.evaluations] == [5, 10]
-    assert all(r["tokens"] == 4 * 15 and math.isclose(r["perplexity"], math.exp(r["loss"])) for _, r in perplexity.evaluations)
-    assert steps.steps == [5, 10] and steps.history["eval_perplexity"] == [r["perplexity"] for _, r in perplexity.evaluations]
+    assert all(
+        r["tokens"] == 4 * 15 and math.isclose(r["perplexity"], math.exp(r["loss"])) for _, r in perplexity.evaluations
+    )
+    assert steps.steps == [5, 10] and steps.history["eval_perplexity"] == [
+        r["perplexity"] for _, r in perplexity.evaluations
+    ]
     assert throughput.steps == 10 and throughput.tokens == 640 and history["tokens_per_second"][-1] > 0
     assert math.isclose(history["mfu"][-1], 6 * throughput.parameters * history["tokens_per_second"][-1] / 1e12)
     printed = capsys.readouterr().out
@@ -62,12 +73,20 @@ def test_callbacks_in_a_users_own_keras_fit(tmp_path, capsys):
 def test_fit_writes_tensorboard_and_curves(trained_dir):
     from PIL import Image
 
-    from tfclm.curves import read_curve_data
+    from tfclm.training.curves import read_curve_data
 
     out, output = trained_dir
     results = json.load(open(os.path.join(out, "results.json")))
     tags = event_tags(os.path.join(out, "logs"))
-    for tag in ("epoch_loss", "epoch_perplexity", "epoch_learning_rate", "epoch_tokens_per_second", "batch_loss", "batch_learning_rate", "samples"):
+    for tag in (
+        "epoch_loss",
+        "epoch_perplexity",
+        "epoch_learning_rate",
+        "epoch_tokens_per_second",
+        "batch_loss",
+        "batch_learning_rate",
+        "samples",
+    ):
         assert tag in tags, sorted(tags)
     assert "sample at step" in output
 

@@ -1,6 +1,5 @@
 """Bad input: one line naming the key or path and the fix, exit code 2, no traceback, nothing lost."""
 
-
 from conftest import DEFAULT_CONFIG, run_cli
 
 
@@ -49,22 +48,47 @@ def test_bad_model_in_config_leaves_earlier_output_intact(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text('{"kept": true}')
-    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, "--output-dir", str(out), "--set", "model.config=null", "--set", f"model.name_or_path={tmp_path}/no-model"]))
+    line = error_line(
+        run_cli(
+            [
+                "fit",
+                "--config",
+                DEFAULT_CONFIG,
+                "--output-dir",
+                str(out),
+                "--set",
+                "model.config=null",
+                "--set",
+                f"model.name_or_path={tmp_path}/no-model",
+            ]
+        )
+    )
     assert "no-model" in line
     assert (out / "results.json").read_text() == '{"kept": true}'
 
 
 def test_generate_option_errors(trained_dir):
     out, _ = trained_dir
-    assert "Invalid value for '--top-p'" in error_line(run_cli(["generate", "--model", out, "--prompt", "x", "--top-p", "1.5"]))
+    assert "Invalid value for '--top-p'" in error_line(
+        run_cli(["generate", "--model", out, "--prompt", "x", "--top-p", "1.5"])
+    )
     assert "prompt" in error_line(run_cli(["generate", "--model", out, "--prompt", ""]))
-    assert "max_new_tokens" in error_line(run_cli(["generate", "--model", out, "--prompt", "x", "--max-new-tokens", "5000"]))
-    assert "num_return_sequences" in error_line(run_cli(["generate", "--model", out, "--prompt", "x", "--greedy", "--num-return-sequences", "2"]))
+    assert "max_new_tokens" in error_line(
+        run_cli(["generate", "--model", out, "--prompt", "x", "--max-new-tokens", "5000"])
+    )
+    assert "num_return_sequences" in error_line(
+        run_cli(["generate", "--model", out, "--prompt", "x", "--greedy", "--num-return-sequences", "2"])
+    )
 
 
 def test_module_entry_point_exit_code(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "tfclm", "fit", "--config", str(tmp_path / "x.yaml")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tfclm", "fit", "--config", str(tmp_path / "x.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr and "x.yaml" in done.stderr

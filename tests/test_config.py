@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from tfclm.config import Config, load_config, parse_override, to_yaml, from_dict
+from tfclm.config import Config, from_dict, load_config, parse_override, to_yaml
 from tfclm.errors import ConfigError
 
 from conftest import DEFAULT_CONFIG, RECIPE_CONFIG
@@ -13,13 +13,26 @@ def test_default_and_recipe_configs_load():
     assert default.model.config["model_type"] == "gpt2" and default.model.name_or_path is None
     recipe = load_config(RECIPE_CONFIG)
     assert recipe.model.name_or_path == "distilbert/distilgpt2"
-    assert (recipe.data.dataset, recipe.data.split, recipe.data.text_column) == ("eli5_category", "train[:5000]", "answers.text")
+    assert (recipe.data.dataset, recipe.data.split, recipe.data.text_column) == (
+        "eli5_category",
+        "train[:5000]",
+        "answers.text",
+    )
     assert recipe.data.validation_split == 0.2 and recipe.data.block_size == 128
-    assert (recipe.train.batch_size, recipe.train.learning_rate, recipe.train.weight_decay, recipe.train.epochs) == (16, 2e-5, 0.01, 3)
+    assert (recipe.train.batch_size, recipe.train.learning_rate, recipe.train.weight_decay, recipe.train.epochs) == (
+        16,
+        2e-5,
+        0.01,
+        3,
+    )
 
 
 def test_overrides_then_flags_win_over_the_file():
-    config = load_config(DEFAULT_CONFIG, ["train.batch_size=4", "data.text_column=answers.text", "model.config.n_layer=2"], {"train.batch_size": 8})
+    config = load_config(
+        DEFAULT_CONFIG,
+        ["train.batch_size=4", "data.text_column=answers.text", "model.config.n_layer=2"],
+        {"train.batch_size": 8},
+    )
     assert config.train.batch_size == 8
     assert config.data.text_column == "answers.text"
     assert config.model.config["n_layer"] == 2 and config.model.config["n_embd"] == 256
@@ -37,7 +50,9 @@ def test_unknown_key_lists_the_valid_ones(tmp_path):
     path.write_text("train:\n  batchsize: 8\n")
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
-    assert "train.batchsize" in str(info.value) and "batch_size" in str(info.value) and "learning_rate" in str(info.value)
+    assert (
+        "train.batchsize" in str(info.value) and "batch_size" in str(info.value) and "learning_rate" in str(info.value)
+    )
     with pytest.raises(ConfigError, match="unknown key; valid keys are: output_dir, data"):
         load_config(None, ["trian.epochs=1"])
 

@@ -1,4 +1,5 @@
 """The data stage through real fits: the blocks cache, unpacked documents, and streaming."""
+
 import json
 import os
 
@@ -23,16 +24,49 @@ def test_rerun_reuses_cached_blocks_and_a_change_rebuilds(tmp_path):
 
 def test_unpacked_and_streaming_fits(tmp_path, eli5_jsonl):
     out = str(tmp_path / "unpacked")
-    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *FAST, "--set", "data.pack=false", "--set", "data.block_size=32", "--max-steps", "2", "--output-dir", out])
+    result = run_cli(
+        [
+            "fit",
+            "--config",
+            DEFAULT_CONFIG,
+            *FAST,
+            "--set",
+            "data.pack=false",
+            "--set",
+            "data.block_size=32",
+            "--max-steps",
+            "2",
+            "--output-dir",
+            out,
+        ]
+    )
     assert result.exit_code == 0, result.output
     facts = json.load(open(os.path.join(out, "results.json")))["data"]
     assert facts["train_blocks"] == facts["train_documents"]  # one example per document
 
     out = str(tmp_path / "stream")
-    result = run_cli([
-        "fit", "--config", DEFAULT_CONFIG, *FAST, "--set", f"data.dataset={eli5_jsonl}", "--set", "data.text_template={title}: {answers.text}",
-        "--set", "data.streaming=true", "--set", "data.block_size=16", "--batch-size", "2", "--max-steps", "3", "--output-dir", out,
-    ])
+    result = run_cli(
+        [
+            "fit",
+            "--config",
+            DEFAULT_CONFIG,
+            *FAST,
+            "--set",
+            f"data.dataset={eli5_jsonl}",
+            "--set",
+            "data.text_template={title}: {answers.text}",
+            "--set",
+            "data.streaming=true",
+            "--set",
+            "data.block_size=16",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "3",
+            "--output-dir",
+            out,
+        ]
+    )
     assert result.exit_code == 0, result.output
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["train_steps"] == 3 and results["data"] == {"streaming": True} and results["eval_tokens"] > 0

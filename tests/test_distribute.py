@@ -1,4 +1,5 @@
 """tf.distribute: MirroredStrategy on two logical CPUs, MultiWorkerMirroredStrategy with two processes on 127.0.0.1."""
+
 import json
 import os
 import socket
@@ -11,7 +12,14 @@ import pytest
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli
 
-QUIET = ["--set", "logging.sample_every_n_epochs=null", "--set", "logging.tensorboard=false", "--set", "generate.max_new_tokens=4"]
+QUIET = [
+    "--set",
+    "logging.sample_every_n_epochs=null",
+    "--set",
+    "logging.tensorboard=false",
+    "--set",
+    "generate.max_new_tokens=4",
+]
 
 
 def test_mirrored_on_two_logical_cpus_matches_the_default_strategy(tmp_path):
@@ -21,18 +29,30 @@ def test_mirrored_on_two_logical_cpus_matches_the_default_strategy(tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
         from tfclm.config import load_config
-        from tfclm.fit import fit
+        from tfclm.training.run import fit
         common = {overrides!r} + ["logging.every_n_steps=1", "train.max_steps=6"]
         default = fit(load_config({DEFAULT_CONFIG!r}, common + ["train.strategy=default", "train.batch_size=8", "output_dir={tmp_path}/default"]), verbose=0)
         mirrored = fit(load_config({DEFAULT_CONFIG!r}, common + ["train.strategy=mirrored", "train.batch_size=4", "output_dir={tmp_path}/mirrored"]), verbose=0)
         print(json.dumps({{name: {{k: r[k] for k in ("strategy", "global_batch_size", "eval_loss_before", "eval_loss", "step_history")}} for name, r in (("default", default), ("mirrored", mirrored))}}))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = json.loads(done.stdout.strip().splitlines()[-1])
-    assert runs["default"]["strategy"].startswith("default (1 replica)") and runs["mirrored"]["strategy"] == "mirrored (2 replicas)"
+    assert (
+        runs["default"]["strategy"].startswith("default (1 replica)")
+        and runs["mirrored"]["strategy"] == "mirrored (2 replicas)"
+    )
     assert runs["default"]["global_batch_size"] == runs["mirrored"]["global_batch_size"] == 8
-    assert runs["mirrored"]["eval_loss_before"] == pytest.approx(runs["default"]["eval_loss_before"], rel=1e-6)  # same start
+    assert runs["mirrored"]["eval_loss_before"] == pytest.approx(
+        runs["default"]["eval_loss_before"], rel=1e-6
+    )  # same start
     default_losses, mirrored_losses = runs["default"]["step_history"]["loss"], runs["mirrored"]["step_history"]["loss"]
     assert len(default_losses) == len(mirrored_losses) == 6
     assert mirrored_losses == pytest.approx(default_losses, rel=1e-4)
@@ -52,13 +72,35 @@ def free_ports(n):
 def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     out = str(tmp_path / "out")
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    command = [sys.executable, "-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *TINY, *QUIET, "--set", "train.strategy=multiworker",
-               "--set", "evaluate.before_training=false", "--batch-size", "4", "--max-steps", "3", "--output-dir", out]
+    command = [
+        sys.executable,
+        "-m",
+        "tfclm",
+        "fit",
+        "--config",
+        DEFAULT_CONFIG,
+        *TINY,
+        *QUIET,
+        "--set",
+        "train.strategy=multiworker",
+        "--set",
+        "evaluate.before_training=false",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--output-dir",
+        out,
+    ]
     logs = [open(tmp_path / f"worker{i}.log", "w+") for i in range(2)]
     processes = []
     try:
         for index in range(2):
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+            env = {
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}),
+            }
             processes.append(subprocess.Popen(command, stdout=logs[index], stderr=subprocess.STDOUT, cwd=ROOT, env=env))
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline and any(p.poll() is None for p in processes):
@@ -75,9 +117,15 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
         log.close()
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     results = json.load(open(os.path.join(out, "results.json")))
-    assert results["strategy"] == "multiworker (2 replicas)" and results["train_steps"] == 3 and results["global_batch_size"] == 8
+    assert (
+        results["strategy"] == "multiworker (2 replicas)"
+        and results["train_steps"] == 3
+        and results["global_batch_size"] == 8
+    )
     worker_line = [line for line in outputs[1].splitlines() if line.startswith("worker done:")][0]
-    assert worker_line.endswith(f"weights sha256 {results['weights_sha256']}")  # both replicas ended with the same weights
+    assert worker_line.endswith(
+        f"weights sha256 {results['weights_sha256']}"
+    )  # both replicas ended with the same weights
     assert "worker done:" not in outputs[0]
     written = set(os.listdir(out))
     assert {"results.json", "tfclm.yaml", "tf_model.h5", "checkpoints", "cache"} <= written
@@ -87,10 +135,18 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
 @pytest.mark.parametrize(
     "env, args, message",
     [
-        ({}, ["--set", "train.strategy=ring"], "train.strategy: must be one of 'auto', 'default', 'mirrored', 'multiworker', 'tpu'"),
+        (
+            {},
+            ["--set", "train.strategy=ring"],
+            "train.strategy: must be one of 'auto', 'default', 'mirrored', 'multiworker', 'tpu'",
+        ),
         ({}, ["--set", "train.strategy=multiworker"], "train.strategy: multiworker needs TF_CONFIG"),
         ({"TF_CONFIG": "{cluster: 1"}, ["--set", "train.strategy=multiworker"], "TF_CONFIG: is not valid JSON"),
-        ({"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}})}, [], "TF_CONFIG: task worker:3 is not in its cluster"),
+        (
+            {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}})},
+            [],
+            "TF_CONFIG: task worker:3 is not in its cluster",
+        ),
         ({}, ["--set", "train.strategy=tpu"], "train.tpu: strategy tpu needs train.tpu"),
     ],
 )
@@ -115,8 +171,8 @@ def test_strategy_bad_input(monkeypatch, env, args, message):
     ],
 )
 def test_only_the_chief_writes_and_pushes(monkeypatch, tmp_path, cluster, task, chief):
-    from tfclm.distribute import WorkerDirs, is_chief
-    from tfclm.hub import PushToHubCallback
+    from tfclm.hub.callback import PushToHubCallback
+    from tfclm.training.distribute import WorkerDirs, is_chief
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     if cluster:

@@ -1,4 +1,5 @@
 """The training engine: accumulation, precision, XLA switch, NaN guard, checkpoints and resume."""
+
 import json
 import os
 import signal
@@ -17,7 +18,18 @@ def tiny_lm(seed=0):
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
     keras.utils.set_random_seed(seed)
-    lm = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    lm = TFGPT2LMHeadModel(
+        GPT2Config(
+            n_layer=1,
+            n_embd=32,
+            n_head=2,
+            vocab_size=64,
+            n_positions=16,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
     lm.build_in_name_scope()
     return lm
 
@@ -25,13 +37,17 @@ def tiny_lm(seed=0):
 def batches(ids, size):
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices(ids).batch(size).map(lambda x: {"input_ids": x, "attention_mask": tf.ones_like(x), "labels": x})
+    return (
+        tf.data.Dataset.from_tensor_slices(ids)
+        .batch(size)
+        .map(lambda x: {"input_ids": x, "attention_mask": tf.ones_like(x), "labels": x})
+    )
 
 
 def test_accumulation_equals_one_large_batch_step():
     from transformers import AdamWeightDecay
 
-    from tfclm.engine import CausalLMTrainer
+    from tfclm.training.trainer import CausalLMTrainer
 
     ids = np.random.default_rng(0).integers(0, 64, (8, 16)).astype(np.int32)
     weights = []
@@ -52,7 +68,7 @@ def test_bf16_trains_on_cpu_with_falling_loss():
     import tf_keras as keras
     from transformers import AdamWeightDecay
 
-    from tfclm.engine import CausalLMTrainer, set_precision
+    from tfclm.training.trainer import CausalLMTrainer, set_precision
 
     set_precision("bf16")
     try:
@@ -67,12 +83,15 @@ def test_bf16_trains_on_cpu_with_falling_loss():
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] * 0.8
 
 
-@pytest.mark.skipif("not __import__('tensorflow').config.list_physical_devices('GPU')", reason="fp16 loss scaling needs a GPU; this machine has none")
+@pytest.mark.skipif(
+    "not __import__('tensorflow').config.list_physical_devices('GPU')",
+    reason="fp16 loss scaling needs a GPU; this machine has none",
+)
 def test_fp16_with_loss_scaling_on_gpu():
     import tf_keras as keras
     from transformers import AdamWeightDecay
 
-    from tfclm.engine import CausalLMTrainer, set_precision
+    from tfclm.training.trainer import CausalLMTrainer, set_precision
 
     set_precision("fp16")
     try:
@@ -88,11 +107,30 @@ def test_fp16_with_loss_scaling_on_gpu():
 
 def test_nan_stops_training_names_causes_and_keeps_the_checkpoint(tmp_path):
     out = str(tmp_path / "nan")
-    result = run_cli([
-        "fit", "--config", DEFAULT_CONFIG, *TINY, "--set", "evaluate.before_training=false", "--set", "train.warmup_ratio=0",
-        "--set", "train.clipnorm=null", "--set", "train.lr_schedule=constant", "--set", "train.checkpoint_steps=1",
-        "--learning-rate", "1e12", "--max-steps", "30", "--output-dir", out,
-    ])
+    result = run_cli(
+        [
+            "fit",
+            "--config",
+            DEFAULT_CONFIG,
+            *TINY,
+            "--set",
+            "evaluate.before_training=false",
+            "--set",
+            "train.warmup_ratio=0",
+            "--set",
+            "train.clipnorm=null",
+            "--set",
+            "train.lr_schedule=constant",
+            "--set",
+            "train.checkpoint_steps=1",
+            "--learning-rate",
+            "1e12",
+            "--max-steps",
+            "30",
+            "--output-dir",
+            out,
+        ]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert "the loss became" in line and "train.learning_rate is 1e+12" in line and "train.clipnorm" in line
@@ -102,26 +140,74 @@ def test_nan_stops_training_names_causes_and_keeps_the_checkpoint(tmp_path):
 
 def test_xla_and_progress_logs(tmp_path):
     out = str(tmp_path / "xla")
-    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--set", "evaluate.before_training=false", "--set", "train.jit_compile=true", "--set", "train.gradient_accumulation_steps=2", "--max-steps", "3", "--output-dir", out])
+    result = run_cli(
+        [
+            "fit",
+            "--config",
+            DEFAULT_CONFIG,
+            *TINY,
+            "--set",
+            "evaluate.before_training=false",
+            "--set",
+            "train.jit_compile=true",
+            "--set",
+            "train.gradient_accumulation_steps=2",
+            "--max-steps",
+            "3",
+            "--output-dir",
+            out,
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "XLA" in result.stdout and "learning_rate:" in result.stdout and "tokens_per_second:" in result.stdout
     results = json.load(open(os.path.join(out, "results.json")))
-    assert results["jit_compile"] is True and results["train_steps"] == 3 and results["train_tokens"] == 3 * 2 * 16 * 128
+    assert (
+        results["jit_compile"] is True and results["train_steps"] == 3 and results["train_tokens"] == 3 * 2 * 16 * 128
+    )
 
 
 def test_finished_run_is_not_retrained_and_other_settings_are_refused(trained_dir):
     out, _ = trained_dir
     again = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--max-steps", "40", "--output-dir", out])
     assert again.exit_code == 2 and "already holds a finished run (40 steps" in again.output
-    other = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--max-steps", "40", "--output-dir", out, "--set", "train.learning_rate=0.5"])
+    other = run_cli(
+        [
+            "fit",
+            "--config",
+            DEFAULT_CONFIG,
+            *TINY,
+            "--max-steps",
+            "40",
+            "--output-dir",
+            out,
+            "--set",
+            "train.learning_rate=0.5",
+        ]
+    )
     assert other.exit_code == 2 and "train.learning_rate" in other.output and "--overwrite" in other.output
 
 
 def _fit_command(out):
     return [
-        sys.executable, "-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *TINY,
-        "--set", "evaluate.before_training=false", "--set", "train.checkpoint_steps=5", "--set", "train.epochs=2",
-        "--set", "data.max_documents=80", "--batch-size", "4", "--output-dir", out,
+        sys.executable,
+        "-m",
+        "tfclm",
+        "fit",
+        "--config",
+        DEFAULT_CONFIG,
+        *TINY,
+        "--set",
+        "evaluate.before_training=false",
+        "--set",
+        "train.checkpoint_steps=5",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "data.max_documents=80",
+        "--batch-size",
+        "4",
+        "--output-dir",
+        out,
     ]
 
 
@@ -134,7 +220,15 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
     steps_per_epoch = expected["train_steps"] // 2
 
     out = str(tmp_path / "killed")
-    process = subprocess.Popen(_fit_command(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True)
+    process = subprocess.Popen(
+        _fit_command(out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     index = os.path.join(out, "checkpoints", "checkpoint")
     deadline = time.monotonic() + 300
     try:

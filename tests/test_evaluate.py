@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 
-from tfclm.packing import Blocks
+from tfclm.data.packing import Blocks
 
 
 def test_perplexity_is_overflow_safe():
-    from tfclm.evaluate import perplexity
+    from tfclm.evaluation.perplexity import perplexity
 
     assert perplexity(0.0) == 1.0 and perplexity(math.log(16.0)) == pytest.approx(16.0)
     assert perplexity(1e6) == math.inf
@@ -18,8 +18,8 @@ def test_loss_counts_every_token_once():
     import tensorflow as tf
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    from tfclm.evaluate import evaluate_loss
-    from tfclm.pipeline import fast_dataset
+    from tfclm.data.pipeline import fast_dataset
+    from tfclm.evaluation.perplexity import evaluate_loss
 
     model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16))
     ids = np.random.default_rng(0).integers(1, 40, (5, 8)).astype(np.int32)

@@ -1,4 +1,5 @@
 """Export: PyTorch weights loaded by PyTorch transformers without TensorFlow, and a SavedModel served without transformers."""
+
 import json
 import os
 import subprocess
@@ -29,7 +30,11 @@ def tf_logits(model_dir):
 def test_pytorch_export_matches_tf_logits_without_tensorflow(trained_dir, tmp_path):
     pytest.importorskip("torch")
     out = trained_dir[0]
-    before = {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out) if os.path.isfile(os.path.join(out, name))}
+    before = {
+        name: os.path.getmtime(os.path.join(out, name))
+        for name in os.listdir(out)
+        if os.path.isfile(os.path.join(out, name))
+    }
     target = str(tmp_path / "pt")
     result = run_cli(["export", "--model", out, "--to", "pytorch", "--output", target])
     assert result.exit_code == 0, result.output
@@ -51,7 +56,13 @@ def test_pytorch_export_matches_tf_logits_without_tensorflow(trained_dir, tmp_pa
         print("max abs diff", float(np.abs(got - expected).max()))
         assert "tensorflow" not in sys.modules
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(USE_TF="0", USE_TORCH="1"), timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(USE_TF="0", USE_TORCH="1"),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     diff = float(done.stdout.split("max abs diff")[1])
     assert diff < 1e-4
@@ -89,11 +100,36 @@ def test_pytorch_export_loads_in_transformers_v5(trained_dir, tmp_path):
 def test_saved_model_greedy_generate_matches_tfclm_generate(trained_dir, tmp_path):
     out = trained_dir[0]
     target = str(tmp_path / "served")
-    result = run_cli(["export", "--model", out, "--to", "saved_model", "--output", target, "--prompt-length", "16", "--max-new-tokens", "10"])
+    result = run_cli(
+        [
+            "export",
+            "--model",
+            out,
+            "--to",
+            "saved_model",
+            "--output",
+            target,
+            "--prompt-length",
+            "16",
+            "--max-new-tokens",
+            "10",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert {"saved_model.pb", "tokenizer.json", "README.md"} <= set(os.listdir(target))
     assert ":predict" in open(os.path.join(target, "README.md")).read()
-    cli = run_cli(["generate", "--model", out, *sum((["--prompt", p] for p in PROMPTS), []), "--greedy", "--max-new-tokens", "10", "--json"])
+    cli = run_cli(
+        [
+            "generate",
+            "--model",
+            out,
+            *sum((["--prompt", p] for p in PROMPTS), []),
+            "--greedy",
+            "--max-new-tokens",
+            "10",
+            "--json",
+        ]
+    )
     expected = [json.loads(line)["completion"] for line in cli.stdout.splitlines()]
 
     script = textwrap.dedent(f"""
@@ -117,7 +153,9 @@ def test_saved_model_greedy_generate_matches_tfclm_generate(trained_dir, tmp_pat
         assert "transformers" not in sys.modules
         print(json.dumps({{"texts": texts, "logits_shape": list(logits.shape), "same_seed": sampled[0] == sampled[1], "other_seed": sampled[0] != sampled[2]}}))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(), timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["texts"] == expected
@@ -142,8 +180,17 @@ def test_unsupported_architecture_is_named():
     from transformers import OPTConfig, TFAutoModelForCausalLM
 
     from tfclm.errors import ConfigError
-    from tfclm.export import _check_architecture
+    from tfclm.generation.export import _check_architecture
 
-    model = TFAutoModelForCausalLM.from_config(OPTConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, ffn_dim=32, vocab_size=40, word_embed_proj_dim=16))
+    model = TFAutoModelForCausalLM.from_config(
+        OPTConfig(
+            num_hidden_layers=1,
+            hidden_size=16,
+            num_attention_heads=2,
+            ffn_dim=32,
+            vocab_size=40,
+            word_embed_proj_dim=16,
+        )
+    )
     with pytest.raises(ConfigError, match="exporting 'opt' models is not supported yet; supported: gpt2"):
         _check_architecture(model)

@@ -1,4 +1,5 @@
 """A real tiny fit through the CLI and the same config as `make train`, then the output dir checks."""
+
 import json
 import os
 
@@ -61,13 +62,28 @@ def test_evaluate_command_on_the_validation_split_and_a_file(trained_dir, tmp_pa
 
 def test_generate_command_same_seed_same_text(trained_dir):
     out, _ = trained_dir
-    args = ["generate", "--model", out, "--prompt", "The list type", "--prompt", "Return", "--max-new-tokens", "8", "--seed", "3", "--json"]
+    args = [
+        "generate",
+        "--model",
+        out,
+        "--prompt",
+        "The list type",
+        "--prompt",
+        "Return",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "3",
+        "--json",
+    ]
     first, second = run_cli(args), run_cli(args)
     assert first.exit_code == 0, first.output
     lines = [json.loads(line) for line in first.stdout.strip().splitlines()]
     assert [line["prompt"] for line in lines] == ["The list type", "Return"]
     assert all(0 < line["new_tokens"] <= 8 for line in lines)
-    assert [json.loads(line)["completion"] for line in second.stdout.splitlines()] == [line["completion"] for line in lines]
+    assert [json.loads(line)["completion"] for line in second.stdout.splitlines()] == [
+        line["completion"] for line in lines
+    ]
     greedy = ["generate", "--model", out, "--prompt", "The", "--greedy", "--max-new-tokens", "4"]
     once, twice = run_cli(greedy), run_cli(greedy)
     assert once.exit_code == 0 and once.stdout == twice.stdout and once.stdout.startswith("The")
@@ -75,7 +91,22 @@ def test_generate_command_same_seed_same_text(trained_dir):
 
 def test_recipe_pipeline_through_the_same_path(tmp_path):
     out = str(tmp_path / "recipe")
-    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--set", "train.pipeline=recipe", "--set", "evaluate.before_training=false", "--max-steps", "3", "--output-dir", out])
+    result = run_cli(
+        [
+            "fit",
+            "--config",
+            DEFAULT_CONFIG,
+            *TINY,
+            "--set",
+            "train.pipeline=recipe",
+            "--set",
+            "evaluate.before_training=false",
+            "--max-steps",
+            "3",
+            "--output-dir",
+            out,
+        ]
+    )
     assert result.exit_code == 0, result.output
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["train_steps"] == 3 and results["perplexity_before"] is None

@@ -1,4 +1,5 @@
 """Generation: XLA equals eager, bucketed shapes compile once, seeds reproduce, batches equal solo runs."""
+
 import json
 
 import numpy as np
@@ -9,13 +10,13 @@ from conftest import run_cli
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(trained_dir):
-    from tfclm.modeling import load_trained
+    from tfclm.model.loading import load_trained
 
     return load_trained(trained_dir[0])
 
 
 def generator(model_and_tokenizer, xla):
-    from tfclm.generation import Generator
+    from tfclm.generation.generator import Generator
 
     logged = []
     return Generator(*model_and_tokenizer, xla=xla, log=logged.append), logged
@@ -86,9 +87,13 @@ def test_min_new_tokens_holds_eos_back_and_beams_run(model_and_tokenizer):
 
 def test_fused_top_k_top_p_equals_transformers_warpers():
     import tensorflow as tf
-    from transformers.generation.tf_logits_process import TFTemperatureLogitsWarper, TFTopKLogitsWarper, TFTopPLogitsWarper
+    from transformers.generation.tf_logits_process import (
+        TFTemperatureLogitsWarper,
+        TFTopKLogitsWarper,
+        TFTopPLogitsWarper,
+    )
 
-    from tfclm.generation import filter_logits
+    from tfclm.generation.sampling import filter_logits
 
     scores = tf.constant(np.random.default_rng(0).normal(size=(4, 500)) * 3, tf.float32)
     for top_k, top_p in ((30, 0.8), (0, 0.8), (30, 1.0)):
@@ -107,7 +112,7 @@ def test_sampling_draws_from_the_filtered_softmax_with_a_new_seed_each_step():
     """transformers' TF sampling reuses one seed for every step; tfclm's must not, and must follow the distribution."""
     import tensorflow as tf
 
-    from tfclm.generation import SamplingLogitsProcessor
+    from tfclm.generation.sampling import SamplingLogitsProcessor
 
     probs = np.array([0.5, 0.3, 0.15, 0.05])
     scores = tf.constant(np.log(probs)[None, :], tf.float32)
@@ -131,7 +136,7 @@ def test_seeded_samples_do_not_repeat_one_token(model_and_tokenizer):
 
 def test_python_api_loads_once(trained_dir):
     import tfclm
-    from tfclm import generation as generate_module
+    from tfclm.generation import generator as generate_module
 
     out = trained_dir[0]
     first = tfclm.generate(out, ["The"], do_sample=False, max_new_tokens=6)
@@ -148,13 +153,25 @@ def test_cli_prompts_from_file_and_stdin_as_json(trained_dir, tmp_path):
     out = trained_dir[0]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The list type\n\nReturn the\n")
-    result = run_cli(["generate", "--model", out, "--prompt-file", str(prompts), "--greedy", "--max-new-tokens", "5", "--json"])
+    result = run_cli(
+        ["generate", "--model", out, "--prompt-file", str(prompts), "--greedy", "--max-new-tokens", "5", "--json"]
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["prompt"] for r in rows] == ["The list type", "Return the"]
-    assert all(set(r) == {"prompt", "completion", "prompt_tokens", "new_tokens", "seconds", "stopped_at_eos"} and r["prompt_tokens"] > 0 for r in rows)
-    piped = CliRunner().invoke(cli, ["generate", "--model", out, "--prompt-file", "-", "--greedy", "--max-new-tokens", "5", "--json"], input="The list type\nReturn the\n")
-    assert piped.exit_code == 0 and [json.loads(line)["completion"] for line in piped.stdout.splitlines()] == [r["completion"] for r in rows]
+    assert all(
+        set(r) == {"prompt", "completion", "prompt_tokens", "new_tokens", "seconds", "stopped_at_eos"}
+        and r["prompt_tokens"] > 0
+        for r in rows
+    )
+    piped = CliRunner().invoke(
+        cli,
+        ["generate", "--model", out, "--prompt-file", "-", "--greedy", "--max-new-tokens", "5", "--json"],
+        input="The list type\nReturn the\n",
+    )
+    assert piped.exit_code == 0 and [json.loads(line)["completion"] for line in piped.stdout.splitlines()] == [
+        r["completion"] for r in rows
+    ]
 
 
 @pytest.mark.parametrize(

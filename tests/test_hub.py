@@ -3,6 +3,7 @@
 huggingface_hub reads HF_ENDPOINT when it is imported, so every client runs in
 a subprocess with HF_ENDPOINT, HF_HOME and HF_TOKEN set first.
 """
+
 import json
 import os
 import subprocess
@@ -15,14 +16,34 @@ import pytest
 from conftest import DEFAULT_CONFIG, ROOT, TINY
 
 TOKEN = "hf_tfclmTestToken0123456789abcdef"
-FIT = [*TINY, "--set", "evaluate.before_training=false", "--set", "generate.max_new_tokens=4", "--set", "data.max_documents=60", "--batch-size", "8"]
+FIT = [
+    *TINY,
+    "--set",
+    "evaluate.before_training=false",
+    "--set",
+    "generate.max_new_tokens=4",
+    "--set",
+    "data.max_documents=60",
+    "--batch-size",
+    "8",
+]
 
 
 class HubServer:
     def __init__(self):
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "tests", "hubserver.py"), "--port", "0", "--token", TOKEN, "--max-seconds", "900"],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                os.path.join(ROOT, "tests", "hubserver.py"),
+                "--port",
+                "0",
+                "--token",
+                TOKEN,
+                "--max-seconds",
+                "900",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         line = self.process.stdout.readline()
         assert line.startswith("listening on "), line
@@ -46,7 +67,14 @@ def hub():
 
 
 def client_env(hub_url, home):
-    return {**os.environ, "HF_ENDPOINT": hub_url, "HF_HOME": str(home), "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "HF_ENDPOINT": hub_url,
+        "HF_HOME": str(home),
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def run(args, env, timeout=600):
@@ -56,10 +84,33 @@ def run(args, env, timeout=600):
 def test_fit_pushes_every_epoch_and_the_final_model(hub, tmp_path):
     out = str(tmp_path / "tiny")
     env = client_env(hub.url, tmp_path / "hf-home")
-    done = run(["-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *FIT, "--set", "train.epochs=2", "--set", "hub.push=true", "--set", "hub.model_id=tester/tiny", "--output-dir", out], env)
+    done = run(
+        [
+            "-m",
+            "tfclm",
+            "fit",
+            "--config",
+            DEFAULT_CONFIG,
+            *FIT,
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "hub.push=true",
+            "--set",
+            "hub.model_id=tester/tiny",
+            "--output-dir",
+            out,
+        ],
+        env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     commits = hub.state()["tester/tiny"]
-    assert [c["title"] for c in commits] == ["initial commit", "Training in progress epoch 1", "Training in progress epoch 2", "End of training"]
+    assert [c["title"] for c in commits] == [
+        "initial commit",
+        "Training in progress epoch 1",
+        "Training in progress epoch 2",
+        "End of training",
+    ]
     final = commits[-1]["files"]
     assert final["tf_model.h5"]["lfs"] is True and final["tokenizer.json"]["lfs"] is False
     assert {"config.json", "tokenizer_config.json", "README.md", "results.json", "tfclm.yaml"} <= set(final)
@@ -93,9 +144,27 @@ def test_fit_pushes_every_epoch_and_the_final_model(hub, tmp_path):
 def test_server_lost_mid_training_then_push_later(hub, tmp_path):
     out = str(tmp_path / "lost")
     env = client_env(hub.url, tmp_path / "hf-home")
-    args = ["-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *FIT, "--set", "train.epochs=4", "--set", "hub.push=true",
-            "--set", "hub.model_id=tester/lost", "--set", "hub.max_retries=1", "--output-dir", out]
-    process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    args = [
+        "-m",
+        "tfclm",
+        "fit",
+        "--config",
+        DEFAULT_CONFIG,
+        *FIT,
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "hub.push=true",
+        "--set",
+        "hub.model_id=tester/lost",
+        "--set",
+        "hub.max_retries=1",
+        "--output-dir",
+        out,
+    ]
+    process = subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+    )
     try:
         lines = []
         for line in process.stdout:  # stop the Hub as soon as the first epoch is committed
@@ -117,7 +186,10 @@ def test_server_lost_mid_training_then_push_later(hub, tmp_path):
 
     again = HubServer()
     try:
-        pushed = run(["-m", "tfclm", "push", "--model", out, "--repo-id", "tester/lost", "--private"], client_env(again.url, tmp_path / "hf-home-2"))
+        pushed = run(
+            ["-m", "tfclm", "push", "--model", out, "--repo-id", "tester/lost", "--private"],
+            client_env(again.url, tmp_path / "hf-home-2"),
+        )
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
         assert "pushed" in pushed.stdout and TOKEN not in pushed.stdout + pushed.stderr
         titles = [c["title"] for c in again.state()["tester/lost"]]
@@ -155,6 +227,11 @@ def test_callback_in_a_plain_keras_workflow(hub, tmp_path):
     done = run(["-c", script], client_env(hub.url, tmp_path / "home"))
     assert done.returncode == 0 and "failures []" in done.stdout, done.stdout + done.stderr
     commits = hub.state()["tester/plain"]
-    assert [c["title"] for c in commits] == ["initial commit", "Training in progress steps 3", "Training in progress steps 6", "End of training"]
+    assert [c["title"] for c in commits] == [
+        "initial commit",
+        "Training in progress steps 3",
+        "Training in progress steps 6",
+        "End of training",
+    ]
     files = commits[-1]["files"]
     assert "tf_model.h5" in files and any(p.startswith("checkpoint/") for p in files) and "README.md" in files

@@ -15,13 +15,21 @@ def tiny_gpt2(n_layer=2):
 
 
 def test_weight_decay_skips_biases_and_every_layer_norm():
-    from tfclm.modeling import make_optimizer
+    from tfclm.training.optimizer import make_optimizer
 
     model = tiny_gpt2()
     optimizer = make_optimizer(TrainConfig(weight_decay=0.1), model, total_steps=10)
-    decayed = sorted(re.sub(r"^.*?/transformer/", "", v.name) for v in model.trainable_variables if optimizer._do_use_weight_decay(v.name))
+    decayed = sorted(
+        re.sub(r"^.*?/transformer/", "", v.name)
+        for v in model.trainable_variables
+        if optimizer._do_use_weight_decay(v.name)
+    )
     assert decayed == sorted(
-        [f"h_._{i}/{name}/weight:0" for i in range(2) for name in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")]
+        [
+            f"h_._{i}/{name}/weight:0"
+            for i in range(2)
+            for name in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
+        ]
         + ["wpe/embeddings:0", "wte/embeddings:0"]
     )
     skipped = [v.name for v in model.trainable_variables if not optimizer._do_use_weight_decay(v.name)]
@@ -40,29 +48,39 @@ def test_stock_exclusions_would_decay_gpt2_layer_norms():
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
 def test_schedules_warm_up_then_decay(schedule):
-    from tfclm.modeling import learning_rate_schedule
+    from tfclm.training.optimizer import learning_rate_schedule
 
-    lr = learning_rate_schedule(TrainConfig(learning_rate=1e-3, lr_schedule=schedule, warmup_ratio=0.1), total_steps=100)
+    lr = learning_rate_schedule(
+        TrainConfig(learning_rate=1e-3, lr_schedule=schedule, warmup_ratio=0.1), total_steps=100
+    )
     values = [float(lr(step)) for step in (0, 5, 10, 99)]
     assert values[0] == 0.0 and values[1] == pytest.approx(5e-4) and values[2] == pytest.approx(1e-3)
     assert values[3] == (pytest.approx(1e-3) if schedule == "constant" else pytest.approx(0.0, abs=2e-5))
 
 
 def test_scratch_model_takes_the_tokenizer_vocab_and_checks_block_size():
-    from tfclm.modeling import load_model
-    from tfclm.tokenizer import train_bpe
+    from tfclm.data.tokenizer import train_bpe
+    from tfclm.model.loading import load_model
 
     tokenizer = train_bpe(["some text to learn a few merges from, some text"] * 4, 300)
-    model = load_model(ModelConfig(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}), tokenizer, 32)
+    model = load_model(
+        ModelConfig(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}),
+        tokenizer,
+        32,
+    )
     assert model.config.vocab_size == len(tokenizer) and model.config.eos_token_id == tokenizer.eos_token_id
     with pytest.raises(ConfigError, match="data.block_size: 64 is longer than the model's 32 positions"):
-        load_model(ModelConfig(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}), tokenizer, 64)
+        load_model(
+            ModelConfig(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}),
+            tokenizer,
+            64,
+        )
     with pytest.raises(ConfigError, match="model.config.model_type"):
         load_model(ModelConfig(config={"model_type": "no-such-arch"}), tokenizer, 32)
 
 
 def test_model_dir_errors(tmp_path):
-    from tfclm.modeling import from_pretrained
+    from tfclm.model.loading import from_pretrained
 
     with pytest.raises(ConfigError, match="does not exist"):
         from_pretrained(str(tmp_path / "missing"))
@@ -72,7 +90,7 @@ def test_model_dir_errors(tmp_path):
 
 
 def test_tokenizer_gives_no_token_type_ids():
-    from tfclm.tokenizer import train_bpe
+    from tfclm.data.tokenizer import train_bpe
 
     tokenizer = train_bpe(["hello world, hello there"] * 3, 280)
     assert set(tokenizer("hello world")) == {"input_ids", "attention_mask"}

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from tfclm.data.packing import build_blocks, pack
 from tfclm.errors import ConfigError
-from tfclm.packing import build_blocks, pack
 
 
 def word_tokenizer():
@@ -13,7 +13,12 @@ def word_tokenizer():
     vocab = {"<|endoftext|>": 0, **{chr(ord("a") + i): i + 1 for i in range(26)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 TEXTS = ["a b c", "d e", "f g h i"]  # tokens: 1 2 3 EOS 4 5 EOS 6 7 8 9 EOS
@@ -50,11 +55,13 @@ def test_every_document_ends_with_eos_and_no_token_is_lost():
     flat = blocks.input_ids.reshape(-1).tolist()
     assert flat == expected[: len(flat)]
     assert len(expected) - len(flat) == blocks.dropped < 16
-    assert flat.count(0) + expected[len(flat):].count(0) == len(texts)
+    assert flat.count(0) + expected[len(flat) :].count(0) == len(texts)
 
 
 def test_too_little_text_says_how_many_tokens():
-    with pytest.raises(ConfigError, match=r"data.block_size: the training text has 12 tokens, fewer than one block of 64"):
+    with pytest.raises(
+        ConfigError, match=r"data.block_size: the training text has 12 tokens, fewer than one block of 64"
+    ):
         pack(np.arange(12, dtype=np.int32), 64, 3, "training")
 
 
@@ -66,19 +73,23 @@ def test_packing_is_linear_in_tokens():
 
 
 def test_unpacked_documents_are_padded_or_truncated_with_padding_masked():
-    from tfclm.pipeline import fast_dataset
+    from tfclm.data.pipeline import fast_dataset
 
     blocks = build_blocks(TEXTS, word_tokenizer(), block_size=4, pack_documents=False)
     assert blocks.input_ids.tolist() == [[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9]]
     assert blocks.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]]
     assert (blocks.tokens, blocks.dropped) == (12, 1)  # the last document lost its EOS to truncation
     (batch,) = list(fast_dataset(blocks, batch_size=3, shuffle=False))
-    assert batch["labels"].numpy().tolist() == [[1, 2, 3, 0], [4, 5, 0, -100], [6, 7, 8, 9]]  # EOS label kept, padding masked
+    assert batch["labels"].numpy().tolist() == [
+        [1, 2, 3, 0],
+        [4, 5, 0, -100],
+        [6, 7, 8, 9],
+    ]  # EOS label kept, padding masked
 
 
 @pytest.mark.parametrize("keep_remainder", [False, True])
 def test_streamed_blocks_equal_built_blocks(keep_remainder):
-    from tfclm.packing import stream_blocks
+    from tfclm.data.packing import stream_blocks
 
     rng = np.random.default_rng(1)
     texts = [" ".join(chr(ord("a") + int(i)) for i in rng.integers(0, 26, rng.integers(1, 40))) for _ in range(300)]
@@ -101,7 +112,7 @@ def test_streamed_blocks_equal_built_blocks(keep_remainder):
 
 
 def test_blocks_cache_round_trip_and_key(tmp_path):
-    from tfclm.packing import blocks_key, load_blocks, save_blocks
+    from tfclm.data.packing import blocks_key, load_blocks, save_blocks
 
     tok = word_tokenizer()
     train = build_blocks(TEXTS, tok, 4)
@@ -110,10 +121,22 @@ def test_blocks_cache_round_trip_and_key(tmp_path):
     save_blocks(path, {"train": train, "validation": val})
     loaded = load_blocks(path, ("train", "validation"))
     assert loaded["train"].input_ids.tolist() == train.input_ids.tolist() and loaded["train"].attention_mask is None
-    assert loaded["validation"].attention_mask.tolist() == val.attention_mask.tolist() and loaded["validation"].tokens == 3
+    assert (
+        loaded["validation"].attention_mask.tolist() == val.attention_mask.tolist() and loaded["validation"].tokens == 3
+    )
     key = blocks_key(TEXTS, ["a b"], tok, 4, True)
     assert key == blocks_key(TEXTS, ["a b"], tok, 4, True)
-    assert len({key, blocks_key(TEXTS, ["a b c"], tok, 4, True), blocks_key(TEXTS, ["a b"], tok, 8, True), blocks_key(TEXTS, ["a b"], tok, 4, False)}) == 4
+    assert (
+        len(
+            {
+                key,
+                blocks_key(TEXTS, ["a b c"], tok, 4, True),
+                blocks_key(TEXTS, ["a b"], tok, 8, True),
+                blocks_key(TEXTS, ["a b"], tok, 4, False),
+            }
+        )
+        == 4
+    )
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet", "saved", "txt"])
@@ -124,7 +147,7 @@ def test_every_source_kind_gives_the_hand_computed_blocks(tmp_path, kind):
     import datasets
 
     from tfclm.config import DataConfig
-    from tfclm.sources import load_documents
+    from tfclm.data.sources import load_documents
 
     records = [{"meta": {"body": ["a b", "c"]}}, {"meta": {"body": ["d e"]}}, {"meta": {"body": ["f g", "h i"]}}]
     flat = [{"body": " ".join(r["meta"]["body"])} for r in records]
@@ -152,7 +175,7 @@ def test_every_source_kind_gives_the_hand_computed_blocks(tmp_path, kind):
     blocks = build_blocks(documents, word_tokenizer(), block_size=5)
     assert blocks.input_ids.tolist() == [[1, 2, 3, 0, 4], [5, 0, 6, 7, 8]]  # boundaries and EOS
     assert blocks.dropped == 2  # "i" and its EOS: the partial final block
-    from tfclm.pipeline import fast_dataset
+    from tfclm.data.pipeline import fast_dataset
 
     (batch,) = list(fast_dataset(blocks, batch_size=2, shuffle=False))
     assert batch["labels"].numpy().tolist() == blocks.input_ids.tolist()  # labels = input_ids, EOS included

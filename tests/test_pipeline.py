@@ -1,6 +1,6 @@
 import numpy as np
 
-from tfclm.packing import Blocks
+from tfclm.data.packing import Blocks
 
 
 def blocks(n=10, size=8, eos=0):
@@ -10,13 +10,13 @@ def blocks(n=10, size=8, eos=0):
 
 
 def gpt2_tokenizer():
-    from tfclm.tokenizer import train_bpe
+    from tfclm.data.tokenizer import train_bpe
 
     return train_bpe(["a small text for a small tokenizer"] * 3, 270)
 
 
 def test_fast_batches_follow_the_contract_and_keep_eos_labels():
-    from tfclm.pipeline import BATCH_KEYS, fast_dataset
+    from tfclm.data.pipeline import BATCH_KEYS, fast_dataset
 
     data = blocks()
     train = list(fast_dataset(data, batch_size=4, shuffle=True, seed=1))
@@ -31,7 +31,7 @@ def test_fast_batches_follow_the_contract_and_keep_eos_labels():
 
 
 def test_fast_shuffle_is_seeded():
-    from tfclm.pipeline import fast_dataset
+    from tfclm.data.pipeline import fast_dataset
 
     def order(seed):
         return [b["input_ids"].numpy()[:, 0].tolist() for b in fast_dataset(blocks(16), 4, True, seed)]
@@ -40,7 +40,7 @@ def test_fast_shuffle_is_seeded():
 
 
 def test_padding_of_a_kept_remainder_is_masked_in_labels():
-    from tfclm.pipeline import fast_dataset
+    from tfclm.data.pipeline import fast_dataset
 
     ids = np.array([[5, 6, 0, 7], [8, 0, 0, 0]], dtype=np.int32)
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=np.int32)
@@ -51,7 +51,7 @@ def test_padding_of_a_kept_remainder_is_masked_in_labels():
 def test_recipe_collator_keeps_eos_labels_that_the_stock_one_masks():
     from transformers import DataCollatorForLanguageModeling
 
-    from tfclm.pipeline import CausalLMCollator
+    from tfclm.data.pipeline import CausalLMCollator
 
     tokenizer = gpt2_tokenizer()
     eos = tokenizer.eos_token_id
@@ -65,7 +65,7 @@ def test_recipe_collator_keeps_eos_labels_that_the_stock_one_masks():
 def test_recipe_dataset_matches_the_fast_one():
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    from tfclm.pipeline import fast_dataset, recipe_dataset
+    from tfclm.data.pipeline import fast_dataset, recipe_dataset
 
     tokenizer = gpt2_tokenizer()
     model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=16))

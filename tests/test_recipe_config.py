@@ -1,4 +1,5 @@
 """The seed recipe's config, run through its real loading code on local copies of the model and data."""
+
 import json
 import os
 
@@ -11,11 +12,21 @@ def local_gpt2(path, corpus):
     """Stands in for distilbert/distilgpt2: a GPT-2 saved with save_pretrained, with its tokenizer."""
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    from tfclm.tokenizer import train_bpe
+    from tfclm.data.tokenizer import train_bpe
 
     tokenizer = train_bpe(corpus, 400)
     tokenizer.pad_token = None  # like GPT-2's own tokenizer: tfclm must cope without a pad token
-    model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id))
+    model = TFGPT2LMHeadModel(
+        GPT2Config(
+            n_layer=1,
+            n_embd=32,
+            n_head=2,
+            n_positions=64,
+            vocab_size=len(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
+    )
     model.build_in_name_scope()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -33,14 +44,27 @@ def test_distilgpt2_eli5_config_fine_tunes_local_copies(tmp_path):
     base = local_gpt2(model_dir, [" ".join(r["answers"]["text"]) for r in records])
     out = str(tmp_path / "out")
 
-    result = run_cli([
-        "fit", "--config", RECIPE_CONFIG,
-        "--set", f"model.name_or_path={model_dir}",
-        "--set", f"data.dataset={data_dir}",
-        "--set", "data.block_size=32",
-        "--set", "generate.max_new_tokens=8",
-        "--batch-size", "4", "--max-steps", "3", "--output-dir", out,
-    ])
+    result = run_cli(
+        [
+            "fit",
+            "--config",
+            RECIPE_CONFIG,
+            "--set",
+            f"model.name_or_path={model_dir}",
+            "--set",
+            f"data.dataset={data_dir}",
+            "--set",
+            "data.block_size=32",
+            "--set",
+            "generate.max_new_tokens=8",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "3",
+            "--output-dir",
+            out,
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "train[:5000]" in open(os.path.join(out, "tfclm.yaml")).read()
     results = json.load(open(os.path.join(out, "results.json")))

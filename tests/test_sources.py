@@ -3,9 +3,9 @@ import json
 import pytest
 
 from tfclm.config import DataConfig
-from tfclm.corpus import load_builtin, pydoc_topics
+from tfclm.data.corpus import load_builtin, pydoc_topics
+from tfclm.data.sources import load_documents, parse_split, split_documents, unique_documents
 from tfclm.errors import ConfigError
-from tfclm.sources import load_documents, parse_split, split_documents, unique_documents
 
 from conftest import eli5_records
 
@@ -52,7 +52,9 @@ def test_csv_json_parquet_files(tmp_path):
     assert load_documents(DataConfig(dataset=str(array), text_column="meta.body")) == ["one", "two"]
     parquet = str(tmp_path / "d.parquet")
     datasets.Dataset.from_list(eli5_records(3)).to_parquet(parquet)
-    assert load_documents(DataConfig(dataset=parquet, text_column="answers.text")) == [" ".join(r["answers"]["text"]) for r in eli5_records(3)]
+    assert load_documents(DataConfig(dataset=parquet, text_column="answers.text")) == [
+        " ".join(r["answers"]["text"]) for r in eli5_records(3)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -73,7 +75,9 @@ def test_text_files_and_folders_by_document_mode(tmp_path, mode, expected):
 
 
 def test_template_combines_fields(eli5_jsonl):
-    docs = load_documents(DataConfig(dataset=eli5_jsonl, text_template="Q: {title}\nA: {answers.text}", join_separator=" / "))
+    docs = load_documents(
+        DataConfig(dataset=eli5_jsonl, text_template="Q: {title}\nA: {answers.text}", join_separator=" / ")
+    )
     record = eli5_records()[0]
     assert docs[0] == f"Q: {record['title']}\nA: {' / '.join(record['answers']['text'])}"
     with pytest.raises(ConfigError, match=r"data.text_template: no column 'titel'; the columns are: q_id, title"):
@@ -83,16 +87,23 @@ def test_template_combines_fields(eli5_jsonl):
 def test_validation_choices(tmp_path, eli5_jsonl):
     import datasets
 
-    from tfclm.sources import train_and_validation
+    from tfclm.data.sources import train_and_validation
 
     saved = str(tmp_path / "saved")
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(eli5_records(20)), "validation": datasets.Dataset.from_list(eli5_records(24)[20:])}).save_to_disk(saved)
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(eli5_records(20)),
+            "validation": datasets.Dataset.from_list(eli5_records(24)[20:]),
+        }
+    ).save_to_disk(saved)
     data = DataConfig(dataset=saved, text_column="answers.text", validation_split="validation")
     train, val, how = train_and_validation(data, seed=1)
     assert (len(train), len(val)) == (20, 4) and how == f"validation: 4 documents from split 'validation' of {saved}"
     extra = tmp_path / "val.txt"
     extra.write_text("held out text\n")
-    train, val, how = train_and_validation(DataConfig(dataset=eli5_jsonl, text_column="answers.text", validation_split=str(extra)), seed=1)
+    train, val, how = train_and_validation(
+        DataConfig(dataset=eli5_jsonl, text_column="answers.text", validation_split=str(extra)), seed=1
+    )
     assert (len(train), val) == (24, ["held out text\n"]) and str(extra) in how
     train, val, how = train_and_validation(DataConfig(dataset=eli5_jsonl, text_column="answers.text"), seed=1)
     assert (len(train), len(val)) == (19, 5) and how.startswith("validation: a seeded 20% of the documents (5 of 24)")
@@ -104,7 +115,11 @@ def test_missing_column_lists_the_columns(eli5_jsonl):
     with pytest.raises(ConfigError) as info:
         load_documents(DataConfig(dataset=eli5_jsonl, text_column="answer.text"))
     message = str(info.value)
-    assert message.startswith("data.text_column: no column 'answer.text'") and "answers.text" in message and "title" in message
+    assert (
+        message.startswith("data.text_column: no column 'answer.text'")
+        and "answers.text" in message
+        and "title" in message
+    )
 
 
 def test_non_text_column_is_refused(eli5_jsonl):
@@ -124,7 +139,7 @@ def test_missing_path_unknown_extension_and_bad_split(tmp_path):
 
 
 def test_too_few_documents(tmp_path):
-    from tfclm.sources import train_and_validation
+    from tfclm.data.sources import train_and_validation
 
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps({"text": "only"}) + "\n" + json.dumps({"text": "only"}) + "\n")

@@ -3,10 +3,49 @@
 Importing tfclm sets TF_USE_LEGACY_KERAS=1 (in tfclm.backend) before
 TensorFlow can be imported; TensorFlow itself loads only when a function that
 needs it is used, so `python -m tfclm --help` stays fast.
+
+What tfclm says goes to the `tfclm` logger. `fit` and `generate` show it on
+stdout when nothing else is set up to (no handler on `tfclm` or the root
+logger); `logging.getLogger("tfclm").setLevel(logging.WARNING)` quiets it,
+and a handler of your own redirects it.
 """
+
+import logging
+import sys
+
 from tfclm import backend  # noqa: F401  - must run before anything imports TensorFlow
 
 __version__ = "0.1.0"
+
+logger = logging.getLogger("tfclm")
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Bare lines on whatever sys.stdout is at the time (click's test runner swaps it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def show_logs(level: int = logging.INFO) -> None:
+    """Print tfclm's log lines on stdout at `level` and above, as the CLI does."""
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        logger.addHandler(_StdoutHandler())
+    logger.setLevel(level)
+
+
+def _show_logs_unless_configured() -> None:
+    if not logger.handlers and not logging.getLogger().handlers:
+        show_logs(logger.level or logging.INFO)
 
 
 def fit(config, verbose=None, overwrite=False):
@@ -15,9 +54,10 @@ def fit(config, verbose=None, overwrite=False):
     The same config on the same output dir resumes from the last checkpoint; `overwrite` starts over.
     """
     from tfclm.config import Config, load_config
-    from tfclm.fit import fit as _fit
+    from tfclm.training.run import fit as run_fit
 
-    return _fit(config if isinstance(config, Config) else load_config(config), verbose=verbose, overwrite=overwrite)
+    _show_logs_unless_configured()
+    return run_fit(config if isinstance(config, Config) else load_config(config), verbose=verbose, overwrite=overwrite)
 
 
 def generate(model_or_dir, prompts, **options):
@@ -25,9 +65,10 @@ def generate(model_or_dir, prompts, **options):
 
     The model and tokenizer of a directory are loaded once and kept for later calls.
     """
-    from tfclm.generation import generate as _generate
+    from tfclm.generation.generator import generate as run_generate
 
-    return _generate(model_or_dir, prompts, **options)
+    _show_logs_unless_configured()
+    return run_generate(model_or_dir, prompts, **options)
 
 
 def __getattr__(name):

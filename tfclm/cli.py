@@ -3,6 +3,7 @@
 Commands parse options and hand over to the library; domain errors become
 `click.UsageError` (exit code 2, one line, no traceback).
 """
+
 import dataclasses
 import functools
 import json
@@ -36,8 +37,21 @@ def _explicit_flags(ctx: click.Context, mapping: dict) -> dict:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tfclm")
-def cli():
-    """Fine-tune or train causal language models with Keras on transformers' TF models."""
+@click.option("-q", "--quiet", is_flag=True, help="Print warnings and errors only (progress bars stay).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print debug lines.")
+def cli(quiet, verbose):
+    """Fine-tune or train causal language models with Keras on transformers' TF models.
+
+    \b
+    Example:
+        python -m tfclm fit --config configs/default.yaml
+        python -m tfclm -q generate --model runs/default --prompt "The list type"
+    """
+    import logging
+
+    from tfclm import show_logs
+
+    show_logs(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 FIT_FLAGS = {
@@ -50,16 +64,36 @@ FIT_FLAGS = {
 }
 
 
+def config_options(help_text: str):
+    """--config FILE and repeatable --set KEY=VALUE, as fit and config read them."""
+
+    def decorate(command):
+        command = click.option(
+            "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+            help="Override one config key, such as --set data.block_size=256; repeatable.",
+        )(command)  # fmt: skip
+        return click.option("--config", "config_path", metavar="PATH", help=help_text)(command)
+
+    return decorate
+
+
+def model_option(help_text: str = "A tfclm output dir or save_pretrained folder."):
+    return click.option("--model", "model_dir", required=True, metavar="DIR", help=help_text)
+
+
 @cli.command("fit")
-@click.option("--config", "config_path", metavar="PATH", help="YAML run config, such as configs/default.yaml; without it, the built-in defaults.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key, such as --set data.block_size=256; repeatable.")
-@click.option("--output-dir", metavar="DIR", help="Where the model, tokenizer, tfclm.yaml and results.json go (output_dir).")
+@config_options("YAML run config, such as configs/default.yaml; without it, the built-in defaults.")
+@click.option(
+    "--output-dir", metavar="DIR", help="Where the model, tokenizer, tfclm.yaml and results.json go (output_dir)."
+)
 @click.option("--epochs", type=int, help="Passes over the training data (train.epochs).")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (train.max_steps).")
 @click.option("--batch-size", type=int, help="Blocks per optimizer step (train.batch_size).")
 @click.option("--learning-rate", type=float, help="Peak learning rate (train.learning_rate).")
 @click.option("--seed", type=int, help="Seed for the split, shuffling and initialisation (train.seed).")
-@click.option("--overwrite", is_flag=True, help="Start over in an output dir that holds a checkpoint or a finished run.")
+@click.option(
+    "--overwrite", is_flag=True, help="Start over in an output dir that holds a checkpoint or a finished run."
+)
 @click.pass_context
 @domain_errors
 def fit_command(ctx, config_path, overrides, overwrite, **_):
@@ -75,16 +109,23 @@ def fit_command(ctx, config_path, overrides, overwrite, **_):
     from tfclm.config import load_config
 
     config = load_config(config_path, overrides, _explicit_flags(ctx, FIT_FLAGS))
-    from tfclm.fit import fit
+    from tfclm.training.run import fit
 
     fit(config, overwrite=overwrite)
 
 
 @cli.command("evaluate")
-@click.option("--model", "model_dir", required=True, metavar="DIR", help="A tfclm output dir or save_pretrained folder.")
-@click.option("--config", "config_path", metavar="PATH", help="Run config whose validation split to use (default: DIR/tfclm.yaml).")
+@model_option()
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="Run config whose validation split to use (default: DIR/tfclm.yaml).",
+)
 @click.option("--text-file", metavar="FILE", help="Evaluate on this UTF-8 text file instead of the validation split.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Blocks per evaluation batch (default: evaluate.batch_size).")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Blocks per evaluation batch (default: evaluate.batch_size)."
+)
 @click.option("--block-size", type=click.IntRange(min=2), help="Tokens per block (default: data.block_size).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @domain_errors
@@ -96,13 +137,15 @@ def evaluate_command(model_dir, config_path, text_file, batch_size, block_size, 
         python -m tfclm evaluate --model runs/default
         python -m tfclm evaluate --model runs/default --text-file notes.txt
     """
-    from tfclm.evaluate import evaluate_dir
+    from tfclm.evaluation.model_dir import evaluate_dir
 
     result = evaluate_dir(model_dir, config_path, text_file, batch_size, block_size)
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"{result['source']}: {result['tokens']:,} tokens, eval loss {result['loss']:.4f}, perplexity {result['perplexity']:,.2f}")
+        click.echo(
+            f"{result['source']}: {result['tokens']:,} tokens, eval loss {result['loss']:.4f}, perplexity {result['perplexity']:,.2f}"
+        )
 
 
 def _read_prompts(prompts: tuple, prompt_file) -> list[str]:
@@ -110,26 +153,62 @@ def _read_prompts(prompts: tuple, prompt_file) -> list[str]:
     if prompt_file is not None:
         collected += [line.rstrip("\r\n") for line in prompt_file if line.strip()]
     if not collected:
-        raise click.UsageError("no prompt: pass --prompt TEXT, or --prompt-file FILE (one prompt per line; - reads stdin)")
+        raise click.UsageError(
+            "no prompt: pass --prompt TEXT, or --prompt-file FILE (one prompt per line; - reads stdin)"
+        )
     return collected
 
 
+# Ranges that click checks with the option's name in the message; the help text is the config field's.
+DECODING_TYPES = {
+    "max_new_tokens": click.IntRange(min=0),
+    "min_new_tokens": click.IntRange(min=0),
+    "top_k": click.IntRange(min=0),
+    "top_p": click.FloatRange(min=0, max=1, min_open=True),
+    "temperature": click.FloatRange(min=0, min_open=True),
+    "num_beams": click.IntRange(min=1),
+    "repetition_penalty": click.FloatRange(min=0, min_open=True),
+    "num_return_sequences": click.IntRange(min=1),
+    "seed": int,
+}
+
+
+def decoding_options(command):
+    """One option per decoding control of `GenerationOptions` (--max-new-tokens, --top-p, ...), with its help."""
+    from tfclm.config.schema import GenerationOptions
+
+    for f in reversed(dataclasses.fields(GenerationOptions)):
+        text = f.metadata["help"][0].upper() + f.metadata["help"][1:] + "."
+        if f.type is bool or f.name == "do_sample":
+            option = click.option("--do-sample/--greedy", default=f.default, show_default=True, help=text)
+        else:
+            name = "--" + f.name.replace("_", "-")
+            option = click.option(
+                name, type=DECODING_TYPES[f.name], default=f.default, show_default=f.default is not None, help=text
+            )
+        command = option(command)
+    return command
+
+
 @cli.command("generate")
-@click.option("--model", "model_dir", required=True, metavar="DIR", help="A tfclm output dir or save_pretrained folder.")
+@model_option()
 @click.option("--prompt", "prompts", multiple=True, help="Text to continue; repeat for a batch of prompts.")
-@click.option("--prompt-file", type=click.File("r", encoding="utf-8"), help="A file with one prompt per line; - reads stdin.")
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=100, show_default=True, help="Tokens to add to each prompt, at most.")
-@click.option("--min-new-tokens", type=click.IntRange(min=0), default=0, show_default=True, help="Tokens to add before EOS may end a text.")
-@click.option("--do-sample/--greedy", default=True, show_default=True, help="Sample (with top-k/top-p/temperature) or take the likeliest token.")
-@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="Sample among the k likeliest tokens (0: off).")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.95, show_default=True, help="Sample among the likeliest tokens holding this probability mass.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Below 1 sharpens, above 1 flattens the distribution.")
-@click.option("--num-beams", type=click.IntRange(min=1), default=1, show_default=True, help="Beam search width (1: no beam search).")
-@click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Above 1 discourages repeating tokens (1.0: off).")
-@click.option("--num-return-sequences", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt.")
-@click.option("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text.")
-@click.option("--xla/--no-xla", default=True, show_default=True, help="Compile generation with XLA (once per prompt-length bucket) or run eagerly.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per sample: prompt, completion, prompt_tokens, new_tokens, seconds.")
+@click.option(
+    "--prompt-file", type=click.File("r", encoding="utf-8"), help="A file with one prompt per line; - reads stdin."
+)
+@decoding_options
+@click.option(
+    "--xla/--no-xla",
+    default=True,
+    show_default=True,
+    help="Compile generation with XLA (once per prompt-length bucket) or run eagerly.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per sample: prompt, completion, prompt_tokens, new_tokens, seconds.",
+)
 @domain_errors
 def generate_command(model_dir, prompts, prompt_file, xla, as_json, **options):
     """Continue prompts with a saved model; several prompts run as one batch.
@@ -137,10 +216,10 @@ def generate_command(model_dir, prompts, prompt_file, xla, as_json, **options):
     \b
     Example:
         python -m tfclm generate --model runs/default --prompt "The list type" --seed 1
-        printf 'Return the\nThe list type\n' | python -m tfclm generate --model runs/default --prompt-file - --json
+        printf 'Return the\\nThe list type\\n' | python -m tfclm generate --model runs/default --prompt-file - --json
     """
-    from tfclm.generation import Generator
-    from tfclm.modeling import load_trained
+    from tfclm.generation.generator import Generator
+    from tfclm.model.loading import load_trained
 
     texts = _read_prompts(prompts, prompt_file)
     generator = Generator(*load_trained(model_dir), xla=xla, log=lambda line: click.echo(line, err=True))
@@ -153,8 +232,10 @@ def generate_command(model_dir, prompts, prompt_file, xla, as_json, **options):
 
 
 @cli.command("push")
-@click.option("--model", "model_dir", required=True, metavar="DIR", help="A tfclm output dir to push.")
-@click.option("--repo-id", required=True, metavar="NAME", help="The Hub repo, such as user/my-model; created if missing.")
+@model_option("A tfclm output dir to push.")
+@click.option(
+    "--repo-id", required=True, metavar="NAME", help="The Hub repo, such as user/my-model; created if missing."
+)
 @click.option("--private", is_flag=True, help="Create the repo as private.")
 @click.option("--checkpoint", is_flag=True, help="Also push the resumable checkpoints (checkpoints/).")
 @click.option("--message", default="Upload model trained with tfclm", show_default=True, help="The commit message.")
@@ -169,22 +250,54 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
     Example:
         python -m tfclm push --model runs/default --repo-id me/pydoc-gpt2 --private
     """
-    from tfclm.hub import push_dir
+    from tfclm.hub.uploads import push_dir
 
     commit = push_dir(model_dir, repo_id, private=private, checkpoint=checkpoint, message=message)
     click.echo(f"pushed {model_dir} to {repo_id} (commit {commit[:12]})")
 
 
 @cli.command("export")
-@click.option("--model", "model_dir", required=True, metavar="DIR", help="A tfclm output dir or save_pretrained folder (read, never modified).")
-@click.option("--to", "target", type=click.Choice(["pytorch", "saved_model"]), required=True, help="pytorch: safetensors for PyTorch transformers (v5 too); saved_model: for TF Serving.")
+@model_option("A tfclm output dir or save_pretrained folder (read, never modified).")
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["pytorch", "saved_model"]),
+    required=True,
+    help="pytorch: safetensors for PyTorch transformers (v5 too); saved_model: for TF Serving.",
+)
 @click.option("--output", required=True, metavar="DIR", help="Where the export goes; must not exist unless --force.")
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
-@click.option("--prompt-length", type=click.IntRange(min=1), default=64, show_default=True, help="saved_model: prompts are left-padded to this many tokens.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="saved_model: most tokens generate may add.")
-@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="saved_model: top-k when sampling.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.95, show_default=True, help="saved_model: top-p when sampling.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="saved_model: temperature when sampling.")
+@click.option(
+    "--prompt-length",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="saved_model: prompts are left-padded to this many tokens.",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="saved_model: most tokens generate may add.",
+)
+@click.option(
+    "--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="saved_model: top-k when sampling."
+)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=0.95,
+    show_default=True,
+    help="saved_model: top-p when sampling.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="saved_model: temperature when sampling.",
+)
 @domain_errors
 def export_command(model_dir, target, output, force, prompt_length, max_new_tokens, top_k, top_p, temperature):
     """Export a trained model to PyTorch weights or a TensorFlow SavedModel.
@@ -194,13 +307,35 @@ def export_command(model_dir, target, output, force, prompt_length, max_new_toke
         python -m tfclm export --model runs/default --to pytorch --output runs/default-pt
         python -m tfclm export --model runs/default --to saved_model --output serving/pydoc/1
     """
-    from tfclm.export import to_pytorch, to_saved_model
+    from tfclm.generation.export import to_pytorch, to_saved_model
 
     if target == "pytorch":
         to_pytorch(model_dir, output, force)
     else:
         to_saved_model(model_dir, output, force, prompt_length, max_new_tokens, top_k, top_p, temperature)
     click.echo(f"exported {model_dir} to {output} ({target})")
+
+
+@cli.command("config")
+@config_options("Print this YAML file's resolved values instead of the defaults.")
+@click.option("--markdown", is_flag=True, help="Print the defaults as the README's Markdown table.")
+@domain_errors
+def config_command(config_path, overrides, markdown):
+    """Print every config key with its value, type and meaning.
+
+    \b
+    Example:
+        python -m tfclm config
+        python -m tfclm config --config configs/distilgpt2-eli5.yaml --set train.epochs=1
+    """
+    from tfclm.config import load_config
+    from tfclm.config.reference import render_markdown, render_text
+
+    if markdown:
+        click.echo(render_markdown(), nl=False)
+    else:
+        config = load_config(config_path, overrides) if config_path or overrides else None
+        click.echo(render_text(config), nl=False)
 
 
 def main():

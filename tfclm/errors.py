@@ -11,3 +11,9 @@ class ConfigError(TfclmError):
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """`TypeName: first line of the message`: what a one-line error quotes of a library's exception."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"

@@ -5,10 +5,13 @@ Every Python install ships it, so the default run needs no network: the
 docstrings of the pure-Python standard library, read with `ast` so that no
 module is imported (some print or open a browser on import).
 """
+
 import ast
 import inspect
 import os
 import sysconfig
+
+from tfclm.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
 PYDOC = "builtin:pydoc"
@@ -64,7 +67,7 @@ def stdlib_docstrings(stdlib: str | None = None) -> list[str]:
 def load_builtin(name: str) -> list[str]:
     """The documents of a built-in corpus, in a fixed order."""
     if name != PYDOC:
-        from tfclm.errors import ConfigError
-
-        raise ConfigError("data.dataset", f"unknown built-in corpus {name!r}; the built-in corpora are: {', '.join(NAMES)}")
+        raise ConfigError(
+            "data.dataset", f"unknown built-in corpus {name!r}; the built-in corpora are: {', '.join(NAMES)}"
+        )
     return pydoc_topics() + stdlib_docstrings()

@@ -6,16 +6,21 @@ template of several fields, lists of strings are joined, and empty and
 duplicate documents are dropped, so that no document stands in both the
 training and the validation split.
 """
+
 import dataclasses
+import hashlib
 import os
 import re
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
+import datasets
 import numpy as np
 
-from tfclm import corpus
 from tfclm.config import DataConfig
-from tfclm.errors import ConfigError
+from tfclm.data import corpus
+from tfclm.errors import ConfigError, first_line
+from tfclm.files import looks_local
 
 # The `datasets` builder that reads each kind of local file; .txt is read by tfclm itself.
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -28,7 +33,10 @@ def parse_split(split: str, key: str = "data.split") -> tuple[str, Optional[str]
     """`train[:5000]` -> ("train", None, "5000"); raises on anything else."""
     match = _SPLIT.match(split.replace(" ", ""))
     if not match:
-        raise ConfigError(key, f"{split!r} is not a split name with an optional slice; write it like train, train[:5000] or train[10%:]")
+        raise ConfigError(
+            key,
+            f"{split!r} is not a split name with an optional slice; write it like train, train[:5000] or train[10%:]",
+        )
     return match["name"], match["start"], match["stop"]
 
 
@@ -39,7 +47,9 @@ def _slice_bound(text: Optional[str], length: int) -> Optional[int]:
 
 
 def _is_saved(path: str) -> bool:
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json")
+    )
 
 
 def _txt_files(path: str) -> list[str]:
@@ -54,9 +64,14 @@ def check_local(source: str) -> None:
     if os.path.isfile(source):
         ext = os.path.splitext(source)[1].lower()
         if ext not in EXTENSIONS:
-            raise ConfigError("data.dataset", f"{source!r} has an unknown extension {ext!r}; use one of {', '.join(EXTENSIONS)}")
-    elif not os.path.isdir(source) and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise ConfigError("data.dataset", f"{source!r} does not exist; give an existing file or folder, a Hub dataset id, or builtin:pydoc")
+            raise ConfigError(
+                "data.dataset", f"{source!r} has an unknown extension {ext!r}; use one of {', '.join(EXTENSIONS)}"
+            )
+    elif not os.path.isdir(source) and looks_local(source):
+        raise ConfigError(
+            "data.dataset",
+            f"{source!r} does not exist; give an existing file or folder, a Hub dataset id, or builtin:pydoc",
+        )
 
 
 def txt_documents(paths: list[str], mode: str) -> Iterator[str]:
@@ -79,12 +94,12 @@ def txt_documents(paths: list[str], mode: str) -> Iterator[str]:
                     if paragraph:
                         yield "".join(paragraph).rstrip("\r\n")
         except UnicodeDecodeError:
-            raise ConfigError("data.dataset", f"{path!r} is not UTF-8 text; convert it (iconv -t utf-8) or remove it") from None
+            raise ConfigError(
+                "data.dataset", f"{path!r} is not UTF-8 text; convert it (iconv -t utf-8) or remove it"
+            ) from None
 
 
 def _load_saved(path: str, split: str):
-    import datasets
-
     loaded = datasets.load_from_disk(path)
     name, start, stop = parse_split(split)
     if isinstance(loaded, datasets.DatasetDict):
@@ -96,17 +111,15 @@ def _load_saved(path: str, split: str):
 
 
 def _failed(source: str, split: str, exc: Exception) -> ConfigError:
-    first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
     return ConfigError(
         "data.dataset",
-        f"could not load {source!r} (split {split!r}): {type(exc).__name__}: {first_line}; check the id, data.config_name and data.split, or pass a local file or folder",
+        f"could not load {source!r} (split {split!r}): {first_line(exc)}; "
+        "check the id, data.config_name and data.split, or pass a local file or folder",
     )
 
 
 def load_records(data: DataConfig, streaming: bool = False):
     """The `datasets.Dataset` (or `IterableDataset`) named by `data.dataset`, before any text selection."""
-    import datasets
-
     source, split = data.dataset, data.split
     name, start, stop = parse_split(split)  # a clear error before `datasets` gives a long one
     check_local(source)
@@ -116,7 +129,10 @@ def load_records(data: DataConfig, streaming: bool = False):
             return records.to_iterable_dataset() if streaming else records
         if streaming and (start or stop):
             if any(b and b.endswith("%") for b in (start, stop)):
-                raise ConfigError("data.split", f"{split!r}: a stream has no known length, so slice it by counts (train[:5000]), not percentages")
+                raise ConfigError(
+                    "data.split",
+                    f"{split!r}: a stream has no known length, so slice it by counts (train[:5000]), not percentages",
+                )
             split = name
         if os.path.isfile(source):
             builder = FILE_BUILDERS[os.path.splitext(source)[1].lower()]
@@ -142,7 +158,10 @@ def _as_text(value, separator: str, column: str, key: str) -> str:
         return value
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) or v is None for v in value):
         return separator.join(v for v in value if v)
-    raise ConfigError(key, f"column {column!r} holds {type(value).__name__} values, not text; choose a column of strings or lists of strings")
+    raise ConfigError(
+        key,
+        f"column {column!r} holds {type(value).__name__} values, not text; choose a column of strings or lists of strings",
+    )
 
 
 def text_fields(data: DataConfig) -> tuple[list[str], str]:
@@ -150,7 +169,9 @@ def text_fields(data: DataConfig) -> tuple[list[str], str]:
     if data.text_template:
         fields = _FIELD.findall(data.text_template)
         if not fields:
-            raise ConfigError("data.text_template", "names no field; write fields in braces, such as '{title}\\n{answers.text}'")
+            raise ConfigError(
+                "data.text_template", "names no field; write fields in braces, such as '{title}\\n{answers.text}'"
+            )
         return fields, "data.text_template"
     return [data.text_column], "data.text_column"
 
@@ -213,8 +234,6 @@ def load_texts(data: DataConfig) -> list[str]:
 
 def unique_documents(texts, limit: Optional[int] = None) -> Iterator[str]:
     """Drop empty and repeated documents, keeping the first of each in order; stop after `limit`."""
-    import hashlib
-
     seen = set()
     kept = 0
     for text in texts:
@@ -231,7 +250,10 @@ def unique_documents(texts, limit: Optional[int] = None) -> Iterator[str]:
 def load_documents(data: DataConfig) -> list[str]:
     documents = list(unique_documents(load_texts(data), data.max_documents))
     if not documents:
-        raise ConfigError("data.dataset", f"{data.dataset!r} gave no non-empty document; check data.text_column and that the source holds text")
+        raise ConfigError(
+            "data.dataset",
+            f"{data.dataset!r} gave no non-empty document; check data.text_column and that the source holds text",
+        )
     return documents
 
 
@@ -251,7 +273,9 @@ def validation_source(data: DataConfig) -> Optional[DataConfig]:
     if os.path.exists(choice):
         return dataclasses.replace(data, dataset=choice, split="train", config_name=None, max_documents=None)
     if corpus.is_builtin(data.dataset):
-        raise ConfigError("data.validation_split", f"{data.dataset} has one split; use a fraction such as 0.2, or a file")
+        raise ConfigError(
+            "data.validation_split", f"{data.dataset} has one split; use a fraction such as 0.2, or a file"
+        )
     parse_split(choice, "data.validation_split")
     return dataclasses.replace(data, split=choice, max_documents=None)
 
@@ -271,14 +295,22 @@ def train_and_validation(data: DataConfig, seed: int) -> tuple[list[str], list[s
     other = validation_source(data)
     if other is None:
         if len(documents) < 2:
-            raise ConfigError("data.dataset", f"{data.dataset!r} gave 1 distinct document; splitting needs at least 2 (one to train on, one to evaluate), or set data.validation_split to a file")
+            raise ConfigError(
+                "data.dataset",
+                f"{data.dataset!r} gave 1 distinct document; splitting needs at least 2 (one to train on, one to evaluate), or set data.validation_split to a file",
+            )
         train, val = split_documents(documents, data.validation_split, seed)
     else:
         val = list(unique_documents(load_texts(other)))
         if not val:
-            raise ConfigError("data.validation_split", f"{data.validation_split!r} gave no non-empty document; point it at text")
+            raise ConfigError(
+                "data.validation_split", f"{data.validation_split!r} gave no non-empty document; point it at text"
+            )
         held_out = {v.strip() for v in val}
         train = [d for d in documents if d.strip() not in held_out]  # a document in both would flatter the model
         if not train:
-            raise ConfigError("data.validation_split", "every training document is also in the validation data; use a different split or file")
+            raise ConfigError(
+                "data.validation_split",
+                "every training document is also in the validation data; use a different split or file",
+            )
     return train, val, describe_validation(data, len(train), len(val))

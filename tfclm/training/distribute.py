@@ -7,15 +7,14 @@ workers keep their caches and checkpoints in temporary directories, as
 TensorFlow's multi-worker guide prescribes, and every worker resumes from
 the chief's checkpoints.
 """
+
 import json
 import os
 import shutil
 import tempfile
 
-from tfclm.backend import load
+from tfclm.backend import tf
 from tfclm.errors import ConfigError
-
-tf, keras = load()
 
 TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
 
@@ -28,13 +27,23 @@ def tf_config() -> dict | None:
     try:
         spec = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError("TF_CONFIG", f"is not valid JSON ({exc.msg} at character {exc.pos}); set it like {TF_CONFIG_EXAMPLE}") from None
-    cluster, task = spec.get("cluster") if isinstance(spec, dict) else None, spec.get("task") if isinstance(spec, dict) else None
+        raise ConfigError(
+            "TF_CONFIG", f"is not valid JSON ({exc.msg} at character {exc.pos}); set it like {TF_CONFIG_EXAMPLE}"
+        ) from None
+    cluster, task = (
+        spec.get("cluster") if isinstance(spec, dict) else None,
+        spec.get("task") if isinstance(spec, dict) else None,
+    )
     if not isinstance(cluster, dict) or not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise ConfigError("TF_CONFIG", f"needs a 'cluster' of workers and this process's 'task' (type and index); set it like {TF_CONFIG_EXAMPLE}")
+        raise ConfigError(
+            "TF_CONFIG",
+            f"needs a 'cluster' of workers and this process's 'task' (type and index); set it like {TF_CONFIG_EXAMPLE}",
+        )
     kind, index = task["type"], task["index"]
     if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
-        raise ConfigError("TF_CONFIG", f"task {kind}:{index} is not in its cluster {sorted(cluster)}; fix task.type or task.index")
+        raise ConfigError(
+            "TF_CONFIG", f"task {kind}:{index} is not in its cluster {sorted(cluster)}; fix task.type or task.index"
+        )
     return spec
 
 
@@ -61,10 +70,21 @@ def make_strategy(name: str, tpu: str | None = None):
     spec = tf_config()
     if name == "auto":
         # Listing devices starts TensorFlow's runtime, after which collective ops can no longer be set up.
-        name = "tpu" if tpu else "multiworker" if cluster_size(spec) > 1 else "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+        name = (
+            "tpu"
+            if tpu
+            else "multiworker"
+            if cluster_size(spec) > 1
+            else "mirrored"
+            if len(tf.config.list_logical_devices("GPU")) > 1
+            else "default"
+        )
     if name == "multiworker":
         if spec is None:
-            raise ConfigError("train.strategy", f"multiworker needs TF_CONFIG naming the workers and this one, such as TF_CONFIG='{TF_CONFIG_EXAMPLE}'")
+            raise ConfigError(
+                "train.strategy",
+                f"multiworker needs TF_CONFIG naming the workers and this one, such as TF_CONFIG='{TF_CONFIG_EXAMPLE}'",
+            )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif name == "mirrored":
         # Without GPUs, several logical CPUs (tf.config.set_logical_device_configuration) are the replicas.
@@ -73,7 +93,9 @@ def make_strategy(name: str, tpu: str | None = None):
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     elif name == "tpu":
         if not tpu:
-            raise ConfigError("train.tpu", "strategy tpu needs train.tpu: the TPU's name or grpc:// address (or 'local' on a TPU VM)")
+            raise ConfigError(
+                "train.tpu", "strategy tpu needs train.tpu: the TPU's name or grpc:// address (or 'local' on a TPU VM)"
+            )
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="" if tpu == "local" else tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -81,8 +103,13 @@ def make_strategy(name: str, tpu: str | None = None):
     elif name == "default":
         strategy = tf.distribute.get_strategy()
     else:
-        raise ConfigError("train.strategy", f"unknown strategy {name!r}; use auto, default, mirrored, multiworker or tpu")
-    return strategy, f"{name} ({strategy.num_replicas_in_sync} replica{'s' if strategy.num_replicas_in_sync > 1 else ''})"
+        raise ConfigError(
+            "train.strategy", f"unknown strategy {name!r}; use auto, default, mirrored, multiworker or tpu"
+        )
+    return (
+        strategy,
+        f"{name} ({strategy.num_replicas_in_sync} replica{'s' if strategy.num_replicas_in_sync > 1 else ''})",
+    )
 
 
 def shard_by_data(dataset):

@@ -13,19 +13,25 @@ Python per batch; `recipe` is the transformers recipe (`prepare_tf_dataset`
 with `DataCollatorForLanguageModeling`), kept for comparison and for
 datasets that need its collation.
 """
+
+import datasets
 import numpy as np
 from transformers import DataCollatorForLanguageModeling
 
-from tfclm.backend import load
-from tfclm.packing import Blocks
-
-tf, keras = load()
+from tfclm.backend import tf
+from tfclm.data.packing import Blocks, stream_blocks
+from tfclm.data.prepare import stream_texts
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
 
 
+def labels_for(ids, mask):
+    """The labels of the contract: the ids, with -100 where the attention mask is 0 (padding only)."""
+    return tf.where(mask == 1, ids, tf.constant(-100, ids.dtype))
+
+
 def _to_batch(ids, mask):
-    return {"input_ids": ids, "attention_mask": mask, "labels": tf.where(mask == 1, ids, tf.constant(-100, ids.dtype))}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels_for(ids, mask)}
 
 
 def _arrays(blocks: Blocks) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +47,9 @@ def epoch_order(n_blocks: int, batch_size: int, seed: int, epochs: int) -> np.nd
     a resumed run can skip exactly the batches it already trained on.
     """
     per_epoch = n_blocks // batch_size
-    orders = [np.random.default_rng([seed, epoch]).permutation(n_blocks)[: per_epoch * batch_size] for epoch in range(epochs)]
+    orders = [
+        np.random.default_rng([seed, epoch]).permutation(n_blocks)[: per_epoch * batch_size] for epoch in range(epochs)
+    ]
     return np.concatenate(orders).reshape(-1, batch_size).astype(np.int32)
 
 
@@ -53,7 +61,9 @@ def fast_dataset(blocks: Blocks, batch_size: int, shuffle: bool, seed: int = 0, 
     else:
         ids_t, mask_t = tf.constant(ids), tf.constant(mask)
         order = epoch_order(len(ids), batch_size, seed, epochs)[skip_batches:]
-        ds = tf.data.Dataset.from_tensor_slices(order).map(lambda rows: (tf.gather(ids_t, rows), tf.gather(mask_t, rows)))
+        ds = tf.data.Dataset.from_tensor_slices(order).map(
+            lambda rows: (tf.gather(ids_t, rows), tf.gather(mask_t, rows))
+        )
     return ds.map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -70,13 +80,11 @@ class CausalLMCollator(DataCollatorForLanguageModeling):
 
     def tf_call(self, examples):
         batch = super().tf_call(examples)
-        batch["labels"] = tf.where(batch["attention_mask"] == 1, batch["input_ids"], tf.constant(-100, batch["input_ids"].dtype))
+        batch["labels"] = labels_for(batch["input_ids"], batch["attention_mask"])
         return batch
 
 
 def recipe_dataset(model, blocks: Blocks, tokenizer, batch_size: int, shuffle: bool):
-    import datasets
-
     ids, mask = _arrays(blocks)
     table = datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": mask})
     batches = model.prepare_tf_dataset(
@@ -88,10 +96,24 @@ def recipe_dataset(model, blocks: Blocks, tokenizer, batch_size: int, shuffle: b
     )
     # prepare_tf_dataset splits the labels off as Keras' y; put them back into
     # the one batch dict so both pipelines yield the same contract.
-    return batches.map(lambda features, labels: {key: tf.cast(value, tf.int32) for key, value in {**features, "labels": labels}.items()})
+    return batches.map(
+        lambda features, labels: {
+            key: tf.cast(value, tf.int32) for key, value in {**features, "labels": labels}.items()
+        }
+    )
 
 
-def make_dataset(kind: str, blocks: Blocks, batch_size: int, shuffle: bool, seed: int, model=None, tokenizer=None, epochs: int = 1, skip_batches: int = 0):
+def make_dataset(
+    kind: str,
+    blocks: Blocks,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    model=None,
+    tokenizer=None,
+    epochs: int = 1,
+    skip_batches: int = 0,
+):
     if kind == "recipe":
         ds = recipe_dataset(model, blocks, tokenizer, batch_size, shuffle)
         # prepare_tf_dataset reshuffles on every pass: a resumed run skips as many batches, not the same ones.
@@ -104,9 +126,6 @@ SHUFFLE_BUFFER = 10_000  # blocks: bounds a stream's memory, 10,000 x 128 tokens
 
 def stream_dataset(config, tokenizer, side: str, batch_size: int, shuffle: bool):
     """Batches packed on the fly from a stream of documents; memory is bounded by the shuffle buffer."""
-    from tfclm.data import stream_texts
-    from tfclm.packing import stream_blocks
-
     data = config.data
     block = data.block_size
 
@@ -122,7 +141,9 @@ def stream_dataset(config, tokenizer, side: str, batch_size: int, shuffle: bool)
                 bar.update(documents)
                 bar.set_postfix(tokens=f"{counts['tokens']:,}", blocks=f"{counts['blocks']:,}", refresh=False)
 
-            for pair in stream_blocks(texts, tokenizer, block, data.pack, keep_remainder=not shuffle, progress=progress):
+            for pair in stream_blocks(
+                texts, tokenizer, block, data.pack, keep_remainder=not shuffle, progress=progress
+            ):
                 counts["blocks"] += 1
                 yield pair
 

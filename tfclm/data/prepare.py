@@ -5,15 +5,20 @@ In memory (the default) the blocks are built once and cached in
 packing; a rerun with the same inputs skips tokenization and says so. With
 `data.streaming: true` nothing is built here: the pipeline packs on the fly.
 """
-import hashlib
-import os
-from dataclasses import dataclass, field
-from typing import Iterator, Optional
 
-from tfclm import packing, sources
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Optional
+
 from tfclm.config import Config, DataConfig
-from tfclm.packing import Blocks
-from tfclm.tokenizer import load_tokenizer
+from tfclm.data import packing, sources
+from tfclm.data.packing import Blocks
+from tfclm.data.tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,17 +53,17 @@ def prepare(config: Config, cache_dir: str | None = None) -> PreparedData:
     cache_dir = cache_dir or os.path.join(config.output_dir, "cache")
     if data.streaming:
         tokenizer = load_tokenizer(config, stream_texts(data, seed, "train"), cache_dir)
-        print(f"data: streaming {data.dataset}; blocks of {data.block_size} are packed on the fly")
+        logger.info(f"data: streaming {data.dataset}; blocks of {data.block_size} are packed on the fly")
         return PreparedData(tokenizer, facts={"streaming": True})
 
     train_texts, eval_texts, how = sources.train_and_validation(data, seed)
-    print(f"data: {len(train_texts) + len(eval_texts):,} distinct documents from {data.dataset}; {how}")
+    logger.info(f"data: {len(train_texts) + len(eval_texts):,} distinct documents from {data.dataset}; {how}")
     tokenizer = load_tokenizer(config, train_texts, cache_dir)
     key = packing.blocks_key(train_texts, eval_texts, tokenizer, data.block_size, data.pack)
     cache = os.path.join(cache_dir, f"blocks-{key}.npz")
     if os.path.exists(cache):
         blocks = packing.load_blocks(cache, ("train", "validation"))
-        print(f"data: reusing the blocks cached in {cache}; tokenization skipped")
+        logger.info(f"data: reusing the blocks cached in {cache}; tokenization skipped")
     else:
         build = dict(block_size=data.block_size, num_proc=data.num_proc, pack_documents=data.pack)
         blocks = {
@@ -67,8 +72,8 @@ def prepare(config: Config, cache_dir: str | None = None) -> PreparedData:
         }
         packing.save_blocks(cache, blocks)
     train, validation = blocks["train"], blocks["validation"]
-    print(train.summary("train"))
-    print(validation.summary("validation"))
+    logger.info(train.summary("train"))
+    logger.info(validation.summary("validation"))
     facts = {
         "documents": len(train_texts) + len(eval_texts),
         "train_documents": len(train_texts),

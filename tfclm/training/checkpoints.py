@@ -5,16 +5,15 @@ renames its index into place, so a run killed during a save still points at
 the previous, complete checkpoint. A rerun of the same command restores the
 latest one and goes on from its step; a finished run is not retrained.
 """
+
 import os
 import shutil
 
 import yaml
 
-from tfclm.backend import load
+from tfclm.backend import keras, tf
 from tfclm.config import CONFIG_FILENAME
 from tfclm.errors import ConfigError
-
-tf, keras = load()
 
 DIRNAME = "checkpoints"
 # Sections whose change makes an old checkpoint meaningless for the new run.
@@ -92,7 +91,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     >>> import tempfile, numpy as np, tfclm, tf_keras as keras
     >>> from transformers import GPT2Config, TFGPT2LMHeadModel
-    >>> from tfclm.checkpoints import CheckpointCallback, Checkpoints
+    >>> from tfclm.training.checkpoints import CheckpointCallback, Checkpoints
     >>> model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
     >>> ids = np.random.default_rng(0).integers(0, 50, (16, 16)).astype("int32")
     >>> model.compile(optimizer=keras.optimizers.legacy.Adam(1e-3))
@@ -113,7 +112,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         step = int(self.checkpoints.optimizer.iterations.numpy())
         if not step or (self.saved and self.saved[-1] == step):
             return  # mid-accumulation, or already saved at this optimizer step
-        due = (self.every_steps and step % self.every_steps == 0) or (self.steps_per_epoch and step % self.steps_per_epoch == 0)
+        due = (self.every_steps and step % self.every_steps == 0) or (
+            self.steps_per_epoch and step % self.steps_per_epoch == 0
+        )
         loss = (logs or {}).get("loss")
         if due and (loss is None or bool(tf.math.is_finite(float(loss)))):
             self.checkpoints.save(step)

@@ -3,11 +3,16 @@
 A trained tokenizer is cached in the output dir under a key made of the
 training text and the vocabulary size, so a rerun on the same data reuses it.
 """
+
 import hashlib
+import logging
 import os
 
 from tfclm.config import Config
-from tfclm.errors import ConfigError
+from tfclm.errors import ConfigError, first_line
+from tfclm.files import save_pretrained_atomic
+
+logger = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 # GPT-2 takes no token_type_ids; a PreTrainedTokenizerFast returns them
@@ -54,13 +59,11 @@ def trained_tokenizer(texts: list[str], vocab_size: int, cache_root: str):
 
     cache_dir = os.path.join(cache_root, f"bpe-{vocab_size}-{_cache_key(texts, vocab_size)}")
     if os.path.exists(os.path.join(cache_dir, "tokenizer.json")):
-        print(f"tokenizer: reusing the BPE cached in {cache_dir}")
+        logger.info(f"tokenizer: reusing the BPE cached in {cache_dir}")
         return PreTrainedTokenizerFast.from_pretrained(cache_dir)
     tokenizer = train_bpe(texts, vocab_size)
-    from tfclm.io import save_pretrained_atomic
-
     save_pretrained_atomic([tokenizer], cache_dir)
-    print(f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens, cached in {cache_dir}")
+    logger.info(f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens, cached in {cache_dir}")
     return tokenizer
 
 
@@ -70,9 +73,14 @@ def pretrained_tokenizer(name_or_path: str, trust_remote_code: bool, key: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors for one cause
-        raise ConfigError(key, f"could not load a tokenizer from {name_or_path!r}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}; check the id or directory") from None
+        raise ConfigError(
+            key,
+            f"could not load a tokenizer from {name_or_path!r}: {first_line(exc)}; check the id or directory",
+        ) from None
     if tokenizer.eos_token is None:
-        raise ConfigError(key, f"the tokenizer of {name_or_path!r} has no eos token; a causal LM needs one to separate documents")
+        raise ConfigError(
+            key, f"the tokenizer of {name_or_path!r} has no eos token; a causal LM needs one to separate documents"
+        )
     if tokenizer.pad_token is None:
         # Padding only fills batches for generation and evaluation; labels of
         # padding are masked by the attention mask, never by token id.
@@ -83,11 +91,17 @@ def pretrained_tokenizer(name_or_path: str, trust_remote_code: bool, key: str):
 def load_tokenizer(config: Config, train_texts, cache_dir: str | None = None):
     """The configured tokenizer, or a BPE trained on `train_texts` (a list, cached; or an iterator, streamed)."""
     if config.tokenizer.name_or_path:
-        return pretrained_tokenizer(config.tokenizer.name_or_path, config.model.trust_remote_code, "tokenizer.name_or_path")
+        return pretrained_tokenizer(
+            config.tokenizer.name_or_path, config.model.trust_remote_code, "tokenizer.name_or_path"
+        )
     if config.model.name_or_path:
         return pretrained_tokenizer(config.model.name_or_path, config.model.trust_remote_code, "model.name_or_path")
     if not isinstance(train_texts, list):
         tokenizer = train_bpe(train_texts, config.tokenizer.vocab_size)
-        print(f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens on the stream (not cached: a stream has no fingerprint short of reading it)")
+        logger.info(
+            f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens on the stream (not cached: a stream has no fingerprint short of reading it)"
+        )
         return tokenizer
-    return trained_tokenizer(train_texts, config.tokenizer.vocab_size, cache_dir or os.path.join(config.output_dir, "cache"))
+    return trained_tokenizer(
+        train_texts, config.tokenizer.vocab_size, cache_dir or os.path.join(config.output_dir, "cache")
+    )

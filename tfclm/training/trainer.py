@@ -6,10 +6,14 @@ precision the model's own loss would sum token losses in 16 bits), averages
 gradients over `accumulation_steps` micro-batches before one optimizer step,
 and scales the loss under fp16. The wrapped model is the one that is saved.
 """
-from tfclm.backend import load
-from tfclm.errors import ConfigError
 
-tf, keras = load()
+import logging
+
+from tfclm.backend import keras, tf
+from tfclm.errors import ConfigError
+from tfclm.model.loss import token_loss_sums
+
+logger = logging.getLogger(__name__)
 
 PRECISION_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
@@ -21,26 +25,21 @@ def has_accelerator() -> bool:
 def set_precision(precision: str) -> str:
     """Set Keras' global dtype policy before the model is built; returns the policy's name."""
     if precision not in PRECISION_POLICIES:
-        raise ConfigError("train.precision", f"unknown precision {precision!r}; use one of {', '.join(PRECISION_POLICIES)}")
+        raise ConfigError(
+            "train.precision", f"unknown precision {precision!r}; use one of {', '.join(PRECISION_POLICIES)}"
+        )
     policy = PRECISION_POLICIES[precision]
     keras.mixed_precision.set_global_policy(policy)
     if precision == "fp16" and not tf.config.list_logical_devices("GPU"):
-        print("precision: fp16 without a GPU runs slowly and gains nothing on a CPU; bf16 is the CPU's mixed precision")
+        logger.warning(
+            "precision: fp16 without a GPU runs slowly and gains nothing on a CPU; bf16 is the CPU's mixed precision"
+        )
     return policy
 
 
 def resolve_jit_compile(setting) -> bool:
     """auto: XLA on GPUs and TPUs, where it pays; on a CPU it changed the train step by under 2%."""
     return has_accelerator() if setting == "auto" else bool(setting)
-
-
-def token_loss_sums(labels, logits):
-    """(sum of token losses, number of tokens) in float32; the model shifts nothing here, so shift."""
-    logits = tf.cast(logits[:, :-1], tf.float32)
-    labels = labels[:, 1:]
-    mask = tf.cast(labels != -100, tf.float32)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(labels, 0), logits=logits)
-    return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
 
 
 class CausalLMTrainer(keras.Model):
@@ -66,25 +65,35 @@ class CausalLMTrainer(keras.Model):
         return [self.loss_tracker]
 
     def compile(self, optimizer, jit_compile: bool = False, **kwargs):
-        if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+        if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
+            optimizer, keras.mixed_precision.LossScaleOptimizer
+        ):
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         variables = self.lm.trainable_variables
         # Slots exist before the first step: a step applied inside tf.cond may not create variables.
-        inner = optimizer.inner_optimizer if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer) else optimizer
-        inner._create_all_weights(variables)
+        self.inner_optimizer._create_all_weights(variables)
         if self.accumulation_steps > 1:
             self._accumulated = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in variables]
             self._micro_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
 
+    @property
+    def loss_scaled(self) -> bool:
+        return isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
+
+    @property
+    def inner_optimizer(self):
+        """The optimizer that updates the weights: under fp16 the one inside the loss-scale wrapper."""
+        return self.optimizer.inner_optimizer if self.loss_scaled else self.optimizer
+
     def learning_rate(self):
-        optimizer = self.optimizer.inner_optimizer if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer) else self.optimizer
+        optimizer = self.inner_optimizer
         lr = optimizer.learning_rate
         return lr(optimizer.iterations) if callable(lr) else tf.convert_to_tensor(lr)
 
     def train_step(self, batch):
         variables = self.lm.trainable_variables
-        scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
+        scaled = self.loss_scaled
         with tf.GradientTape() as tape:
             total, count = token_loss_sums(batch["labels"], self(batch, training=True))
             loss = total / tf.maximum(count, 1.0)

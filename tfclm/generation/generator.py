@@ -10,18 +10,21 @@ Sampling with top-k runs top-p over the k survivors only: transformers' TF
 top-p warper sorts the whole vocabulary at every step, which under XLA on a
 CPU costs more than the model itself.
 """
+
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
-from transformers.generation.tf_logits_process import TFLogitsProcessor
 
-from tfclm.backend import load
+from tfclm.backend import tf
 from tfclm.config import GenerationOptions
 from tfclm.errors import ConfigError
+from tfclm.generation.sampling import SamplingLogitsProcessor
+from tfclm.model.loading import load_trained, n_positions
 
-tf, keras = load()
+logger = logging.getLogger(__name__)
 
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -40,92 +43,6 @@ class Sample:
         return self.prompt + self.completion
 
 
-def filter_logits(scores, top_k: int, top_p: float, temperature: float):
-    """Temperature, then top-k, then top-p (among the k survivors when top-k is on); the rest become -inf.
-
-    Equals transformers' temperature + top-k + top-p warpers, since top-p after
-    top-k only ever sees the k survivors, with a partial sort of k entries
-    instead of a full sort of the vocabulary.
-    """
-    scores = tf.cast(scores, tf.float32) / temperature
-    vocab = int(scores.shape[-1])
-    if top_k <= 0 and top_p >= 1.0:
-        return scores
-    k = min(top_k, vocab) if top_k > 0 else vocab
-    values, _ = tf.math.top_k(scores, k=k)  # sorted, descending
-    if top_p < 1.0:
-        probs = tf.nn.softmax(values, axis=-1)
-        mass_before = tf.math.cumsum(probs, axis=-1, exclusive=True)
-        # Keep a token while the mass before it is under top_p; the first always stays.
-        kept = tf.logical_or(mass_before < top_p, tf.range(k) == 0)
-        values = tf.where(kept, values, tf.fill(tf.shape(values), float("inf")))
-    threshold = tf.reduce_min(values, axis=-1, keepdims=True)
-    return tf.where(scores >= threshold, scores, tf.fill(tf.shape(scores), float("-inf")))
-
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mul32(x, c: int):
-    """(x * c) mod 2**32 for x < 2**32 held in int64, in 16-bit halves so nothing overflows."""
-    low, high = tf.bitwise.bitwise_and(x, 0xFFFF), tf.bitwise.right_shift(x, 16)
-    return tf.bitwise.bitwise_and(low * c + tf.bitwise.bitwise_and(high * c, 0xFFFF) * 65536, _MASK32)
-
-
-def _hash32(x):
-    """A 32-bit integer mixer (lowbias32): exact integer arithmetic, so XLA and TF's kernels agree bit for bit."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-    x = _mul32(x, 0x7FEB352D)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
-    x = _mul32(x, 0x846CA68B)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-
-
-def counter_uniform(shape, seed, step):
-    """Uniforms in (0, 1) from (seed, step, position) alone.
-
-    tf.random's stateless ops give other numbers under XLA than in TF's own
-    kernels for the same seed, so eager and compiled sampling would differ.
-    """
-    seed = tf.cast(seed, tf.int64)
-    rows, cols = shape[0], shape[1]
-    position = tf.range(tf.cast(rows * cols, tf.int64), dtype=tf.int64)
-    key = _hash32(tf.bitwise.bitwise_and(seed[0] * 0x9E3779B1 + seed[1] + tf.cast(step, tf.int64) * 0x85EBCA77, _MASK32))
-    bits = _hash32(tf.bitwise.bitwise_xor(_hash32(tf.bitwise.bitwise_and(position, _MASK32)), key))
-    bits = _hash32(tf.bitwise.bitwise_xor(bits, tf.bitwise.right_shift(position, 32) + key))
-    return tf.reshape((tf.cast(bits, tf.float64) + 0.5) / 2.0**32, [rows, cols])
-
-
-class SamplingLogitsProcessor(TFLogitsProcessor):
-    """Sampling as a logits processor: filter, then add Gumbel noise drawn with a per-step seed.
-
-    The argmax of logits plus Gumbel noise is a draw from their softmax, so
-    greedy decoding over these scores samples. transformers' own TF sampling
-    passes the same seed to every step, so a seeded run draws the same
-    uniform each step and repeats itself ("an an an ..."); here the step's
-    noise comes from (seed, tokens generated so far, position) through an
-    integer hash: the same seed gives the same text, eager or under XLA (whose
-    prompts are padded longer), and steps differ.
-    """
-
-    def __init__(self, top_k: int, top_p: float, temperature: float, seed, prompt_length: int = 0, enabled=None):
-        self.top_k = top_k
-        self.top_p = top_p
-        self.temperature = temperature
-        self.seed = seed  # int32 [2]
-        self.prompt_length = prompt_length
-        self.enabled = enabled  # a bool tensor, or None for always: false leaves greedy decoding
-
-    def __call__(self, input_ids, scores, cur_len):
-        filtered = filter_logits(scores, self.top_k, self.top_p, self.temperature)
-        uniform = counter_uniform(tf.shape(filtered), self.seed, tf.cast(cur_len, tf.int32) - self.prompt_length)
-        noise = -tf.cast(tf.math.log(-tf.math.log(uniform)), filtered.dtype)
-        if self.enabled is not None:
-            # Filtering keeps the likeliest token and scaling keeps the order, so without noise this is greedy.
-            noise = noise * tf.cast(self.enabled, filtered.dtype)
-        return filtered + noise
-
-
 def _bucket(value: int, buckets) -> int:
     return next((b for b in buckets if b >= value), value)
 
@@ -136,12 +53,12 @@ class Generator:
     `traces` counts how often a compiled function was traced (a compile each).
     """
 
-    def __init__(self, model, tokenizer, xla: bool = True, length_buckets=LENGTH_BUCKETS, log=print):
+    def __init__(self, model, tokenizer, xla: bool = True, length_buckets=LENGTH_BUCKETS, log=None):
         self.model = model
         self.tokenizer = tokenizer
         self.xla = xla
         self.length_buckets = tuple(length_buckets)
-        self.log = log
+        self.log = log or logger.info
         self.traces = 0
         self._compiled = {}
         self._shapes = set()
@@ -175,11 +92,17 @@ class Generator:
             self.traces += 1  # Python side effect: runs once per trace, not per call
             processors = []
             if self._own_sampling(options):
-                processors.append(SamplingLogitsProcessor(options.top_k, options.top_p, options.temperature, seed, int(input_ids.shape[1])))
+                processors.append(
+                    SamplingLogitsProcessor(
+                        options.top_k, options.top_p, options.temperature, seed, int(input_ids.shape[1])
+                    )
+                )
             kwargs = self._generate_kwargs(options)
             if options.min_new_tokens:
                 kwargs["min_length"] = int(input_ids.shape[1]) + options.min_new_tokens
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, seed=seed, logits_processor=processors, **kwargs)
+            return self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, seed=seed, logits_processor=processors, **kwargs
+            )
 
         key = dataclasses.astuple(options)
         if not self.xla or key in self._eager_only:
@@ -189,7 +112,9 @@ class Generator:
         shape = (key, tuple(input_ids.shape))
         if shape not in self._shapes:
             self._shapes.add(shape)
-            self.log(f"generate: compiling with XLA for a batch of {input_ids.shape[0]} x {input_ids.shape[1]} prompt tokens (once per bucket)")
+            self.log(
+                f"generate: compiling with XLA for a batch of {input_ids.shape[0]} x {input_ids.shape[1]} prompt tokens (once per bucket)"
+            )
         from transformers.utils import logging as hf_logging
 
         # Tracing makes transformers warn of right-padding, seeing its own padded
@@ -198,7 +123,13 @@ class Generator:
         hf_logging.set_verbosity_error()
         try:
             return self._compiled[key](input_ids, attention_mask, seed)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, NotImplementedError, TypeError, ValueError) as exc:
+        except (
+            tf.errors.InvalidArgumentError,
+            tf.errors.UnimplementedError,
+            NotImplementedError,
+            TypeError,
+            ValueError,
+        ) as exc:
             self._eager_only.add(key)
             self.log(f"generate: XLA cannot run these options ({type(exc).__name__}); running eagerly")
             return generate(input_ids, attention_mask, seed)
@@ -206,8 +137,6 @@ class Generator:
             hf_logging.set_verbosity(verbosity)
 
     def __call__(self, prompts: list[str], **options) -> list[Sample]:
-        from tfclm.modeling import n_positions
-
         opts = GenerationOptions(**options)
         opts.validate()
         if not prompts or any(not isinstance(p, str) or not p for p in prompts):
@@ -220,7 +149,10 @@ class Generator:
         ids, mask = encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int32)
         limit = n_positions(self.model) or 10**9
         if ids.shape[1] + opts.max_new_tokens > limit:
-            raise ConfigError("max_new_tokens", f"the prompt ({ids.shape[1]} tokens) plus {opts.max_new_tokens} new tokens exceed the model's {limit} positions; lower max_new_tokens or shorten the prompt")
+            raise ConfigError(
+                "max_new_tokens",
+                f"the prompt ({ids.shape[1]} tokens) plus {opts.max_new_tokens} new tokens exceed the model's {limit} positions; lower max_new_tokens or shorten the prompt",
+            )
         if self.xla:
             length = max(ids.shape[1], min(_bucket(ids.shape[1], self.length_buckets), limit - opts.max_new_tokens))
             batch = _bucket(len(rows), [2**i for i in range(16)])
@@ -238,12 +170,21 @@ class Generator:
         samples = []
         for row, sequence in enumerate(output):
             prompt_index = row // opts.num_return_sequences
-            new = [int(t) for t in sequence[ids.shape[1]:]]
+            new = [int(t) for t in sequence[ids.shape[1] :]]
             stopped = tok.eos_token_id in new
             if stopped:
                 new = new[: new.index(tok.eos_token_id) + 1]
             prompt_tokens = int(encoded["attention_mask"][row if copies > 1 else prompt_index].sum())
-            samples.append(Sample(prompts[prompt_index], tok.decode(new, skip_special_tokens=True), prompt_tokens, len(new), seconds, stopped))
+            samples.append(
+                Sample(
+                    prompts[prompt_index],
+                    tok.decode(new, skip_special_tokens=True),
+                    prompt_tokens,
+                    len(new),
+                    seconds,
+                    stopped,
+                )
+            )
         return samples
 
 
@@ -269,9 +210,6 @@ def generate(model_or_dir, prompts, xla: bool = True, **options) -> list[str]:
     else:
         key = (str(model_or_dir), xla)
         if key not in _GENERATORS:
-            from tfclm.modeling import load_trained
-
             _GENERATORS[key] = Generator(*load_trained(str(model_or_dir), key="model_or_dir"), xla=xla)
         generator = _GENERATORS[key]
     return [sample.text for sample in generator(list(prompts), **options)]
-

@@ -1,12 +1,24 @@
-"""Atomic file output: write a temporary file beside the target, then rename.
+"""File output that a crash cannot half-write, and the path rules every input shares.
 
-A run that is killed mid-write leaves either the old file or the new one,
-never half of one.
+Every file tfclm writes goes to a temporary name beside its target and is
+renamed into place, so a run killed mid-write leaves the old file or the new
+one, never half of one.
 """
+
 import json
 import os
 import shutil
 import tempfile
+
+# mkstemp creates files readable by their owner only; tfclm's outputs should
+# get the same permissions as any other file the user creates.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def looks_local(name: str) -> bool:
+    """True for a path on this machine (existing, or written like one); False for a Hub id such as `user/name`."""
+    return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -18,6 +30,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -8,6 +8,7 @@ safetensors) into PyTorch's names and layouts, loadable by
 XLA-compiled `generate` signature, servable with no transformers at all.
 Neither touches the model directory it reads.
 """
+
 import json
 import os
 import re
@@ -16,10 +17,10 @@ import tempfile
 
 import numpy as np
 
-from tfclm.backend import load
+from tfclm.backend import tf
 from tfclm.errors import ConfigError
-
-tf, keras = load()
+from tfclm.generation.sampling import SamplingLogitsProcessor
+from tfclm.model.loading import load_trained, n_positions
 
 SUPPORTED = ("gpt2",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
@@ -32,7 +33,10 @@ def _check_output(output: str, force: bool) -> None:
 
 def _check_architecture(model) -> None:
     if model.config.model_type not in SUPPORTED:
-        raise ConfigError("--model", f"exporting {model.config.model_type!r} models is not supported yet; supported: {', '.join(SUPPORTED)}")
+        raise ConfigError(
+            "--model",
+            f"exporting {model.config.model_type!r} models is not supported yet; supported: {', '.join(SUPPORTED)}",
+        )
 
 
 def _replace_dir(staging: str, output: str) -> None:
@@ -72,8 +76,6 @@ def pytorch_state_dict(model) -> dict:
 def to_pytorch(model_dir: str, output: str, force: bool = False) -> str:
     from safetensors.numpy import save_file
 
-    from tfclm.modeling import load_trained
-
     _check_output(output, force)
     model, _ = load_trained(model_dir)
     _check_architecture(model)
@@ -109,7 +111,17 @@ class ServingModule(tf.Module):
     changes the likeliest token.
     """
 
-    def __init__(self, lm, prompt_length: int, max_new_tokens: int, top_k: int, top_p: float, temperature: float, pad_id: int, eos_id: int):
+    def __init__(
+        self,
+        lm,
+        prompt_length: int,
+        max_new_tokens: int,
+        top_k: int,
+        top_p: float,
+        temperature: float,
+        pad_id: int,
+        eos_id: int,
+    ):
         super().__init__()
         self.lm = lm
         self.prompt_length = prompt_length
@@ -122,27 +134,40 @@ class ServingModule(tf.Module):
         self._decode = tf.function(self._decode_all, jit_compile=True)
         self.generate = tf.function(
             self._generate,
-            input_signature=[prompts, prompts, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.bool), tf.TensorSpec([2], tf.int32)],
+            input_signature=[
+                prompts,
+                prompts,
+                tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.bool),
+                tf.TensorSpec([2], tf.int32),
+            ],
         )
 
     def _logits(self, input_ids, attention_mask):
-        return {"logits": tf.cast(self.lm(input_ids=input_ids, attention_mask=attention_mask, training=False).logits, tf.float32)}
+        return {
+            "logits": tf.cast(
+                self.lm(input_ids=input_ids, attention_mask=attention_mask, training=False).logits, tf.float32
+            )
+        }
 
     def _decode_all(self, input_ids, attention_mask, do_sample, seed):
-        from tfclm.generation import SamplingLogitsProcessor
-
         top_k, top_p, temperature = self._sampling
         sampler = SamplingLogitsProcessor(top_k, top_p, temperature, seed, self.prompt_length, enabled=do_sample)
         pad_id, eos_id = self._ids
         return self.lm.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=self.max_new_tokens, do_sample=False,
-            logits_processor=[sampler], pad_token_id=pad_id, eos_token_id=eos_id,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            logits_processor=[sampler],
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
         )
 
     def _generate(self, input_ids, attention_mask, max_new_tokens, do_sample, seed):
         sequences = self._decode(input_ids, attention_mask, do_sample, seed)
         keep = self.prompt_length + tf.minimum(max_new_tokens, self.max_new_tokens)
-        return {"sequences": sequences[:, :keep], "new_tokens": sequences[:, self.prompt_length:keep]}
+        return {"sequences": sequences[:, :keep], "new_tokens": sequences[:, self.prompt_length : keep]}
 
 
 SERVING_README = """# {name}: a SavedModel of a tfclm causal LM
@@ -168,29 +193,52 @@ Serve it with TF Serving (`tensorflow_model_server --rest_api_port=8501 --model_
 """
 
 
-def to_saved_model(model_dir: str, output: str, force: bool = False, prompt_length: int = 64, max_new_tokens: int = 64, top_k: int = 50, top_p: float = 0.95, temperature: float = 1.0) -> str:
-    from tfclm.modeling import load_trained, n_positions
-
+def to_saved_model(
+    model_dir: str,
+    output: str,
+    force: bool = False,
+    prompt_length: int = 64,
+    max_new_tokens: int = 64,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    temperature: float = 1.0,
+) -> str:
     _check_output(output, force)
     model, tokenizer = load_trained(model_dir)
     _check_architecture(model)
     limit = n_positions(model)
     if limit is not None and prompt_length + max_new_tokens > limit:
-        raise ConfigError("--max-new-tokens", f"--prompt-length {prompt_length} plus --max-new-tokens {max_new_tokens} exceed the model's {limit} positions; lower either")
+        raise ConfigError(
+            "--max-new-tokens",
+            f"--prompt-length {prompt_length} plus --max-new-tokens {max_new_tokens} exceed the model's {limit} positions; lower either",
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    module = ServingModule(model, prompt_length, max_new_tokens, top_k, top_p, temperature, pad_id, tokenizer.eos_token_id)
+    module = ServingModule(
+        model, prompt_length, max_new_tokens, top_k, top_p, temperature, pad_id, tokenizer.eos_token_id
+    )
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
     try:
-        signatures = {"logits": module.logits.get_concrete_function(), "generate": module.generate.get_concrete_function()}
+        signatures = {
+            "logits": module.logits.get_concrete_function(),
+            "generate": module.generate.get_concrete_function(),
+        }
         tf.saved_model.save(module, staging, signatures=signatures)
         _copy_tokenizer(model_dir, staging)
         example = [pad_id] * (prompt_length - 2) + [1, 2]
         readme = SERVING_README.format(
-            name=os.path.basename(os.path.abspath(output)), vocab=model.config.vocab_size, prompt_length=prompt_length, max_new_tokens=max_new_tokens,
-            top_k=top_k, top_p=top_p, temperature=temperature, pad_id=pad_id, eos_id=tokenizer.eos_token_id,
-            example_ids=", ".join(map(str, example)), example_mask=", ".join("1" if i >= prompt_length - 2 else "0" for i in range(prompt_length)),
+            name=os.path.basename(os.path.abspath(output)),
+            vocab=model.config.vocab_size,
+            prompt_length=prompt_length,
+            max_new_tokens=max_new_tokens,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            pad_id=pad_id,
+            eos_id=tokenizer.eos_token_id,
+            example_ids=", ".join(map(str, example)),
+            example_mask=", ".join("1" if i >= prompt_length - 2 else "0" for i in range(prompt_length)),
         )
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(readme)

@@ -8,15 +8,20 @@ partial block is dropped, and the count is reported. Unpacked
 (`data.pack: false`), each document is one example, truncated or padded to
 `block_size`, with the padding masked out of the labels.
 """
-import hashlib
-import json
-import os
-from dataclasses import dataclass
-from typing import Iterable, Iterator
 
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tfclm.errors import ConfigError
+from tfclm.files import atomic_write_bytes
 
 
 @dataclass
@@ -42,7 +47,6 @@ def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
 
 def tokenize(texts: list[str], tokenizer, num_proc: int = 1, desc: str = "tokenizing"):
     """A `datasets.Dataset` with one row of token ids per document, EOS appended."""
-    import datasets
 
     def encode(batch):
         return {"input_ids": encode_documents(tokenizer, batch["text"])}
@@ -55,9 +59,6 @@ def tokenize(texts: list[str], tokenizer, num_proc: int = 1, desc: str = "tokeni
 
 def flat_tokens(tokenized) -> np.ndarray:
     """Every token of every document, in order, as one int32 array (no Python loop over tokens)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     column = tokenized.data.column("input_ids")
     if column.num_chunks == 0:
         return np.zeros(0, dtype=np.int32)
@@ -65,7 +66,14 @@ def flat_tokens(tokenized) -> np.ndarray:
     return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.int32)
 
 
-def pack(tokens: np.ndarray, block_size: int, documents: int, name: str = "data", keep_remainder: bool = False, pad_id: int = 0) -> Blocks:
+def pack(
+    tokens: np.ndarray,
+    block_size: int,
+    documents: int,
+    name: str = "data",
+    keep_remainder: bool = False,
+    pad_id: int = 0,
+) -> Blocks:
     """Cut `tokens` into blocks. `keep_remainder` pads the final partial block
     (masked out) instead of dropping it: evaluation should count every token."""
     n_full = len(tokens) // block_size
@@ -100,7 +108,15 @@ def pad_documents(rows: Iterable[list[int]], block_size: int, pad_id: int = 0) -
     return Blocks(ids, len(rows), tokens, dropped, mask)
 
 
-def build_blocks(texts: list[str], tokenizer, block_size: int, num_proc: int = 1, name: str = "data", keep_remainder: bool = False, pack_documents: bool = True) -> Blocks:
+def build_blocks(
+    texts: list[str],
+    tokenizer,
+    block_size: int,
+    num_proc: int = 1,
+    name: str = "data",
+    keep_remainder: bool = False,
+    pack_documents: bool = True,
+) -> Blocks:
     tokenized = tokenize(texts, tokenizer, num_proc, f"tokenizing {name}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if not pack_documents:
@@ -133,10 +149,9 @@ def save_blocks(path: str, blocks: dict[str, Blocks]) -> None:
         if b.attention_mask is not None:
             arrays[f"{name}_mask"] = b.attention_mask
         arrays[f"{name}_counts"] = np.array([b.documents, b.tokens, b.dropped], dtype=np.int64)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_blocks(path: str, names: tuple[str, ...]) -> dict[str, Blocks]:
@@ -150,7 +165,13 @@ def load_blocks(path: str, names: tuple[str, ...]) -> dict[str, Blocks]:
 
 
 def stream_blocks(
-    texts: Iterable[str], tokenizer, block_size: int, pack_documents: bool = True, keep_remainder: bool = False, chunk: int = 256, progress=None
+    texts: Iterable[str],
+    tokenizer,
+    block_size: int,
+    pack_documents: bool = True,
+    keep_remainder: bool = False,
+    chunk: int = 256,
+    progress=None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, mask) blocks from a stream of documents, with memory bounded by one chunk of documents.
 
@@ -174,8 +195,8 @@ def stream_blocks(
         carry = np.concatenate([carry, *(np.asarray(r, dtype=np.int32) for r in rows)])
         n = len(carry) // block_size
         for i in range(n):
-            yield carry[i * block_size:(i + 1) * block_size], full_mask
-        carry = carry[n * block_size:]
+            yield carry[i * block_size : (i + 1) * block_size], full_mask
+        carry = carry[n * block_size :]
 
     for text in texts:
         batch.append(text)

@@ -4,56 +4,56 @@ config -> documents -> tokenizer -> packed blocks -> tf.data -> model and
 optimizer -> Keras fit with callbacks (checkpoints, resume) -> evaluation ->
 save -> sample -> results.json.
 """
+
 import dataclasses
-import math
+import hashlib
+import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+
+import datasets
+import transformers
 
 from tfclm import config as config_lib
-from tfclm import io
-from tfclm.backend import load
-from tfclm.data import prepare
+from tfclm import files
+from tfclm.backend import keras, tf
+from tfclm.data.pipeline import make_dataset, stream_dataset
+from tfclm.data.prepare import prepare
 from tfclm.errors import ConfigError, TfclmError
+from tfclm.evaluation.perplexity import evaluate_loss
+from tfclm.generation.generator import generate_samples
+from tfclm.hub.callback import PushToHubCallback
+from tfclm.hub.uploads import DEFAULT_IGNORE
+from tfclm.model.loading import load_model
+from tfclm.training.callbacks import (
+    PerplexityCallback,
+    SampleTextCallback,
+    StepHistory,
+    StopAfterSteps,
+    StopOnNonFiniteLoss,
+    ThroughputCallback,
+)
+from tfclm.training.checkpoints import CheckpointCallback, Checkpoints, check_resumable
+from tfclm.training.curves import FILENAME, plot_training_curves
+from tfclm.training.distribute import WorkerDirs, make_strategy, shard_by_data
+from tfclm.training.optimizer import make_optimizer
+from tfclm.training.plan import plan_steps
+from tfclm.training.trainer import CausalLMTrainer, resolve_jit_compile, set_precision
 
-tf, keras = load()
+logger = logging.getLogger(__name__)
 
 RESULTS_FILENAME = "results.json"
 
 
 def _versions() -> dict:
-    import datasets
-    import transformers
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "tf_keras": keras.__version__, "transformers": transformers.__version__, "datasets": datasets.__version__}
-
-
-@dataclass
-class Plan:
-    """Optimizer steps and the micro-batches Keras sees (accumulation_steps of them per optimizer step)."""
-
-    total_steps: int
-    steps_per_epoch: int | None  # optimizer steps; None for a stream
-    accumulation: int
-
-    def epochs_needed(self) -> int:
-        return math.ceil(self.total_steps / self.steps_per_epoch) if self.steps_per_epoch else 1
-
-
-def plan_steps(n_blocks: int | None, config: config_lib.Config, replicas: int = 1) -> Plan:
-    train, accumulation = config.train, config.train.gradient_accumulation_steps
-    if n_blocks is None:  # a stream: only max_steps bounds it
-        return Plan(train.max_steps, None, accumulation)
-    per_epoch = n_blocks // (train.batch_size * replicas) // accumulation
-    if per_epoch == 0:
-        raise ConfigError(
-            "train.batch_size",
-            f"the training text makes {n_blocks} blocks of {config.data.block_size} tokens, fewer than one step of "
-            f"{train.batch_size} x {replicas} replica(s) x {accumulation} blocks; lower train.batch_size, train.gradient_accumulation_steps or data.block_size, or add text",
-        )
-    total = per_epoch * train.epochs if train.max_steps is None else min(per_epoch * train.epochs, train.max_steps)
-    return Plan(total, per_epoch, accumulation)
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tf_keras": keras.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+    }
 
 
 def _nan_message(step: int, value: float, config: config_lib.Config, saved: list[int]) -> str:
@@ -62,7 +62,11 @@ def _nan_message(step: int, value: float, config: config_lib.Config, saved: list
         causes.append("no gradient clipping (set train.clipnorm: 1.0)")
     if config.train.precision == "fp16":
         causes.append("fp16 overflow (try precision bf16 or fp32)")
-    kept = f"the last good checkpoint (step {saved[-1]}) is kept in {config.output_dir}/checkpoints; rerun to resume from it" if saved else "no checkpoint was saved before it"
+    kept = (
+        f"the last good checkpoint (step {saved[-1]}) is kept in {config.output_dir}/checkpoints; rerun to resume from it"
+        if saved
+        else "no checkpoint was saved before it"
+    )
     return f"train: the loss became {value} at optimizer step {step}, so training stopped; likely causes: {'; '.join(causes)}; {kept}"
 
 
@@ -72,27 +76,28 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
     Rerunning the same config on the same output dir resumes from its latest
     checkpoint; a finished run is not trained again unless `overwrite`.
     """
-    from tfclm.checkpoints import check_resumable
-    from tfclm.distribute import WorkerDirs, make_strategy
-    from tfclm.engine import set_precision
 
     config_lib.validate(config)
     # Multi-worker strategies must exist before any other TensorFlow work.
     strategy, described = make_strategy(config.train.strategy, config.train.tpu)
     if strategy.num_replicas_in_sync > 1 and config.train.gradient_accumulation_steps > 1:
-        raise ConfigError("train.gradient_accumulation_steps", f"works with one replica, and this run has {strategy.num_replicas_in_sync}; set it to 1 and raise train.batch_size or the replicas instead")
+        raise ConfigError(
+            "train.gradient_accumulation_steps",
+            f"works with one replica, and this run has {strategy.num_replicas_in_sync}; set it to 1 and raise train.batch_size or the replicas instead",
+        )
     out = config.output_dir
     dirs = WorkerDirs(out)
     if dirs.chief:
         check_resumable(out, dataclasses.asdict(config), overwrite)
         os.makedirs(out, exist_ok=True)
-        io.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
+        files.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
     keras.utils.set_random_seed(config.train.seed)
+    callers_policy = keras.mixed_precision.global_policy()
     policy = set_precision(config.train.precision)
     try:
         return _fit(config, verbose, policy, strategy, described, dirs)
     finally:
-        keras.mixed_precision.set_global_policy("float32")  # the policy is global: leave the process as it was
+        keras.mixed_precision.set_global_policy(callers_policy)  # the policy is process-wide: leave the caller's
         dirs.cleanup()
 
 
@@ -106,16 +111,21 @@ def _sample_options(config: config_lib.Config) -> tuple[list, dict]:
 
 def _logging_callbacks(config: config_lib.Config, tokenizer) -> list:
     """TensorBoard scalars and samples during training, as the `logging:` section asks."""
-    from tfclm.callbacks import SampleTextCallback
 
     log = config.logging
     log_dir = os.path.join(config.output_dir, "logs") if log.tensorboard else None
     callbacks = []
     if log.sample_every_n_epochs:
         prompts, options = _sample_options(config)
-        callbacks.append(SampleTextCallback(tokenizer, prompts, every_n_epochs=log.sample_every_n_epochs, log_dir=log_dir, **options))
+        callbacks.append(
+            SampleTextCallback(tokenizer, prompts, every_n_epochs=log.sample_every_n_epochs, log_dir=log_dir, **options)
+        )
     if log_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=log.every_n_steps, write_graph=False, profile_batch=0))
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                log_dir=log_dir, update_freq=log.every_n_steps, write_graph=False, profile_batch=0
+            )
+        )
     return callbacks
 
 
@@ -124,18 +134,22 @@ def _hub_callback(config: config_lib.Config, tokenizer):
     hub = config.hub
     if not hub.push:
         return None
-    from tfclm.hub import DEFAULT_IGNORE, PushToHubCallback
 
     ignore = tuple(p for p in DEFAULT_IGNORE if not (hub.checkpoint and p.startswith("checkpoints")))
     return PushToHubCallback(
-        config.output_dir, save_strategy=hub.save_strategy, save_steps=hub.save_steps, tokenizer=tokenizer, hub_model_id=hub.model_id,
-        private=hub.private, max_retries=hub.max_retries, push_at_train_end=False, ignore_patterns=ignore,
+        config.output_dir,
+        save_strategy=hub.save_strategy,
+        save_steps=hub.save_steps,
+        tokenizer=tokenizer,
+        hub_model_id=hub.model_id,
+        private=hub.private,
+        max_retries=hub.max_retries,
+        push_at_train_end=False,
+        ignore_patterns=ignore,
     )
 
 
 def _weights_digest(model) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for variable in model.weights:
         digest.update(variable.numpy().tobytes())
@@ -143,14 +157,6 @@ def _weights_digest(model) -> str:
 
 
 def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, described: str, dirs) -> dict:
-    from tfclm.callbacks import PerplexityCallback, StepHistory, StopAfterSteps, StopOnNonFiniteLoss, ThroughputCallback
-    from tfclm.checkpoints import CheckpointCallback, Checkpoints
-    from tfclm.engine import CausalLMTrainer, resolve_jit_compile
-    from tfclm.evaluate import evaluate_loss
-    from tfclm.generation import generate_samples
-    from tfclm.modeling import load_model, make_optimizer
-    from tfclm.distribute import shard_by_data
-    from tfclm.pipeline import make_dataset, stream_dataset
 
     out, data, train = config.output_dir, config.data, config.train
     chief = dirs.chief
@@ -164,10 +170,14 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     eval_ds = shard_by_data(
         stream_dataset(config, tokenizer, "validation", config.evaluate.batch_size, shuffle=False)
         if data.streaming
-        else make_dataset(train.pipeline, prepared.validation, config.evaluate.batch_size, False, train.seed, model, tokenizer)
+        else make_dataset(
+            train.pipeline, prepared.validation, config.evaluate.batch_size, False, train.seed, model, tokenizer
+        )
     )
     params = int(sum(v.shape.num_elements() for v in model.trainable_variables))
-    print(f"model: {type(model).__name__}, {params:,} parameters, {policy} precision; strategy {described}, global batch {train.batch_size} x {replicas} = {batch_size}")
+    logger.info(
+        f"model: {type(model).__name__}, {params:,} parameters, {policy} precision; strategy {described}, global batch {train.batch_size} x {replicas} = {batch_size}"
+    )
 
     jit = resolve_jit_compile(train.jit_compile)
     with strategy.scope():
@@ -177,20 +187,35 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     checkpoints = Checkpoints(dirs.work_dir, model, trainer.optimizer, restore_dir=out)
     start = checkpoints.restore()
     if start:
-        print(f"resuming from the checkpoint at optimizer step {start:,} of {plan.total_steps:,} ({checkpoints.latest})")
+        logger.info(
+            f"resuming from the checkpoint at optimizer step {start:,} of {plan.total_steps:,} ({checkpoints.latest})"
+        )
     if chief and start >= plan.total_steps and os.path.exists(os.path.join(out, RESULTS_FILENAME)):
-        raise ConfigError("output_dir", f"{out!r} already holds a finished run ({start:,} steps, results.json); use a new --output-dir, or --overwrite to train again")
+        raise ConfigError(
+            "output_dir",
+            f"{out!r} already holds a finished run ({start:,} steps, results.json); use a new --output-dir, or --overwrite to train again",
+        )
 
     before = evaluate_loss(model, eval_ds) if chief and config.evaluate.before_training and not start else None
     if before:
-        print(f"before training: eval loss {before['loss']:.4f}, perplexity {before['perplexity']:,.2f}")
+        logger.info(f"before training: eval loss {before['loss']:.4f}, perplexity {before['perplexity']:,.2f}")
 
     micro = plan.accumulation
     if data.streaming:
         train_ds = stream_dataset(config, tokenizer, "train", batch_size, shuffle=True).skip(start * micro)
         micro_per_epoch, initial_epoch, epochs = None, 0, train.epochs
     else:
-        train_ds = make_dataset(train.pipeline, prepared.train, batch_size, True, train.seed, model, tokenizer, plan.epochs_needed(), start * micro)
+        train_ds = make_dataset(
+            train.pipeline,
+            prepared.train,
+            batch_size,
+            True,
+            train.seed,
+            model,
+            tokenizer,
+            plan.epochs_needed(),
+            start * micro,
+        )
         # A run shorter than one epoch gets a progress bar of its own length.
         micro_per_epoch = min(plan.steps_per_epoch, plan.total_steps) * micro
         initial_epoch, epochs = start // plan.steps_per_epoch, plan.epochs_needed()
@@ -201,13 +226,20 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     saver = CheckpointCallback(checkpoints, train.checkpoint_steps, plan.steps_per_epoch)
     steps = StepHistory(config.logging.every_n_steps)
     # Order matters: what adds to the logs comes before what writes them out.
-    callbacks = [throughput, PerplexityCallback(), steps, guard, saver, StopAfterSteps((plan.total_steps - start) * micro)]
+    callbacks = [
+        throughput,
+        PerplexityCallback(),
+        steps,
+        guard,
+        saver,
+        StopAfterSteps((plan.total_steps - start) * micro),
+    ]
     if chief:
         callbacks += _logging_callbacks(config, tokenizer)
     pusher = _hub_callback(config, tokenizer) if chief else None
     if pusher is not None:
         callbacks.append(pusher)
-    print(
+    logger.info(
         f"training: {plan.total_steps - start:,} optimizer steps of {batch_size} x {micro} x {data.block_size} = "
         f"{tokens_per_micro * micro:,} tokens, {'XLA' if jit else 'no XLA'}"
     )
@@ -215,38 +247,51 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     history = None
     if start < plan.total_steps:
         history = trainer.fit(
-            train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=micro_per_epoch, callbacks=callbacks,
+            train_ds,
+            validation_data=eval_ds,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=micro_per_epoch,
+            callbacks=callbacks,
             verbose=verbose if verbose is not None else (1 if os.isatty(1) else 2),
         )
     train_seconds = time.perf_counter() - started
     optimizer_steps = int(trainer.optimizer.iterations.numpy())
     if guard.stopped_at is not None:
-        raise TfclmError(_nan_message(optimizer_steps, guard.value, config, [start, *saver.saved] if start else saver.saved))
+        raise TfclmError(
+            _nan_message(optimizer_steps, guard.value, config, [start, *saver.saved] if start else saver.saved)
+        )
     if not saver.saved or saver.saved[-1] != optimizer_steps:
         checkpoints.save(optimizer_steps)  # the finish line, so a rerun knows this run is done
 
     if not chief:
         # A worker's results are the chief's; this line lets a launcher check the replicas agree.
         digest = _weights_digest(model)
-        print(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {digest}")
+        logger.info(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {digest}")
         return {"train_steps": optimizer_steps, "weights_sha256": digest}
     after = evaluate_loss(model, eval_ds)
-    print(f"after training: eval loss {after['loss']:.4f}, perplexity {after['perplexity']:,.2f}")
+    logger.info(f"after training: eval loss {after['loss']:.4f}, perplexity {after['perplexity']:,.2f}")
     # Saved before sampling: whatever happens next, the trained model is on disk.
-    io.save_pretrained_atomic([model, tokenizer], out)
+    files.save_pretrained_atomic([model, tokenizer], out)
 
     prompts, options = _sample_options(config)
     # One call: compiling it with XLA would cost more than it saves.
     samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
     for sample in samples:
-        print(f"sample ({sample.new_tokens} new tokens{', ended at EOS' if sample.stopped_at_eos else ''}): {sample.text!r}")
+        logger.info(
+            f"sample ({sample.new_tokens} new tokens{', ended at EOS' if sample.stopped_at_eos else ''}): {sample.text!r}"
+        )
 
     logged = history.history if history else {}
     if config.logging.curves and logged.get("loss"):
-        from tfclm.curves import FILENAME, plot_training_curves
-
         # Step points count micro-batches; the curve's x axis counts optimizer steps.
-        plot_training_curves(os.path.join(out, FILENAME), logged, [start + s // micro for s in steps.steps], steps.history.get("loss"), plan.steps_per_epoch)
+        plot_training_curves(
+            os.path.join(out, FILENAME),
+            logged,
+            [start + s // micro for s in steps.steps],
+            steps.history.get("loss"),
+            plan.steps_per_epoch,
+        )
     results = {
         "train_loss": float(logged["loss"][-1]) if logged.get("loss") else None,
         "eval_loss": after["loss"],
@@ -272,10 +317,10 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
         "samples": [dataclasses.asdict(s) for s in samples],
         "versions": _versions(),
     }
-    io.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
+    files.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
     if pusher is not None:
         pusher.push_final(config=dataclasses.asdict(config), results=results, save=False)
-    print(
+    logger.info(
         f"done: {optimizer_steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} tokens in {train_seconds:,.1f} s "
         f"({throughput.tokens_per_second:,.0f} tokens/s); perplexity "
         f"{before['perplexity'] if before else float('nan'):,.2f} -> {after['perplexity']:,.2f}; saved to {out}"

@@ -1,0 +1,175 @@
+"""The package's shape: import directions between stages, module sizes, a fast --help, the public API."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = os.path.join(ROOT, "tfclm")
+
+# Importer prefix -> what it must never import. Earlier stages never import later ones.
+FORBIDDEN = {
+    "tfclm.config": ("tfclm.data", "tfclm.model", "tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub"),
+    "tfclm.data": ("tfclm.model", "tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub", "tfclm.cli"),
+    "tfclm.model": ("tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub", "tfclm.cli"),
+    "tfclm.evaluation": ("tfclm.training", "tfclm.generation", "tfclm.hub", "tfclm.cli"),
+    "tfclm.generation": ("tfclm.training", "tfclm.evaluation", "tfclm.hub", "tfclm.cli"),
+    "tfclm.training.callbacks": ("tfclm.config", "tfclm.cli"),
+    "tfclm.hub": ("tfclm.cli", "tfclm.training.run", "tfclm.training.trainer"),
+    "tfclm.training": ("tfclm.cli",),
+}
+
+
+def module_name(root: str, path: str) -> str:
+    relative = os.path.relpath(path, os.path.dirname(root))[: -len(".py")].replace(os.sep, ".")
+    return relative.removesuffix(".__init__")
+
+
+def imported_modules(path: str) -> set[str]:
+    """Every module a file imports, at the top or inside functions."""
+    names = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), filename=path)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def forbidden_imports(root: str) -> list[str]:
+    """'importer -> imported' for every import that goes against the stages' direction."""
+    found = []
+    for directory, _, filenames in os.walk(root):
+        for filename in sorted(filenames):
+            if not filename.endswith(".py"):
+                continue
+            path = os.path.join(directory, filename)
+            importer = module_name(root, path)
+            for prefix, banned in FORBIDDEN.items():
+                if importer == prefix or importer.startswith(prefix + "."):
+                    for name in sorted(imported_modules(path)):
+                        if any(name == b or name.startswith(b + ".") for b in banned):
+                            found.append(f"{importer} -> {name}")
+    return sorted(set(found))
+
+
+def test_stages_import_only_earlier_stages():
+    assert forbidden_imports(PACKAGE) == []
+
+
+def test_the_import_check_catches_a_forbidden_import(tmp_path):
+    data = tmp_path / "tfclm" / "data"
+    data.mkdir(parents=True)
+    (data / "packing.py").write_text("import numpy\n\ndef f():\n    from tfclm.training.run import fit\n")
+    (tmp_path / "tfclm" / "generation").mkdir()
+    (tmp_path / "tfclm" / "generation" / "x.py").write_text("from tfclm.data import packing\nimport tfclm.training\n")
+    assert forbidden_imports(str(tmp_path / "tfclm")) == [
+        "tfclm.data.packing -> tfclm.training.run",
+        "tfclm.data.packing -> tfclm.training.run.fit",
+        "tfclm.generation.x -> tfclm.training",
+    ]
+
+
+def test_top_level_is_small_and_no_module_is_long():
+    top = sorted(name for name in os.listdir(PACKAGE) if name.endswith(".py") and name != "__init__.py")
+    assert len(top) <= 6, top
+    long = []
+    for directory, _, filenames in os.walk(PACKAGE):
+        for filename in filenames:
+            if filename.endswith(".py"):
+                path = os.path.join(directory, filename)
+                lines = sum(1 for _ in open(path, encoding="utf-8"))
+                if lines > 350:
+                    long.append((os.path.relpath(path, ROOT), lines))
+    assert long == []
+
+
+def test_tensorflow_is_loaded_in_one_place():
+    """Every module gets TensorFlow and Keras from tfclm.backend; only backend imports them itself."""
+    direct = []
+    for directory, _, filenames in os.walk(PACKAGE):
+        for filename in filenames:
+            path = os.path.join(directory, filename)
+            if filename.endswith(".py") and module_name(PACKAGE, path) != "tfclm.backend":
+                direct += [f"{module_name(PACKAGE, path)}: {name}" for name in imported_modules(path) if name.split(".")[0] in ("tensorflow", "tf_keras", "keras")]
+    assert direct == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["config"]])
+def test_help_does_not_import_tensorflow(args):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tfclm", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "tfclm.cli" in imported and "click" in imported  # the import log is what it claims to be
+    assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "tf_keras", "transformers")}
+
+
+def test_public_api():
+    import tfclm
+    from tfclm.callbacks import (  # noqa: F401
+        CheckpointCallback,
+        PerplexityCallback,
+        PushToHubCallback,
+        SampleTextCallback,
+        StepHistory,
+        StopAfterSteps,
+        StopOnNonFiniteLoss,
+        ThroughputCallback,
+    )
+    from tfclm.config import Config, load_config  # noqa: F401
+
+    assert callable(tfclm.fit) and callable(tfclm.generate)
+    assert tfclm.callbacks.PerplexityCallback is PerplexityCallback
+    for name in tfclm.callbacks.__all__:
+        assert issubclass(getattr(tfclm.callbacks, name), tfclm.backend.keras.callbacks.Callback), name
+    # Importing the run module must not replace the public function (the old tfclm/fit.py did).
+    import tfclm.training.run  # noqa: F401
+
+    assert callable(tfclm.fit) and tfclm.fit.__module__ == "tfclm"
+
+
+def test_readme_config_table_is_the_generated_one():
+    from tfclm.config.reference import readme_table, render_markdown
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert readme_table(readme) == render_markdown()
+
+
+def test_config_command_prints_every_key_and_resolved_values(tmp_path):
+    from conftest import RECIPE_CONFIG, run_cli
+    from tfclm.config.reference import rows
+
+    keys = [key for key, *_ in rows()]
+    assert len(keys) == 59 and "train.gradient_accumulation_steps" in keys and "logging.curves" in keys
+    defaults = run_cli(["config"])
+    assert defaults.exit_code == 0
+    assert [line.split()[0] for line in defaults.stdout.splitlines()] == keys
+    resolved = run_cli(["config", "--config", RECIPE_CONFIG, "--set", "train.epochs=1"])
+    lines = {line.split()[0]: line.split()[1] for line in resolved.stdout.splitlines()}
+    assert lines["model.name_or_path"] == "distilbert/distilgpt2" and lines["train.epochs"] == "1"
+    bad = run_cli(["config", "--config", RECIPE_CONFIG, "--set", "train.epoch=1"])
+    assert bad.exit_code == 2 and "train.epoch: unknown key" in bad.output
+
+
+def test_library_lines_go_to_the_tfclm_logger(caplog, tmp_path):
+    import logging
+
+    from tfclm.data.tokenizer import trained_tokenizer
+
+    with caplog.at_level(logging.INFO, logger="tfclm"):
+        trained_tokenizer(["the list type holds items"] * 4, 270, str(tmp_path / "cache"))
+    assert [r.name for r in caplog.records] == ["tfclm.data.tokenizer"]
+    assert caplog.records[0].getMessage().startswith("tokenizer: trained a byte-level BPE of 270 tokens")
+    caplog.clear()
+    logging.getLogger("tfclm").setLevel(logging.WARNING)  # how a Python user quiets tfclm
+    try:
+        with caplog.at_level(logging.NOTSET):
+            trained_tokenizer(["the list type holds items"] * 4, 270, str(tmp_path / "cache"))
+    finally:
+        logging.getLogger("tfclm").setLevel(logging.NOTSET)
+    assert caplog.records == []

@@ -1,0 +1,43 @@
+"""The run configuration: typed dataclasses filled from YAML, overrides and flags, then checked.
+
+Holds `schema` (sections and keys, with help text), `loading` (YAML, `--set`,
+flags), `checks` (ranges and combinations) and `reference` (the key table).
+Imports nothing from the other stages.
+"""
+
+from tfclm.config.checks import generation_problems, validate
+from tfclm.config.loading import from_dict, load_config, parse_override, read_yaml, to_yaml
+from tfclm.config.schema import (
+    CONFIG_FILENAME,
+    Config,
+    DataConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    GenerationOptions,
+    HubConfig,
+    LoggingConfig,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "Config",
+    "DataConfig",
+    "EvaluateConfig",
+    "GenerateConfig",
+    "GenerationOptions",
+    "HubConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "from_dict",
+    "generation_problems",
+    "load_config",
+    "parse_override",
+    "read_yaml",
+    "to_yaml",
+    "validate",
+]

@@ -1,0 +1,131 @@
+"""Checks that need more than a type: ranges and combinations of keys."""
+
+from tfclm.errors import ConfigError
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def generation_problems(options) -> list[tuple[str, str]]:
+    """(key, message) for each decoding option out of range; `options` has GenerateConfig's fields."""
+    o = options
+    checks = [
+        (o.max_new_tokens >= 0, "max_new_tokens", f"must be 0 or more, got {o.max_new_tokens}"),
+        (o.min_new_tokens >= 0, "min_new_tokens", f"must be 0 or more, got {o.min_new_tokens}"),
+        (
+            o.min_new_tokens <= o.max_new_tokens,
+            "min_new_tokens",
+            f"({o.min_new_tokens}) must not exceed max_new_tokens ({o.max_new_tokens})",
+        ),
+        (o.top_k >= 0, "top_k", f"must be 0 (off) or more, got {o.top_k}"),
+        (0.0 < o.top_p <= 1.0, "top_p", f"must be in (0, 1], got {o.top_p}"),
+        (o.temperature > 0, "temperature", f"must be positive, got {o.temperature}"),
+        (o.num_beams >= 1, "num_beams", f"must be at least 1, got {o.num_beams}"),
+        (o.repetition_penalty > 0, "repetition_penalty", f"must be positive (1.0: off), got {o.repetition_penalty}"),
+        (o.num_return_sequences >= 1, "num_return_sequences", f"must be at least 1, got {o.num_return_sequences}"),
+        (
+            o.do_sample or o.num_return_sequences <= o.num_beams,
+            "num_return_sequences",
+            "greedy decoding gives one sequence per prompt (num_beams at most); sample (--do-sample) or ask for fewer",
+        ),
+    ]
+    return [(key, message) for ok, key, message in checks if not ok]
+
+
+def validate(config) -> None:
+    """Checks that need more than a type: ranges and combinations of keys."""
+    data, model, train, gen = config.data, config.model, config.train, config.generate
+    _require(bool(config.output_dir), "output_dir", "must name a directory, such as runs/mine")
+    _require(bool(data.dataset), "data.dataset", "must name a Hub dataset, a local file or folder, or builtin:pydoc")
+    _require(bool(data.text_column), "data.text_column", "must name the text field, such as text or answers.text")
+    _require(data.block_size >= 2, "data.block_size", f"must be at least 2, got {data.block_size}")
+    if isinstance(data.validation_split, float):
+        _require(
+            0.0 < data.validation_split < 1.0,
+            "data.validation_split",
+            f"must be a fraction between 0 and 1 (such as 0.2), a split name or a file, got {data.validation_split}",
+        )
+    else:
+        _require(
+            bool(data.validation_split.strip()),
+            "data.validation_split",
+            "must be a fraction such as 0.2, a split name such as validation, or a file",
+        )
+    _require(
+        not data.streaming or config.train.max_steps is not None,
+        "train.max_steps",
+        "is required with data.streaming: true (a stream has no known length to plan the schedule by); set it, such as --max-steps 1000",
+    )
+    _require(data.num_proc >= 1, "data.num_proc", f"must be at least 1, got {data.num_proc}")
+    _require(
+        data.max_documents is None or data.max_documents >= 2,
+        "data.max_documents",
+        "must be at least 2 (one to train on, one to evaluate) or null",
+    )
+    _require(
+        config.tokenizer.vocab_size >= 260,
+        "tokenizer.vocab_size",
+        "must be at least 260 (the 256 bytes and the special tokens)",
+    )
+    _require(
+        (model.name_or_path is None) != (model.config is None),
+        "model",
+        "set exactly one of model.name_or_path (fine-tune a Hub id or directory) and model.config (train from scratch)",
+    )
+    if model.config is not None:
+        _require(
+            "model_type" in model.config, "model.config.model_type", "is missing; name the architecture, such as gpt2"
+        )
+    _require(train.batch_size >= 1, "train.batch_size", f"must be at least 1, got {train.batch_size}")
+    _require(train.learning_rate > 0, "train.learning_rate", f"must be positive, got {train.learning_rate}")
+    _require(train.weight_decay >= 0, "train.weight_decay", f"must be 0 or more, got {train.weight_decay}")
+    _require(0.0 <= train.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {train.warmup_ratio}")
+    _require(train.clipnorm is None or train.clipnorm > 0, "train.clipnorm", "must be positive or null")
+    _require(train.epochs >= 1, "train.epochs", f"must be at least 1, got {train.epochs}")
+    _require(
+        train.max_steps is None or train.max_steps >= 1,
+        "train.max_steps",
+        f"must be at least 1 or null, got {train.max_steps}",
+    )
+    _require(
+        train.gradient_accumulation_steps >= 1,
+        "train.gradient_accumulation_steps",
+        f"must be at least 1, got {train.gradient_accumulation_steps}",
+    )
+    _require(
+        train.checkpoint_steps is None or train.checkpoint_steps >= 1,
+        "train.checkpoint_steps",
+        "must be at least 1, or null for epoch ends only",
+    )
+    _require(
+        config.evaluate.batch_size >= 1, "evaluate.batch_size", f"must be at least 1, got {config.evaluate.batch_size}"
+    )
+    _require(
+        all(isinstance(p, str) and p for p in gen.prompts), "generate.prompts", "must be a list of non-empty strings"
+    )
+    _require(
+        config.logging.every_n_steps >= 1,
+        "logging.every_n_steps",
+        f"must be at least 1, got {config.logging.every_n_steps}",
+    )
+    _require(
+        config.logging.sample_every_n_epochs is None or config.logging.sample_every_n_epochs >= 1,
+        "logging.sample_every_n_epochs",
+        "must be at least 1, or null",
+    )
+    hub = config.hub
+    _require(
+        hub.save_strategy != "steps" or (hub.save_steps or 0) >= 1,
+        "hub.save_steps",
+        "must be at least 1 with hub.save_strategy: steps",
+    )
+    _require(hub.max_retries >= 0, "hub.max_retries", f"must be 0 or more, got {hub.max_retries}")
+    _require(
+        hub.model_id is None or hub.model_id.count("/") <= 1,
+        "hub.model_id",
+        f"{hub.model_id!r} is not a repo id; write it as user/name",
+    )
+    for key, message in generation_problems(gen):
+        raise ConfigError(f"generate.{key}", message)

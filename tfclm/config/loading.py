@@ -1,0 +1,167 @@
+"""Reading a config: YAML file, then `--set section.key=value` overrides, then explicit CLI flags.
+
+Later layers win. Unknown keys raise and list the valid ones; values of the
+wrong type name the key and the type it wants. The resolved config is
+written to `OUTPUT_DIR/tfclm.yaml`.
+"""
+
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, Literal, Optional
+
+import yaml
+
+from tfclm.config.checks import validate
+from tfclm.config.schema import Config
+from tfclm.errors import ConfigError
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+_TYPE_NAMES = {
+    bool: "a boolean (true/false)",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a mapping",
+    list: "a list",
+}
+
+
+def type_name(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(hint))
+    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(value: Any, hint, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg, key)
+                except ConfigError:
+                    pass
+    elif origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return _build(hint, value, key)
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML follows YAML 1.1, which reads 2e-5 (no dot) as a string.
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            return float(value)
+    elif hint is list:
+        if isinstance(value, list):
+            return value
+    elif isinstance(value, hint):
+        return value
+    raise ConfigError(
+        key,
+        f"must be {type_name(hint)}, got {value!r} ({type(value).__name__}); fix it in the YAML file or with --set {key}=...",
+    )
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(where, f"unknown key; valid keys{' in ' + prefix if prefix else ''} are: {', '.join(names)}")
+    values = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.batch_size=8` -> (["train", "batch_size"], 8); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", f"{text!r} is not of the form section.key=value, such as train.batch_size=8")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def _apply(raw: dict, path: list[str], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(
+            "--config", f"config file {path!r} not found; pass an existing YAML file, such as configs/default.yaml"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            "--config", f"{path!r} is a directory; pass a YAML file, such as configs/default.yaml"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError("--config", f"{path!r} is not valid YAML{where}: {problem}; fix the syntax there") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            "--config",
+            f"{path!r} must hold a mapping of sections (data:, model:, train: ...), not {type(raw).__name__}",
+        )
+    return raw
+
+
+def load_config(
+    path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = (), flags: Optional[dict] = None
+) -> Config:
+    """Build a validated Config from a YAML file, `--set` overrides and explicit flags.
+
+    `flags` maps dotted keys to values that the user gave explicitly on the
+    command line; they win over the file and the overrides.
+    """
+    raw = read_yaml(path) if path else {}
+    for text in overrides:
+        _apply(raw, *parse_override(text))
+    for key, value in (flags or {}).items():
+        _apply(raw, key.split("."), value)
+    config = _build(Config, raw)
+    validate(config)
+    return config
+
+
+def from_dict(raw: dict) -> Config:
+    config = _build(Config, raw)
+    validate(config)
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,177 @@
+"""The run configuration's sections and keys, each with its type, default and help text.
+
+The help text lives on the fields (`metadata["help"]`), so `python -m tfclm
+config` and the README's configuration table are rendered from one source.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from tfclm.config.checks import generation_problems
+from tfclm.errors import ConfigError
+
+CONFIG_FILENAME = "tfclm.yaml"
+
+
+def setting(default, help: str):
+    """A config key: its default and what it means."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = setting(
+        "builtin:pydoc",
+        (
+            "a Hub dataset id (eli5_category), a local .txt/.json/.jsonl/.csv/.parquet file, a folder of such files, "
+            "a folder written by save_to_disk, or builtin:pydoc"
+        ),
+    )
+    config_name: Optional[str] = setting(None, "the Hub dataset's configuration name")
+    split: str = setting("train", "split name with an optional slice: train[:5000], train[10%:]")
+    text_column: str = setting("text", 'the text field; a dotted path reaches into nested fields: "answers.text"')
+    text_template: Optional[str] = setting(
+        None, 'several fields in one document: "{title}\\n{answers.text}"; replaces text_column'
+    )
+    join_separator: str = setting(" ", "joins a list of strings (several answers) into one document")
+    txt_document: Literal["file", "paragraph", "line"] = setting(
+        "file", "what one document is in .txt files: a whole file, a blank-line paragraph, or a line"
+    )
+    validation_split: Union[float, str] = setting(
+        0.2,
+        'a seeded fraction of the documents (0.2), a split of the same dataset ("validation", "test[:500]"), or a file or folder',
+    )
+    max_documents: Optional[int] = setting(None, "keep only the first N distinct documents (quick runs)")
+    block_size: int = setting(128, "tokens per training example; at most the model's positions")
+    pack: bool = setting(True, "pack documents end to end; false: one document per example, padded or truncated")
+    streaming: bool = setting(False, "read and pack on the fly, for corpora larger than memory (needs train.max_steps)")
+    num_proc: int = setting(2, "tokenization processes; more than the cores only slows it")
+
+
+@dataclass
+class TokenizerConfig:
+    name_or_path: Optional[str] = setting(
+        None, "a tokenizer to use; default: the model's, or for a scratch model a BPE trained on the data"
+    )
+    vocab_size: int = setting(8192, "size of the byte-level BPE trained on the corpus for a scratch model")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: Optional[str] = setting(None, "Hub id or local directory to fine-tune (from_pretrained)")
+    config: Optional[dict] = setting(
+        None,
+        (
+            "transformers config fields, with model_type, to train from scratch (from_config); "
+            "set exactly one of the two"
+        ),
+    )
+    trust_remote_code: bool = setting(False, "allow a Hub model's own code; only when you opt in")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = setting(16, "blocks per replica per micro-batch")
+    learning_rate: float = setting(2e-5, "peak learning rate")
+    weight_decay: float = setting(0.01, "AdamW decay of weight matrices and embeddings (never of biases and norms)")
+    lr_schedule: Literal["constant", "linear", "cosine"] = setting("constant", "decay to 0 after the warm-up")
+    warmup_ratio: float = setting(0.0, "fraction of the optimizer steps spent warming up linearly")
+    clipnorm: Optional[float] = setting(None, "global gradient norm clipping")
+    epochs: int = setting(3, "passes over the training data")
+    max_steps: Optional[int] = setting(None, "stop after N optimizer steps (mid-epoch if need be)")
+    gradient_accumulation_steps: int = setting(1, "micro-batches of batch_size per optimizer step")
+    precision: Literal["fp32", "bf16", "fp16"] = setting(
+        "fp32",
+        "fp32, bf16 (mixed bfloat16: CPUs with bf16, GPUs, TPUs) or fp16 (mixed float16 with loss scaling, GPUs)",
+    )
+    jit_compile: Union[bool, Literal["auto"]] = setting(
+        "auto", "XLA for the train step: true, false, or auto (on GPU/TPU only)"
+    )
+    checkpoint_steps: Optional[int] = setting(500, "also checkpoint every N optimizer steps (null: epoch ends only)")
+    seed: int = setting(42, "seed of the split, shuffling, initialisation and sampling")
+    pipeline: Literal["fast", "recipe"] = setting(
+        "fast",
+        "fast: packed blocks through tf.data, no Python per batch; recipe: prepare_tf_dataset with the LM collator",
+    )
+    strategy: Literal["auto", "default", "mirrored", "multiworker", "tpu"] = setting(
+        "auto",
+        "tf.distribute: auto picks tpu with train.tpu, multiworker when TF_CONFIG names workers, mirrored with GPUs",
+    )
+    tpu: Optional[str] = setting(None, 'TPU name or grpc:// address; "local" on a TPU VM')
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = setting(16, "blocks per evaluation batch")
+    before_training: bool = setting(True, "also measure the untrained model's perplexity")
+
+
+@dataclass
+class GenerationOptions:
+    """Decoding controls, for `tfclm.generate`, the generate command and the config's `generate:` section."""
+
+    max_new_tokens: int = setting(100, "tokens to add to each prompt, at most")
+    min_new_tokens: int = setting(0, "tokens to add before EOS may end a text")
+    do_sample: bool = setting(True, "sample (with top-k/top-p/temperature), or take the likeliest token")
+    top_k: int = setting(50, "sample among the k likeliest tokens (0: off)")
+    top_p: float = setting(0.95, "sample among the likeliest tokens holding this probability mass")
+    temperature: float = setting(1.0, "below 1 sharpens, above 1 flattens the distribution")
+    num_beams: int = setting(1, "beam search width (1: no beam search)")
+    repetition_penalty: float = setting(1.0, "above 1 discourages repeating tokens (1.0: off)")
+    num_return_sequences: int = setting(1, "samples per prompt")
+    seed: Optional[int] = setting(
+        None, "the same seed gives the same text; default: train.seed in a run, a random one elsewhere"
+    )
+
+    def validate(self) -> None:
+        for key, message in generation_problems(self):
+            raise ConfigError(key, message)
+
+
+@dataclass
+class GenerateConfig(GenerationOptions):
+    """The samples printed during and after training."""
+
+    prompts: list = setting(["The"], "prompts sampled during and after training")
+
+
+@dataclass
+class HubConfig:
+    push: bool = setting(False, "push to the Hub during and after training")
+    model_id: Optional[str] = setting(None, '"user/name"; default: the output dir\'s name under your user')
+    private: bool = setting(False, "create the repo as private")
+    save_strategy: Literal["epoch", "steps", "no"] = setting(
+        "epoch", "push at each epoch end, every hub.save_steps steps, or only at the end (no)"
+    )
+    save_steps: Optional[int] = setting(None, "with save_strategy: steps")
+    checkpoint: bool = setting(False, "also push checkpoints/")
+    max_retries: int = setting(3, "per push, with exponential backoff; a push that still fails is reported")
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = setting(True, "scalars and samples in OUTPUT_DIR/logs")
+    every_n_steps: int = setting(10, "step-level scalars and curve points")
+    sample_every_n_epochs: Optional[int] = setting(1, "sample generate.prompts during training; null: only at the end")
+    curves: bool = setting(True, "draw OUTPUT_DIR/training_curves.png")
+
+
+@dataclass
+class Config:
+    output_dir: str = setting(
+        "runs/default", "where the model, tokenizer, tfclm.yaml, results.json, logs and checkpoints go"
+    )
+    data: DataConfig = section(DataConfig, "where the text comes from and how it becomes blocks")
+    tokenizer: TokenizerConfig = section(TokenizerConfig, "the tokenizer")
+    model: ModelConfig = section(ModelConfig, "the model to fine-tune or build")
+    train: TrainConfig = section(TrainConfig, "optimizer, schedule, precision and distribution")
+    evaluate: EvaluateConfig = section(EvaluateConfig, "perplexity on the validation split")
+    generate: GenerateConfig = section(GenerateConfig, "samples during and after training")
+    hub: HubConfig = section(HubConfig, "pushing to the Hugging Face Hub")
+    logging: LoggingConfig = section(LoggingConfig, "TensorBoard, step logs and curves")

@@ -1,0 +1,132 @@
+"""The model card: the Hub repo's README.md, with YAML metadata and the run's facts."""
+
+import yaml
+
+from tfclm.data.corpus import is_builtin
+from tfclm.files import looks_local
+
+CARD_ARGS = ("model_name", "language", "license", "tags", "finetuned_from", "dataset")
+
+
+def _hub_id(name) -> str | None:
+    """A Hub id, or None for a local path or a built-in corpus (neither means anything on the Hub)."""
+    if not name or is_builtin(name) or looks_local(name):
+        return None
+    return name
+
+
+def check_card_args(card_args: dict) -> None:
+    unknown = [k for k in card_args if k not in CARD_ARGS]
+    if unknown:
+        raise TypeError(
+            f"unknown model card argument {unknown[0]!r}; the model card arguments are: {', '.join(CARD_ARGS)}"
+        )
+
+
+def model_card(repo_id: str, config: dict | None = None, results: dict | None = None, **card_args) -> str:
+    """README.md text for `repo_id`; `config` is a resolved tfclm config (as a dict), `results` results.json's content."""
+    check_card_args(card_args)
+    config, results = config or {}, results or {}
+    model, data, train = config.get("model") or {}, config.get("data") or {}, config.get("train") or {}
+    base = card_args.get("finetuned_from") or _hub_id(model.get("name_or_path"))
+    dataset = card_args.get("dataset") or _hub_id(data.get("dataset"))
+    metadata = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["tfclm", "tensorflow", "text-generation", "causal-lm", *(card_args.get("tags") or [])],
+    }
+    if base:
+        metadata["base_model"] = base
+    if dataset:
+        metadata["datasets"] = [dataset]
+    for key in ("language", "license"):
+        if card_args.get(key):
+            metadata[key] = card_args[key]
+
+    name = card_args.get("model_name") or repo_id.split("/")[-1]
+    lines = [f"# {name}", ""]
+    if base:
+        lines.append(
+            f"A causal language model fine-tuned from [{base}](https://huggingface.co/{base}) with [tfclm](https://pypi.org/project/tfclm/) (Keras / TensorFlow)."
+        )
+    elif model.get("config"):
+        shape = ", ".join(f"{k}={v}" for k, v in model["config"].items())
+        lines.append(f"A causal language model trained from scratch with tfclm (Keras / TensorFlow): {shape}.")
+    else:
+        lines.append("A causal language model trained with tfclm (Keras / TensorFlow).")
+    lines.append("")
+    if data:
+        text = (
+            f"template `{data['text_template']}`"
+            if data.get("text_template")
+            else f"column `{data.get('text_column')}`"
+        )
+        lines += [
+            "## Data",
+            "",
+            f"- dataset: `{data.get('dataset')}`, split `{data.get('split')}`, text {text} (lists joined with {data.get('join_separator')!r})",
+            f"- validation: {results.get('data', {}).get('validation') or data.get('validation_split')}",
+            f"- blocks of {data.get('block_size')} tokens, {'packed with EOS between documents' if data.get('pack', True) else 'one document each'}",
+            "",
+        ]
+    if train:
+        keys = (
+            "batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "lr_schedule",
+            "warmup_ratio",
+            "weight_decay",
+            "clipnorm",
+            "epochs",
+            "max_steps",
+            "precision",
+            "seed",
+        )
+        lines += [
+            "## Training hyperparameters",
+            "",
+            "| name | value |",
+            "| --- | --- |",
+            *[f"| {k} | {train.get(k)} |" for k in keys if k in train],
+            "",
+        ]
+    if results:
+        rows = [
+            ("eval loss", results.get("eval_loss")),
+            ("perplexity", results.get("perplexity")),
+            ("perplexity before training", results.get("perplexity_before")),
+            ("training steps", results.get("train_steps")),
+            ("training tokens", results.get("train_tokens")),
+            ("tokens/s", results.get("tokens_per_second")),
+        ]
+        lines += [
+            "## Results",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+            *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows if v is not None],
+            "",
+        ]
+        versions = results.get("versions") or {}
+        if versions:
+            lines += ["## Framework versions", "", *[f"- {k}: {v}" for k, v in versions.items()], ""]
+    lines += [
+        "## How to use",
+        "",
+        "```python",
+        "import os",
+        'os.environ["TF_USE_LEGACY_KERAS"] = "1"  # transformers\' TF models need Keras 2 (tf-keras)',
+        "from transformers import AutoTokenizer, TFAutoModelForCausalLM",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+        f'model = TFAutoModelForCausalLM.from_pretrained("{repo_id}")',
+        'inputs = tokenizer("The", return_tensors="tf")',
+        "output = model.generate(**inputs, max_new_tokens=50, do_sample=True, top_k=50, top_p=0.95)",
+        "print(tokenizer.decode(output[0], skip_special_tokens=True))",
+        "```",
+        "",
+        'Or with tfclm: `python -m tfclm generate --model DIR --prompt "The"` on a local copy.',
+        "",
+    ]
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + "\n".join(lines)

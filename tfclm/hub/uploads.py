@@ -1,0 +1,148 @@
+"""Pushing to the Hugging Face Hub over its HTTP commit API: no git, no git-lfs.
+
+Uploads run in the background, one at a time and in order, each from a
+snapshot of the folder (hard links where possible), so training never waits
+for the network and a later save cannot change files mid-upload. A failed
+upload is retried with exponential backoff, then reported; it never stops
+training. Only the chief worker pushes. The token comes from the caller,
+HF_TOKEN or the huggingface_hub login, and tfclm never prints or writes it.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import yaml
+
+from tfclm.errors import ConfigError, first_line
+from tfclm.hub.modelcard import model_card
+from tfclm.model.loading import check_model_dir
+
+logger = logging.getLogger(__name__)
+
+# What never goes to the Hub: tfclm's caches, temporary files, and (unless asked) the resumable checkpoints.
+DEFAULT_IGNORE = ("cache/*", "checkpoints/*", ".tmp-*", "*.tmp-*")
+
+
+def _snapshot(folder: str, ignore) -> str:
+    """A copy of `folder` that later saves cannot touch: hard links (saves replace files, never rewrite them)."""
+    target = tempfile.mkdtemp(prefix="tfclm-push-")
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(
+        folder,
+        target,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(*(p.rstrip("/*") for p in ignore)),
+        copy_function=link,
+    )
+    return target
+
+
+class Uploader:
+    """Commits snapshots of folders to one Hub repo, in the background, with retries."""
+
+    def __init__(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        log=None,
+    ):
+        from huggingface_hub import HfApi
+
+        # HF_ENDPOINT is read here, not at import, so a process can point at another Hub after importing.
+        self.api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+        self.repo_id = repo_id
+        self.private = private
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.log = log or logger.warning
+        self.commits: list[str] = []
+        self.failures: list[str] = []
+        self._token = token
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tfclm-push")
+        self._futures: list[Future] = []
+
+    def _safe(self, exc: Exception) -> str:
+        text = first_line(exc)
+        for secret in (self._token, os.environ.get("HF_TOKEN")):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def _push(self, snapshot: str, message: str) -> str | None:
+        try:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    self.api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+                    info = self.api.upload_folder(repo_id=self.repo_id, folder_path=snapshot, commit_message=message)
+                    self.commits.append(info.oid)
+                    return info.oid
+                except Exception as exc:  # network, HTTP and server errors alike: retry, then report
+                    if attempt == self.max_retries:
+                        failure = f"{message!r}: {self._safe(exc)}"
+                        self.failures.append(failure)
+                        self.log(
+                            f"hub: could not push {failure} to {self.repo_id} after {attempt + 1} tries; training goes on, "
+                            f"and `python -m tfclm push --model DIR --repo-id {self.repo_id}` pushes it later"
+                        )
+                        return None
+                    time.sleep(self.backoff * 2**attempt)
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def submit(self, folder: str, message: str, ignore=DEFAULT_IGNORE, extra_files: dict | None = None) -> Future:
+        snapshot = _snapshot(folder, ignore)
+        for name, text in (extra_files or {}).items():
+            with open(os.path.join(snapshot, name), "w", encoding="utf-8") as handle:
+                handle.write(text)
+        future = self._executor.submit(self._push, snapshot, message)
+        self._futures.append(future)
+        return future
+
+    def close(self) -> None:
+        """Wait for every upload in flight."""
+        for future in self._futures:
+            future.result()
+        self._executor.shutdown(wait=True)
+
+
+def default_repo_id(output_dir: str) -> str:
+    return os.path.basename(os.path.abspath(output_dir))
+
+
+def push_dir(
+    model_dir: str,
+    repo_id: str,
+    private: bool = False,
+    checkpoint: bool = False,
+    message: str = "Upload model trained with tfclm",
+    token: str | None = None,
+) -> str:
+    """Push an existing output dir (model, tokenizer, tfclm.yaml, results.json, a model card); returns the commit id."""
+    check_model_dir(model_dir, "--model")
+    config_path, results_path = os.path.join(model_dir, "tfclm.yaml"), os.path.join(model_dir, "results.json")
+    config = yaml.safe_load(open(config_path, encoding="utf-8")) if os.path.exists(config_path) else None
+    results = json.load(open(results_path, encoding="utf-8")) if os.path.exists(results_path) else None
+    uploader = Uploader(repo_id, token=token, private=private, max_retries=2, log=lambda line: None)
+    ignore = tuple(p for p in DEFAULT_IGNORE if not (checkpoint and p.startswith("checkpoints")))
+    uploader.submit(model_dir, message, ignore, {"README.md": model_card(repo_id, config, results)})
+    uploader.close()
+    if uploader.failures:
+        raise ConfigError(
+            "--repo-id",
+            f"could not push to {repo_id}: {uploader.failures[0]}; check HF_ENDPOINT, the token (HF_TOKEN or huggingface-cli login) and the network",
+        )
+    return uploader.commits[-1]
