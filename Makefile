@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: train test install clean
+.PHONY: train test test-fast lint format install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,21 @@ install: $(VENV)/.installed
 train: $(VENV)/.installed
 	$(PY) -m tfclm fit --config $(CONFIG)
 
+# The whole suite (what CI runs); test-fast leaves out the tests marked slow
+# (whole fits, subprocesses, XLA compiles).
 test: $(VENV)/.installed-test $(VENV)/transformers-v5/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check tfclm tests bench
+	$(VENV)/bin/ruff format --check tfclm tests bench
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check --fix tfclm tests bench
+	$(VENV)/bin/ruff format tfclm tests bench
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

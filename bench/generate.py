@@ -78,7 +78,8 @@ def main():
     first_again_s = time.perf_counter() - started
 
     print(
-        f"device: {tf.config.list_physical_devices()[-1].device_type}, {os.cpu_count()} cores; distilgpt2 architecture, random weights; "
+        f"device: {tf.config.list_physical_devices()[-1].device_type}, {os.cpu_count()} cores; distilgpt2 "
+        f"architecture, random weights; "
         f"{args.new_tokens} new tokens, top-k 50 + top-p 0.95; best of {args.repeats}"
     )
     print(f"{'batch':>5} {'eager tok/s':>12} {'tfclm XLA tok/s':>16} {'ratio':>7} {'first call (compile) s':>23}")

@@ -80,21 +80,23 @@ def main():
 
     datasets.disable_progress_bars()
     print(
-        f"{os.cpu_count()} cores; block {BLOCK}; best of {args.repeats} (tfclm: {args.repeats * 3}) cold-cache calls; recipe with num_proc={args.num_proc}, no datasets cache"
+        f"{os.cpu_count()} cores; block {BLOCK}; best of {args.repeats} (tfclm: {args.repeats * 3}) cold-cache "
+        f"calls; recipe with num_proc={args.num_proc}, no datasets cache"
     )
     print(f"{'records':>8} {'tokens':>11} {'recipe s':>9} {'tfclm s':>9} {'speed-up':>9}")
     rows = []
     for n in args.records:
         ds = tokenized(n)
-        recipe_s = best_of(lambda: recipe(ds, args.num_proc), args.repeats)
-        tfclm_s = best_of(lambda: tfclm_pack(ds), args.repeats * 3)
+        recipe_s = best_of(lambda ds=ds: recipe(ds, args.num_proc), args.repeats)
+        tfclm_s = best_of(lambda ds=ds: tfclm_pack(ds), args.repeats * 3)
         blocks = tfclm_pack(ds)
         assert len(recipe(ds, 1)) <= len(blocks.input_ids)  # the recipe also drops a remainder per batch of 1,000
         rows.append((n, blocks.tokens, recipe_s, tfclm_s))
         print(f"{n:>8,} {blocks.tokens:>11,} {recipe_s:>9.3f} {tfclm_s:>9.5f} {recipe_s / tfclm_s:>8.0f}x")
     (n0, _, r0, t0), (n1, _, r1, t1) = rows[0], rows[-1]
     print(
-        f"scaling from {n0:,} to {n1:,} records ({n1 / n0:.0f}x): recipe {r1 / r0:.1f}x the time, tfclm {t1 / t0:.1f}x the time"
+        f"scaling from {n0:,} to {n1:,} records ({n1 / n0:.0f}x): recipe {r1 / r0:.1f}x the time, tfclm "
+        f"{t1 / t0:.1f}x the time"
     )
 
 

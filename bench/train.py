@@ -108,7 +108,8 @@ def main():
     rows.append(("tfclm fast pipeline, bf16", tfclm_engine(blocks, args.steps, args.warmup, "bf16", False)))
     device = tf.config.list_physical_devices()[-1].device_type
     print(
-        f"device: {device}, {os.cpu_count()} cores; distilgpt2 architecture ({params / 1e6:.1f}M parameters), batch {BATCH} x {BLOCK}; "
+        f"device: {device}, {os.cpu_count()} cores; distilgpt2 architecture ({params / 1e6:.1f}M parameters), batch "
+        f"{BATCH} x {BLOCK}; "
         f"{args.steps} timed steps after {args.warmup} warm-up steps"
     )
     print(

@@ -1,7 +1,10 @@
 """Shared fixtures: small real models and data written by the tests themselves (no network)."""
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -11,8 +14,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.yaml")
 RECIPE_CONFIG = os.path.join(ROOT, "configs", "distilgpt2-eli5.yaml")
 
-# The default run, shrunk: same config file and code path as `make train`.
+
+def _write_pydoc_topics() -> str:
+    """The pydoc topics, one .txt file each in the built-in corpus's order: the same first 78 documents as
+    builtin:pydoc, without parsing the standard library's docstrings first."""
+    from tfclm.data.corpus import pydoc_topics
+
+    folder = tempfile.mkdtemp(prefix="tfclm-pydoc-topics-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for i, text in enumerate(pydoc_topics()):
+        with open(os.path.join(folder, f"{i:03d}.txt"), "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return folder
+
+
+PYDOC_TOPICS = _write_pydoc_topics()
+
+# The default run, shrunk: same config file and code path as `make train`, on the pydoc topics alone.
 TINY = [
+    "--set",
+    f"data.dataset={PYDOC_TOPICS}",
     "--set",
     "data.max_documents=40",
     "--set",
@@ -31,6 +52,9 @@ TINY = [
     "generate.max_new_tokens=12",
 ]
 
+# The tiny run on the built-in corpus itself: the settings of the `trained_dir` fit.
+TINY_BUILTIN = [*TINY, "--set", "data.dataset=builtin:pydoc"]
+
 
 def run_cli(args):
     from click.testing import CliRunner
@@ -44,14 +68,15 @@ def run_cli(args):
 def trained_dir(tmp_path_factory):
     """A real tiny fit through `python -m tfclm fit --config configs/default.yaml`."""
     out = str(tmp_path_factory.mktemp("run") / "out")
-    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--max-steps", "40", "--output-dir", out])
+    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY_BUILTIN, "--max-steps", "40", "--output-dir", out])
     assert result.exit_code == 0, result.output
     return out, result.output
 
 
 def eli5_records(n=24):
     """Records shaped like eli5_category: nested `answers` with a list of texts."""
-    words = "why does the sky look blue light scatters off air molecules and short waves scatter more than long ones".split()
+    words = "why does the sky look blue light scatters off air molecules and short waves scatter more than long ones"
+    words = words.split()
     records = []
     for i in range(n):
         a = f"answer {i}: " + " ".join(words[(i + k) % len(words)] for k in range(12))
@@ -71,3 +96,13 @@ def eli5_jsonl(tmp_path):
     path = tmp_path / "eli5.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in eli5_records()), encoding="utf-8")
     return str(path)
+
+
+# Fixtures that run a whole fit or start a server: every test that needs one is slow.
+SLOW_FIXTURES = {"trained_dir", "hub"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

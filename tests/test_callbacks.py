@@ -6,6 +6,7 @@ import math
 import os
 
 import numpy as np
+import pytest
 
 
 def event_tags(log_dir: str) -> set:
@@ -70,6 +71,7 @@ def test_callbacks_in_a_users_own_keras_fit(tmp_path, capsys):
     assert "samples" in event_tags(log_dir)
 
 
+@pytest.mark.slow
 def test_fit_writes_tensorboard_and_curves(trained_dir):
     from PIL import Image
 

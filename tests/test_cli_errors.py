@@ -1,5 +1,7 @@
 """Bad input: one line naming the key or path and the fix, exit code 2, no traceback, nothing lost."""
 
+import pytest
+
 from conftest import DEFAULT_CONFIG, run_cli
 
 
@@ -44,6 +46,7 @@ def test_model_dir_without_weights(tmp_path):
     assert "holds no model weights" in line
 
 
+@pytest.mark.slow
 def test_bad_model_in_config_leaves_earlier_output_intact(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -67,6 +70,7 @@ def test_bad_model_in_config_leaves_earlier_output_intact(tmp_path):
     assert (out / "results.json").read_text() == '{"kept": true}'
 
 
+@pytest.mark.slow
 def test_generate_option_errors(trained_dir):
     out, _ = trained_dir
     assert "Invalid value for '--top-p'" in error_line(
@@ -81,6 +85,7 @@ def test_generate_option_errors(trained_dir):
     )
 
 
+@pytest.mark.slow
 def test_module_entry_point_exit_code(tmp_path):
     import subprocess
     import sys

@@ -3,11 +3,14 @@
 import json
 import os
 
+import pytest
+
 from conftest import DEFAULT_CONFIG, TINY, run_cli
 
 FAST = [*TINY, "--set", "evaluate.before_training=false", "--set", "generate.max_new_tokens=4"]
 
 
+@pytest.mark.slow
 def test_rerun_reuses_cached_blocks_and_a_change_rebuilds(tmp_path):
     out = str(tmp_path / "out")
     args = ["fit", "--config", DEFAULT_CONFIG, *FAST, "--max-steps", "2", "--output-dir", out]
@@ -22,6 +25,7 @@ def test_rerun_reuses_cached_blocks_and_a_change_rebuilds(tmp_path):
     assert len([f for f in os.listdir(os.path.join(out, "cache")) if f.startswith("blocks-")]) == 2
 
 
+@pytest.mark.slow
 def test_unpacked_and_streaming_fits(tmp_path, eli5_jsonl):
     out = str(tmp_path / "unpacked")
     result = run_cli(

@@ -22,18 +22,24 @@ QUIET = [
 ]
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_matches_the_default_strategy(tmp_path):
     overrides = [*TINY[1::2], *QUIET[1::2]]  # the values of the --set pairs
     script = textwrap.dedent(f"""
         import json, tfclm, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from tfclm.config import load_config
         from tfclm.training.run import fit
         common = {overrides!r} + ["logging.every_n_steps=1", "train.max_steps=6"]
-        default = fit(load_config({DEFAULT_CONFIG!r}, common + ["train.strategy=default", "train.batch_size=8", "output_dir={tmp_path}/default"]), verbose=0)
-        mirrored = fit(load_config({DEFAULT_CONFIG!r}, common + ["train.strategy=mirrored", "train.batch_size=4", "output_dir={tmp_path}/mirrored"]), verbose=0)
-        print(json.dumps({{name: {{k: r[k] for k in ("strategy", "global_batch_size", "eval_loss_before", "eval_loss", "step_history")}} for name, r in (("default", default), ("mirrored", mirrored))}}))
+        def run(strategy, batch_size):
+            settings = [f"train.strategy={{strategy}}", f"train.batch_size={{batch_size}}"]
+            settings.append(f"output_dir={tmp_path}/{{strategy}}")
+            return fit(load_config({DEFAULT_CONFIG!r}, common + settings), verbose=0)
+        default, mirrored = run("default", 8), run("mirrored", 4)
+        keys = ("strategy", "global_batch_size", "eval_loss_before", "eval_loss", "step_history")
+        runs = (("default", default), ("mirrored", mirrored))
+        print(json.dumps({{name: {{k: r[k] for k in keys}} for name, r in runs}}))
     """)
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -69,6 +75,7 @@ def free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     out = str(tmp_path / "out")
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]

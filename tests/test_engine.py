@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli
+from conftest import DEFAULT_CONFIG, ROOT, TINY, TINY_BUILTIN, run_cli
 
 
 def tiny_lm(seed=0):
@@ -105,6 +105,7 @@ def test_fp16_with_loss_scaling_on_gpu():
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_nan_stops_training_names_causes_and_keeps_the_checkpoint(tmp_path):
     out = str(tmp_path / "nan")
     result = run_cli(
@@ -138,6 +139,7 @@ def test_nan_stops_training_names_causes_and_keeps_the_checkpoint(tmp_path):
     assert not os.path.exists(os.path.join(out, "tf_model.h5"))  # NaN weights are not saved as the model
 
 
+@pytest.mark.slow
 def test_xla_and_progress_logs(tmp_path):
     out = str(tmp_path / "xla")
     result = run_cli(
@@ -159,23 +161,26 @@ def test_xla_and_progress_logs(tmp_path):
         ]
     )
     assert result.exit_code == 0, result.output
-    assert "XLA" in result.stdout and "learning_rate:" in result.stdout and "tokens_per_second:" in result.stdout
+    (training_line,) = [line for line in result.stdout.splitlines() if line.startswith("training: ")]
+    assert training_line.endswith(", XLA")  # not ", no XLA"
+    assert "learning_rate:" in result.stdout and "tokens_per_second:" in result.stdout
     results = json.load(open(os.path.join(out, "results.json")))
     assert (
         results["jit_compile"] is True and results["train_steps"] == 3 and results["train_tokens"] == 3 * 2 * 16 * 128
     )
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_retrained_and_other_settings_are_refused(trained_dir):
     out, _ = trained_dir
-    again = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--max-steps", "40", "--output-dir", out])
+    again = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY_BUILTIN, "--max-steps", "40", "--output-dir", out])
     assert again.exit_code == 2 and "already holds a finished run (40 steps" in again.output
     other = run_cli(
         [
             "fit",
             "--config",
             DEFAULT_CONFIG,
-            *TINY,
+            *TINY_BUILTIN,
             "--max-steps",
             "40",
             "--output-dir",
@@ -203,7 +208,7 @@ def _fit_command(out):
         "--set",
         "train.epochs=2",
         "--set",
-        "data.max_documents=80",
+        "data.max_documents=16",
         "--batch-size",
         "4",
         "--output-dir",
@@ -211,6 +216,7 @@ def _fit_command(out):
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     reference = str(tmp_path / "reference")
@@ -245,9 +251,11 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
 
     resumed = subprocess.run(_fit_command(out), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    line = [l for l in resumed.stdout.splitlines() if l.startswith("resuming from the checkpoint at optimizer step")][0]
+    line = [x for x in resumed.stdout.splitlines() if x.startswith("resuming from the checkpoint at optimizer step")][0]
     resumed_at = int(line.split("step ")[1].split(" ")[0].replace(",", ""))
     assert 10 <= resumed_at < steps_per_epoch
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["resumed_from_step"] == resumed_at and results["train_steps"] == expected["train_steps"]
-    assert results["eval_loss"] == pytest.approx(expected["eval_loss"], rel=0.02)
+    # Dropout is 0 and the data order is fixed by (seed, epoch): the resumed run ends on the very same weights.
+    assert results["weights_sha256"] == expected["weights_sha256"]
+    assert results["eval_loss"] == expected["eval_loss"]

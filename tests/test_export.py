@@ -1,4 +1,4 @@
-"""Export: PyTorch weights loaded by PyTorch transformers without TensorFlow, and a SavedModel served without transformers."""
+"""Export: PyTorch weights loaded by transformers without TensorFlow; a SavedModel served without transformers."""
 
 import json
 import os
@@ -27,6 +27,7 @@ def tf_logits(model_dir):
     return ids, [model(input_ids=np.array([row], dtype=np.int32)).logits.numpy()[0] for row in ids]
 
 
+@pytest.mark.slow
 def test_pytorch_export_matches_tf_logits_without_tensorflow(trained_dir, tmp_path):
     pytest.importorskip("torch")
     out = trained_dir[0]
@@ -74,6 +75,7 @@ def test_pytorch_export_matches_tf_logits_without_tensorflow(trained_dir, tmp_pa
 V5_SITE = os.path.join(sys.prefix, "transformers-v5")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(V5_SITE), reason="make test installs transformers v5 into .venv/transformers-v5")
 def test_pytorch_export_loads_in_transformers_v5(trained_dir, tmp_path):
     pytest.importorskip("torch")
@@ -97,6 +99,7 @@ def test_pytorch_export_loads_in_transformers_v5(trained_dir, tmp_path):
     assert float(done.stdout.split("max abs diff")[1]) < 1e-4
 
 
+@pytest.mark.slow
 def test_saved_model_greedy_generate_matches_tfclm_generate(trained_dir, tmp_path):
     out = trained_dir[0]
     target = str(tmp_path / "served")
@@ -141,17 +144,22 @@ def test_saved_model_greedy_generate_matches_tfclm_generate(trained_dir, tmp_pat
         rows = [tokenizer.encode(p, add_special_tokens=False).ids for p in {PROMPTS!r}]
         ids = np.array([[eos] * (16 - len(r)) + r for r in rows], dtype=np.int32)
         mask = np.array([[0] * (16 - len(r)) + [1] * len(r) for r in rows], dtype=np.int32)
-        out = served.signatures["generate"](input_ids=tf.constant(ids), attention_mask=tf.constant(mask),
-                                            max_new_tokens=tf.constant(10), do_sample=tf.constant(False), seed=tf.constant([0, 0]))
+        def generate(do_sample, seed):
+            return served.signatures["generate"](
+                input_ids=tf.constant(ids), attention_mask=tf.constant(mask), max_new_tokens=tf.constant(10),
+                do_sample=tf.constant(do_sample), seed=tf.constant([seed, 0]))
+        out = generate(False, 0)
         texts = []
         for row in out["new_tokens"].numpy().tolist():
             row = row[: row.index(eos) + 1] if eos in row else row
             texts.append(tokenizer.decode(row, skip_special_tokens=True))
-        logits = served.signatures["logits"](input_ids=tf.constant([rows[0]]), attention_mask=tf.constant([[1] * len(rows[0])]))["logits"]
-        sampled = [served.signatures["generate"](input_ids=tf.constant(ids), attention_mask=tf.constant(mask), max_new_tokens=tf.constant(10),
-                                                 do_sample=tf.constant(True), seed=tf.constant([s, 0]))["new_tokens"].numpy().tolist() for s in (1, 1, 2)]
+        logits = served.signatures["logits"](
+            input_ids=tf.constant([rows[0]]), attention_mask=tf.constant([[1] * len(rows[0])]))["logits"]
+        sampled = [generate(True, s)["new_tokens"].numpy().tolist() for s in (1, 1, 2)]
         assert "transformers" not in sys.modules
-        print(json.dumps({{"texts": texts, "logits_shape": list(logits.shape), "same_seed": sampled[0] == sampled[1], "other_seed": sampled[0] != sampled[2]}}))
+        same, other = sampled[0] == sampled[1], sampled[0] != sampled[2]
+        shape = list(logits.shape)
+        print(json.dumps({{"texts": texts, "logits_shape": shape, "same_seed": same, "other_seed": other}}))
     """)
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(), timeout=300
@@ -162,6 +170,7 @@ def test_saved_model_greedy_generate_matches_tfclm_generate(trained_dir, tmp_pat
     assert got["logits_shape"][-1] > 0 and got["same_seed"] and got["other_seed"]
 
 
+@pytest.mark.slow
 def test_export_bad_input(trained_dir, tmp_path):
     out = trained_dir[0]
     existing = tmp_path / "exists"

@@ -25,6 +25,7 @@ def generator(model_and_tokenizer, xla):
 GREEDY = dict(do_sample=False, max_new_tokens=10)
 
 
+@pytest.mark.slow
 def test_xla_greedy_equals_eager_greedy(model_and_tokenizer):
     prompts = ["The list type", "Return"]
     eager = generator(model_and_tokenizer, xla=False)[0](prompts, **GREEDY)
@@ -35,6 +36,7 @@ def test_xla_greedy_equals_eager_greedy(model_and_tokenizer):
     assert any("compiling with XLA" in line for line in logged)
 
 
+@pytest.mark.slow
 def test_two_prompt_lengths_in_one_bucket_trace_once(model_and_tokenizer):
     xla, logged = generator(model_and_tokenizer, xla=True)
     tokenizer = model_and_tokenizer[1]
@@ -47,6 +49,7 @@ def test_two_prompt_lengths_in_one_bucket_trace_once(model_and_tokenizer):
     assert xla.traces == 2
 
 
+@pytest.mark.slow
 def test_xla_and_eager_sample_the_same_text_for_a_seed(model_and_tokenizer):
     # No top-k/top-p cut: this barely trained model's logits are near ties, and which tie
     # falls inside a cut can differ by float rounding between the two; the draws cannot.
@@ -115,16 +118,22 @@ def test_sampling_draws_from_the_filtered_softmax_with_a_new_seed_each_step():
     from tfclm.generation.sampling import SamplingLogitsProcessor
 
     probs = np.array([0.5, 0.3, 0.15, 0.05])
-    scores = tf.constant(np.log(probs)[None, :], tf.float32)
     sampler = SamplingLogitsProcessor(top_k=3, top_p=1.0, temperature=1.0, seed=tf.constant([7, 0], tf.int32))
-    draws = np.array([int(tf.argmax(sampler(None, scores, step), axis=-1)[0]) for step in range(4000)])
-    frequencies = np.bincount(draws, minlength=4) / len(draws)
+
+    def draws(rows, step):
+        scores = tf.constant(np.tile(np.log(probs), (rows, 1)), tf.float32)
+        return tf.argmax(sampler(None, scores, step), axis=-1).numpy().tolist()
+
+    rows = np.array(draws(4000, 0))  # each row draws on its own
+    frequencies = np.bincount(rows, minlength=4) / len(rows)
     assert frequencies[3] == 0  # top-k 3 removed the last token
     assert np.allclose(frequencies[:3], probs[:3] / probs[:3].sum(), atol=0.03)
-    again = [int(tf.argmax(sampler(None, scores, step), axis=-1)[0]) for step in range(50)]
-    assert again == draws[:50].tolist()  # the same seed and step give the same draw
+    steps = [draws(1, step)[0] for step in range(60)]
+    assert len(set(steps)) == 3  # a new draw each step, not one token repeated
+    assert [draws(1, step)[0] for step in range(60)] == steps  # the same seed and step give the same draw
 
 
+@pytest.mark.slow
 def test_seeded_samples_do_not_repeat_one_token(model_and_tokenizer):
     gen = generator(model_and_tokenizer, xla=True)[0]
     samples = gen(["The"] * 4, do_sample=True, seed=1, max_new_tokens=30, min_new_tokens=30, top_k=50, top_p=0.95)
@@ -134,6 +143,7 @@ def test_seeded_samples_do_not_repeat_one_token(model_and_tokenizer):
     assert len({s.completion for s in samples}) == 4  # each row its own draw
 
 
+@pytest.mark.slow
 def test_python_api_loads_once(trained_dir):
     import tfclm
     from tfclm.generation import generator as generate_module
@@ -145,6 +155,7 @@ def test_python_api_loads_once(trained_dir):
     assert list(generate_module._GENERATORS) == [(out, True)] and generate_module._GENERATORS[(out, True)].traces == 1
 
 
+@pytest.mark.slow
 def test_cli_prompts_from_file_and_stdin_as_json(trained_dir, tmp_path):
     from click.testing import CliRunner
 
@@ -185,6 +196,7 @@ def test_cli_prompts_from_file_and_stdin_as_json(trained_dir, tmp_path):
         ([], "--prompt"),
     ],
 )
+@pytest.mark.slow
 def test_generate_bad_input(trained_dir, args, named):
     result = run_cli(["generate", "--model", trained_dir[0], *args])
     assert result.exit_code == 2 and "Traceback" not in result.output

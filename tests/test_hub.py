@@ -81,6 +81,7 @@ def run(args, env, timeout=600):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_fit_pushes_every_epoch_and_the_final_model(hub, tmp_path):
     out = str(tmp_path / "tiny")
     env = client_env(hub.url, tmp_path / "hf-home")
@@ -141,6 +142,7 @@ def test_fit_pushes_every_epoch_and_the_final_model(hub, tmp_path):
     assert TOKEN not in done.stdout + done.stderr + card
 
 
+@pytest.mark.slow
 def test_server_lost_mid_training_then_push_later(hub, tmp_path):
     out = str(tmp_path / "lost")
     env = client_env(hub.url, tmp_path / "hf-home")
@@ -199,6 +201,7 @@ def test_server_lost_mid_training_then_push_later(hub, tmp_path):
         again.stop()
 
 
+@pytest.mark.slow
 def test_push_bad_input_and_bad_token(hub, tmp_path, trained_dir):
     from conftest import run_cli
 
@@ -210,6 +213,7 @@ def test_push_bad_input_and_bad_token(hub, tmp_path, trained_dir):
     assert "could not push to tester/x" in denied.stderr and "hf_wrong" not in denied.stderr
 
 
+@pytest.mark.slow
 def test_callback_in_a_plain_keras_workflow(hub, tmp_path):
     """The callback on a user's own TFGPT2LMHeadModel and tf.data pipeline, no tfclm config."""
     script = textwrap.dedent(f"""

@@ -13,7 +13,14 @@ PACKAGE = os.path.join(ROOT, "tfclm")
 
 # Importer prefix -> what it must never import. Earlier stages never import later ones.
 FORBIDDEN = {
-    "tfclm.config": ("tfclm.data", "tfclm.model", "tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub"),
+    "tfclm.config": (
+        "tfclm.data",
+        "tfclm.model",
+        "tfclm.training",
+        "tfclm.evaluation",
+        "tfclm.generation",
+        "tfclm.hub",
+    ),
     "tfclm.data": ("tfclm.model", "tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub", "tfclm.cli"),
     "tfclm.model": ("tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub", "tfclm.cli"),
     "tfclm.evaluation": ("tfclm.training", "tfclm.generation", "tfclm.hub", "tfclm.cli"),
@@ -96,13 +103,24 @@ def test_tensorflow_is_loaded_in_one_place():
         for filename in filenames:
             path = os.path.join(directory, filename)
             if filename.endswith(".py") and module_name(PACKAGE, path) != "tfclm.backend":
-                direct += [f"{module_name(PACKAGE, path)}: {name}" for name in imported_modules(path) if name.split(".")[0] in ("tensorflow", "tf_keras", "keras")]
+                direct += [
+                    f"{module_name(PACKAGE, path)}: {name}"
+                    for name in imported_modules(path)
+                    if name.split(".")[0] in ("tensorflow", "tf_keras", "keras")
+                ]
     assert direct == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["config"]])
 def test_help_does_not_import_tensorflow(args):
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tfclm", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tfclm", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "tfclm.cli" in imported and "click" in imported  # the import log is what it claims to be
@@ -141,8 +159,9 @@ def test_readme_config_table_is_the_generated_one():
 
 
 def test_config_command_prints_every_key_and_resolved_values(tmp_path):
-    from conftest import RECIPE_CONFIG, run_cli
     from tfclm.config.reference import rows
+
+    from conftest import RECIPE_CONFIG, run_cli
 
     keys = [key for key, *_ in rows()]
     assert len(keys) == 59 and "train.gradient_accumulation_steps" in keys and "logging.curves" in keys

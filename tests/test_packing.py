@@ -141,7 +141,7 @@ def test_blocks_cache_round_trip_and_key(tmp_path):
 
 @pytest.mark.parametrize("kind", ["jsonl", "json", "csv", "parquet", "saved", "txt"])
 def test_every_source_kind_gives_the_hand_computed_blocks(tmp_path, kind):
-    """Nested records -> documents -> blocks, checked token by token: "a b c" "d e" "f g h i" with EOS (0) after each."""
+    """Nested records -> documents -> blocks, token by token: "a b c" "d e" "f g h i" with EOS (0) after each."""
     import json
 
     import datasets

@@ -33,10 +33,18 @@ def test_fast_batches_follow_the_contract_and_keep_eos_labels():
 def test_fast_shuffle_is_seeded():
     from tfclm.data.pipeline import fast_dataset
 
-    def order(seed):
-        return [b["input_ids"].numpy()[:, 0].tolist() for b in fast_dataset(blocks(16), 4, True, seed)]
+    numbered = Blocks(np.repeat(np.arange(16, dtype=np.int32)[:, None], 8, axis=1), 16, 128, 0)  # block i holds i
 
-    assert order(3) == order(3)
+    def order(seed, epochs=1, skip=0):
+        batches = fast_dataset(numbered, 4, True, seed, epochs, skip)
+        return [row for b in batches for row in b["input_ids"].numpy()[:, 0].tolist()]
+
+    # Each epoch is the permutation fixed by (seed, epoch): the same seed gives the same order, others differ.
+    assert order(3) == np.random.default_rng([3, 0]).permutation(16).tolist()
+    assert order(3) != list(range(16)) and order(4) != order(3)
+    two = order(3, epochs=2)
+    assert two[16:] == np.random.default_rng([3, 1]).permutation(16).tolist() and two[16:] != two[:16]
+    assert order(3, epochs=2, skip=3) == two[12:]  # a resumed run skips exactly the batches it trained on
 
 
 def test_padding_of_a_kept_remainder_is_masked_in_labels():

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import RECIPE_CONFIG, eli5_records, run_cli
 
@@ -33,6 +34,7 @@ def local_gpt2(path, corpus):
     return model
 
 
+@pytest.mark.slow
 def test_distilgpt2_eli5_config_fine_tunes_local_copies(tmp_path):
     import datasets
     from transformers import TFAutoModelForCausalLM

@@ -10,6 +10,7 @@ from tfclm.errors import ConfigError
 from conftest import eli5_records
 
 
+@pytest.mark.slow
 def test_builtin_corpus_is_real_distinct_english():
     docs = load_builtin("builtin:pydoc")
     assert len(docs) > 500 and sum(map(len, docs)) > 1_000_000

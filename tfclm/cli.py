@@ -144,7 +144,8 @@ def evaluate_command(model_dir, config_path, text_file, batch_size, block_size, 
         click.echo(json.dumps(result))
     else:
         click.echo(
-            f"{result['source']}: {result['tokens']:,} tokens, eval loss {result['loss']:.4f}, perplexity {result['perplexity']:,.2f}"
+            f"{result['source']}: {result['tokens']:,} tokens, eval loss {result['loss']:.4f}, perplexity "
+            f"{result['perplexity']:,.2f}"
         )
 
 

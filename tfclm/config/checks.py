@@ -56,7 +56,8 @@ def validate(config) -> None:
     _require(
         not data.streaming or config.train.max_steps is not None,
         "train.max_steps",
-        "is required with data.streaming: true (a stream has no known length to plan the schedule by); set it, such as --max-steps 1000",
+        "is required with data.streaming: true (a stream has no known length to plan the schedule by); set it, such "
+        "as --max-steps 1000",
     )
     _require(data.num_proc >= 1, "data.num_proc", f"must be at least 1, got {data.num_proc}")
     _require(

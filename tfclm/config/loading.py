@@ -75,7 +75,8 @@ def _coerce(value: Any, hint, key: str) -> Any:
         return value
     raise ConfigError(
         key,
-        f"must be {type_name(hint)}, got {value!r} ({type(value).__name__}); fix it in the YAML file or with --set {key}=...",
+        f"must be {type_name(hint)}, got {value!r} ({type(value).__name__}); fix it in the YAML file or with --set "
+        f"{key}=...",
     )
 
 

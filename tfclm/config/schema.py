@@ -45,7 +45,8 @@ class DataConfig:
     )
     validation_split: Union[float, str] = setting(
         0.2,
-        'a seeded fraction of the documents (0.2), a split of the same dataset ("validation", "test[:500]"), or a file or folder',
+        'a seeded fraction of the documents (0.2), a split of the same dataset ("validation", "test[:500]"), or a '
+        "file or folder",
     )
     max_documents: Optional[int] = setting(None, "keep only the first N distinct documents (quick runs)")
     block_size: int = setting(128, "tokens per training example; at most the model's positions")

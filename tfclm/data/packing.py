@@ -35,7 +35,10 @@ class Blocks:
 
     def summary(self, name: str) -> str:
         n, size = self.input_ids.shape
-        return f"{name}: {self.documents:,} documents, {self.tokens:,} tokens -> {n:,} blocks of {size}, {self.dropped:,} tokens dropped"
+        return (
+            f"{name}: {self.documents:,} documents, {self.tokens:,} tokens -> {n:,} blocks of {size}, "
+            f"{self.dropped:,} tokens dropped"
+        )
 
 
 def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -81,7 +84,8 @@ def pack(
     if n_full == 0 and not (keep_remainder and remainder):
         raise ConfigError(
             "data.block_size",
-            f"the {name} text has {len(tokens):,} tokens, fewer than one block of {block_size}; add text or lower data.block_size",
+            f"the {name} text has {len(tokens):,} tokens, fewer than one block of {block_size}; "
+            "add text or lower data.block_size",
         )
     if not keep_remainder or remainder == 0:
         kept = n_full * block_size

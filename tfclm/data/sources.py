@@ -160,7 +160,8 @@ def _as_text(value, separator: str, column: str, key: str) -> str:
         return separator.join(v for v in value if v)
     raise ConfigError(
         key,
-        f"column {column!r} holds {type(value).__name__} values, not text; choose a column of strings or lists of strings",
+        f"column {column!r} holds {type(value).__name__} values, not text; choose a column of strings or lists of "
+        f"strings",
     )
 
 
@@ -297,7 +298,8 @@ def train_and_validation(data: DataConfig, seed: int) -> tuple[list[str], list[s
         if len(documents) < 2:
             raise ConfigError(
                 "data.dataset",
-                f"{data.dataset!r} gave 1 distinct document; splitting needs at least 2 (one to train on, one to evaluate), or set data.validation_split to a file",
+                f"{data.dataset!r} gave 1 distinct document; splitting needs at least 2 (one to train on, one to "
+                f"evaluate), or set data.validation_split to a file",
             )
         train, val = split_documents(documents, data.validation_split, seed)
     else:

@@ -99,7 +99,8 @@ def load_tokenizer(config: Config, train_texts, cache_dir: str | None = None):
     if not isinstance(train_texts, list):
         tokenizer = train_bpe(train_texts, config.tokenizer.vocab_size)
         logger.info(
-            f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens on the stream (not cached: a stream has no fingerprint short of reading it)"
+            f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens on the stream (not cached: a stream has "
+            f"no fingerprint short of reading it)"
         )
         return tokenizer
     return trained_tokenizer(

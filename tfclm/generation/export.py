@@ -210,7 +210,8 @@ def to_saved_model(
     if limit is not None and prompt_length + max_new_tokens > limit:
         raise ConfigError(
             "--max-new-tokens",
-            f"--prompt-length {prompt_length} plus --max-new-tokens {max_new_tokens} exceed the model's {limit} positions; lower either",
+            f"--prompt-length {prompt_length} plus --max-new-tokens {max_new_tokens} exceed the model's {limit} "
+            f"positions; lower either",
         )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     module = ServingModule(

@@ -113,7 +113,8 @@ class Generator:
         if shape not in self._shapes:
             self._shapes.add(shape)
             self.log(
-                f"generate: compiling with XLA for a batch of {input_ids.shape[0]} x {input_ids.shape[1]} prompt tokens (once per bucket)"
+                f"generate: compiling with XLA for a batch of {input_ids.shape[0]} x {input_ids.shape[1]} prompt "
+                f"tokens (once per bucket)"
             )
         from transformers.utils import logging as hf_logging
 
@@ -151,7 +152,8 @@ class Generator:
         if ids.shape[1] + opts.max_new_tokens > limit:
             raise ConfigError(
                 "max_new_tokens",
-                f"the prompt ({ids.shape[1]} tokens) plus {opts.max_new_tokens} new tokens exceed the model's {limit} positions; lower max_new_tokens or shorten the prompt",
+                f"the prompt ({ids.shape[1]} tokens) plus {opts.max_new_tokens} new tokens exceed the model's "
+                f"{limit} positions; lower max_new_tokens or shorten the prompt",
             )
         if self.xla:
             length = max(ids.shape[1], min(_bucket(ids.shape[1], self.length_buckets), limit - opts.max_new_tokens))

@@ -129,5 +129,6 @@ class PushToHubCallback(keras.callbacks.Callback):
         self.uploader.close()
         if self.failures:
             logger.warning(
-                f"hub: {len(self.failures)} push(es) to {self.hub_model_id} failed; the output dir {self.output_dir} is complete"
+                f"hub: {len(self.failures)} push(es) to {self.hub_model_id} failed; the output dir {self.output_dir} "
+                f"is complete"
             )

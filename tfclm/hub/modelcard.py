@@ -24,7 +24,7 @@ def check_card_args(card_args: dict) -> None:
 
 
 def model_card(repo_id: str, config: dict | None = None, results: dict | None = None, **card_args) -> str:
-    """README.md text for `repo_id`; `config` is a resolved tfclm config (as a dict), `results` results.json's content."""
+    """README.md text for `repo_id`; `config` is a resolved tfclm config (a dict), `results` results.json's content."""
     check_card_args(card_args)
     config, results = config or {}, results or {}
     model, data, train = config.get("model") or {}, config.get("data") or {}, config.get("train") or {}
@@ -47,7 +47,8 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
     lines = [f"# {name}", ""]
     if base:
         lines.append(
-            f"A causal language model fine-tuned from [{base}](https://huggingface.co/{base}) with [tfclm](https://pypi.org/project/tfclm/) (Keras / TensorFlow)."
+            f"A causal language model fine-tuned from [{base}](https://huggingface.co/{base}) with "
+            f"[tfclm](https://pypi.org/project/tfclm/) (Keras / TensorFlow)."
         )
     elif model.get("config"):
         shape = ", ".join(f"{k}={v}" for k, v in model["config"].items())
@@ -64,9 +65,11 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
         lines += [
             "## Data",
             "",
-            f"- dataset: `{data.get('dataset')}`, split `{data.get('split')}`, text {text} (lists joined with {data.get('join_separator')!r})",
+            f"- dataset: `{data.get('dataset')}`, split `{data.get('split')}`, text {text} (lists joined with "
+            f"{data.get('join_separator')!r})",
             f"- validation: {results.get('data', {}).get('validation') or data.get('validation_split')}",
-            f"- blocks of {data.get('block_size')} tokens, {'packed with EOS between documents' if data.get('pack', True) else 'one document each'}",
+            f"- blocks of {data.get('block_size')} tokens, "
+            f"{'packed with EOS between documents' if data.get('pack', True) else 'one document each'}",
             "",
         ]
     if train:

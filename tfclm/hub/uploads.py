@@ -95,7 +95,8 @@ class Uploader:
                         failure = f"{message!r}: {self._safe(exc)}"
                         self.failures.append(failure)
                         self.log(
-                            f"hub: could not push {failure} to {self.repo_id} after {attempt + 1} tries; training goes on, "
+                            f"hub: could not push {failure} to {self.repo_id} after {attempt + 1} tries; training "
+                            f"goes on, "
                             f"and `python -m tfclm push --model DIR --repo-id {self.repo_id}` pushes it later"
                         )
                         return None
@@ -143,6 +144,7 @@ def push_dir(
     if uploader.failures:
         raise ConfigError(
             "--repo-id",
-            f"could not push to {repo_id}: {uploader.failures[0]}; check HF_ENDPOINT, the token (HF_TOKEN or huggingface-cli login) and the network",
+            f"could not push to {repo_id}: {uploader.failures[0]}; check HF_ENDPOINT, the token (HF_TOKEN or "
+            f"huggingface-cli login) and the network",
         )
     return uploader.commits[-1]

@@ -31,7 +31,8 @@ def check_model_dir(path: str, key: str) -> None:
     if not any(os.path.exists(os.path.join(path, name)) for name in WEIGHT_FILES):
         raise ConfigError(
             key,
-            f"{path!r} holds no model weights ({', '.join(WEIGHT_FILES[:3])}); pass a folder written by tfclm fit or save_pretrained",
+            f"{path!r} holds no model weights ({', '.join(WEIGHT_FILES[:3])}); pass a folder written by tfclm fit or "
+            f"save_pretrained",
         )
 
 

@@ -79,8 +79,8 @@ class ThroughputCallback(keras.callbacks.Callback):
     >>> ids = np.random.default_rng(0).integers(0, 50, (8, 16)).astype("int32")
     >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
     >>> throughput = tfclm.callbacks.ThroughputCallback(tokens_per_step=4 * 16, peak_flops=200e9)
-    >>> history = model.fit({"input_ids": ids, "labels": ids}, batch_size=4, epochs=1, verbose=0, callbacks=[throughput])
-    >>> throughput.tokens, throughput.steps, history.history["tokens_per_second"][0] > 0, 0 < history.history["mfu"][0] < 1
+    >>> logs = model.fit({"input_ids": ids, "labels": ids}, batch_size=4, verbose=0, callbacks=[throughput]).history
+    >>> throughput.tokens, throughput.steps, logs["tokens_per_second"][0] > 0, 0 < logs["mfu"][0] < 1
     (128, 2, True, True)
     """
 
@@ -192,7 +192,8 @@ class SampleTextCallback(keras.callbacks.Callback):
     >>> model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=32))
     >>> ids = np.random.default_rng(0).integers(0, len(tokenizer), (8, 16)).astype("int32")
     >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    >>> sampler = tfclm.callbacks.SampleTextCallback(tokenizer, ["the list"], max_new_tokens=4, seed=0, printer=lambda line: None)
+    >>> sampler = tfclm.callbacks.SampleTextCallback(
+    ...     tokenizer, ["the list"], max_new_tokens=4, seed=0, printer=lambda line: None)
     >>> _ = model.fit({"input_ids": ids, "labels": ids}, batch_size=4, epochs=2, verbose=0, callbacks=[sampler])
     >>> [(step, len(texts), texts[0].startswith("the list")) for step, texts in sampler.samples]
     [(2, 1, True), (4, 1, True)]

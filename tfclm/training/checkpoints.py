@@ -95,7 +95,8 @@ class CheckpointCallback(keras.callbacks.Callback):
     >>> model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
     >>> ids = np.random.default_rng(0).integers(0, 50, (16, 16)).astype("int32")
     >>> model.compile(optimizer=keras.optimizers.legacy.Adam(1e-3))
-    >>> saver = CheckpointCallback(Checkpoints(tempfile.mkdtemp(), model, model.optimizer), every_steps=3, steps_per_epoch=4)
+    >>> checkpoints = Checkpoints(tempfile.mkdtemp(), model, model.optimizer)
+    >>> saver = CheckpointCallback(checkpoints, every_steps=3, steps_per_epoch=4)
     >>> _ = model.fit({"input_ids": ids, "labels": ids}, batch_size=4, epochs=2, verbose=0, callbacks=[saver])
     >>> saver.saved
     [3, 4, 6, 8]

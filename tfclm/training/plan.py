@@ -28,7 +28,8 @@ def plan_steps(n_blocks: int | None, config: config_lib.Config, replicas: int = 
         raise ConfigError(
             "train.batch_size",
             f"the training text makes {n_blocks} blocks of {config.data.block_size} tokens, fewer than one step of "
-            f"{train.batch_size} x {replicas} replica(s) x {accumulation} blocks; lower train.batch_size, train.gradient_accumulation_steps or data.block_size, or add text",
+            f"{train.batch_size} x {replicas} replica(s) x {accumulation} blocks; lower train.batch_size, "
+            f"train.gradient_accumulation_steps or data.block_size, or add text",
         )
     total = per_epoch * train.epochs if train.max_steps is None else min(per_epoch * train.epochs, train.max_steps)
     return Plan(total, per_epoch, accumulation)

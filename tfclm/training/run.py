@@ -63,11 +63,15 @@ def _nan_message(step: int, value: float, config: config_lib.Config, saved: list
     if config.train.precision == "fp16":
         causes.append("fp16 overflow (try precision bf16 or fp32)")
     kept = (
-        f"the last good checkpoint (step {saved[-1]}) is kept in {config.output_dir}/checkpoints; rerun to resume from it"
+        f"the last good checkpoint (step {saved[-1]}) is kept in {config.output_dir}/checkpoints; "
+        "rerun to resume from it"
         if saved
         else "no checkpoint was saved before it"
     )
-    return f"train: the loss became {value} at optimizer step {step}, so training stopped; likely causes: {'; '.join(causes)}; {kept}"
+    return (
+        f"train: the loss became {value} at optimizer step {step}, so training stopped; "
+        f"likely causes: {'; '.join(causes)}; {kept}"
+    )
 
 
 def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool = False) -> dict:
@@ -83,7 +87,8 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
     if strategy.num_replicas_in_sync > 1 and config.train.gradient_accumulation_steps > 1:
         raise ConfigError(
             "train.gradient_accumulation_steps",
-            f"works with one replica, and this run has {strategy.num_replicas_in_sync}; set it to 1 and raise train.batch_size or the replicas instead",
+            f"works with one replica, and this run has {strategy.num_replicas_in_sync}; set it to 1 and raise "
+            f"train.batch_size or the replicas instead",
         )
     out = config.output_dir
     dirs = WorkerDirs(out)
@@ -176,7 +181,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     )
     params = int(sum(v.shape.num_elements() for v in model.trainable_variables))
     logger.info(
-        f"model: {type(model).__name__}, {params:,} parameters, {policy} precision; strategy {described}, global batch {train.batch_size} x {replicas} = {batch_size}"
+        f"model: {type(model).__name__}, {params:,} parameters, {policy} precision; strategy {described}, global "
+        f"batch {train.batch_size} x {replicas} = {batch_size}"
     )
 
     jit = resolve_jit_compile(train.jit_compile)
@@ -193,7 +199,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     if chief and start >= plan.total_steps and os.path.exists(os.path.join(out, RESULTS_FILENAME)):
         raise ConfigError(
             "output_dir",
-            f"{out!r} already holds a finished run ({start:,} steps, results.json); use a new --output-dir, or --overwrite to train again",
+            f"{out!r} already holds a finished run ({start:,} steps, results.json); use a new --output-dir, or "
+            f"--overwrite to train again",
         )
 
     before = evaluate_loss(model, eval_ds) if chief and config.evaluate.before_training and not start else None
@@ -279,7 +286,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
     for sample in samples:
         logger.info(
-            f"sample ({sample.new_tokens} new tokens{', ended at EOS' if sample.stopped_at_eos else ''}): {sample.text!r}"
+            f"sample ({sample.new_tokens} new tokens{', ended at EOS' if sample.stopped_at_eos else ''}): "
+            f"{sample.text!r}"
         )
 
     logged = history.history if history else {}
@@ -321,7 +329,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     if pusher is not None:
         pusher.push_final(config=dataclasses.asdict(config), results=results, save=False)
     logger.info(
-        f"done: {optimizer_steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} tokens in {train_seconds:,.1f} s "
+        f"done: {optimizer_steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} "
+        f"tokens in {train_seconds:,.1f} s "
         f"({throughput.tokens_per_second:,.0f} tokens/s); perplexity "
         f"{before['perplexity'] if before else float('nan'):,.2f} -> {after['perplexity']:,.2f}; saved to {out}"
     )
