@@ -30,30 +30,27 @@ def _write_pydoc_topics() -> str:
 
 PYDOC_TOPICS = _write_pydoc_topics()
 
+
+def sets(*pairs: str) -> list[str]:
+    """`--set` options for the CLI: sets("a.b=1", "c.d=2") -> ["--set", "a.b=1", "--set", "c.d=2"]."""
+    return [part for pair in pairs for part in ("--set", pair)]
+
+
 # The default run, shrunk: same config file and code path as `make train`, on the pydoc topics alone.
-TINY = [
-    "--set",
+TINY = sets(
     f"data.dataset={PYDOC_TOPICS}",
-    "--set",
     "data.max_documents=40",
-    "--set",
     "data.num_proc=1",
-    "--set",
     "tokenizer.vocab_size=600",
-    "--set",
     "model.config.n_layer=1",
-    "--set",
     "model.config.n_embd=64",
-    "--set",
     "model.config.n_head=2",
-    "--set",
     "train.warmup_ratio=0.1",
-    "--set",
     "generate.max_new_tokens=12",
-]
+)
 
 # The tiny run on the built-in corpus itself: the settings of the `trained_dir` fit.
-TINY_BUILTIN = [*TINY, "--set", "data.dataset=builtin:pydoc"]
+TINY_BUILTIN = [*TINY, *sets("data.dataset=builtin:pydoc")]
 
 
 def run_cli(args):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, run_cli
+from conftest import DEFAULT_CONFIG, run_cli, sets
 
 
 def error_line(result):
@@ -59,10 +59,7 @@ def test_bad_model_in_config_leaves_earlier_output_intact(tmp_path):
                 DEFAULT_CONFIG,
                 "--output-dir",
                 str(out),
-                "--set",
-                "model.config=null",
-                "--set",
-                f"model.name_or_path={tmp_path}/no-model",
+                *sets("model.config=null", f"model.name_or_path={tmp_path}/no-model"),
             ]
         )
     )

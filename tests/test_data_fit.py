@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, TINY, run_cli
+from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
 
 FAST = [*TINY, "--set", "evaluate.before_training=false", "--set", "generate.max_new_tokens=4"]
 
@@ -34,10 +34,7 @@ def test_unpacked_and_streaming_fits(tmp_path, eli5_jsonl):
             "--config",
             DEFAULT_CONFIG,
             *FAST,
-            "--set",
-            "data.pack=false",
-            "--set",
-            "data.block_size=32",
+            *sets("data.pack=false", "data.block_size=32"),
             "--max-steps",
             "2",
             "--output-dir",
@@ -55,14 +52,8 @@ def test_unpacked_and_streaming_fits(tmp_path, eli5_jsonl):
             "--config",
             DEFAULT_CONFIG,
             *FAST,
-            "--set",
-            f"data.dataset={eli5_jsonl}",
-            "--set",
-            "data.text_template={title}: {answers.text}",
-            "--set",
-            "data.streaming=true",
-            "--set",
-            "data.block_size=16",
+            *sets(f"data.dataset={eli5_jsonl}"),
+            *sets("data.text_template={title}: {answers.text}", "data.streaming=true", "data.block_size=16"),
             "--batch-size",
             "2",
             "--max-steps",

@@ -10,15 +10,10 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli
+from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli, sets
 
 QUIET = [
-    "--set",
-    "logging.sample_every_n_epochs=null",
-    "--set",
-    "logging.tensorboard=false",
-    "--set",
-    "generate.max_new_tokens=4",
+    *sets("logging.sample_every_n_epochs=null", "logging.tensorboard=false", "generate.max_new_tokens=4"),
 ]
 
 
@@ -88,10 +83,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
         DEFAULT_CONFIG,
         *TINY,
         *QUIET,
-        "--set",
-        "train.strategy=multiworker",
-        "--set",
-        "evaluate.before_training=false",
+        *sets("train.strategy=multiworker", "evaluate.before_training=false"),
         "--batch-size",
         "4",
         "--max-steps",

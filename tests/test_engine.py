@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, TINY_BUILTIN, run_cli
+from conftest import DEFAULT_CONFIG, ROOT, TINY, TINY_BUILTIN, run_cli, sets
 
 
 def tiny_lm(seed=0):
@@ -114,16 +114,13 @@ def test_nan_stops_training_names_causes_and_keeps_the_checkpoint(tmp_path):
             "--config",
             DEFAULT_CONFIG,
             *TINY,
-            "--set",
-            "evaluate.before_training=false",
-            "--set",
-            "train.warmup_ratio=0",
-            "--set",
-            "train.clipnorm=null",
-            "--set",
-            "train.lr_schedule=constant",
-            "--set",
-            "train.checkpoint_steps=1",
+            *sets(
+                "evaluate.before_training=false",
+                "train.warmup_ratio=0",
+                "train.clipnorm=null",
+                "train.lr_schedule=constant",
+                "train.checkpoint_steps=1",
+            ),
             "--learning-rate",
             "1e12",
             "--max-steps",
@@ -148,12 +145,7 @@ def test_xla_and_progress_logs(tmp_path):
             "--config",
             DEFAULT_CONFIG,
             *TINY,
-            "--set",
-            "evaluate.before_training=false",
-            "--set",
-            "train.jit_compile=true",
-            "--set",
-            "train.gradient_accumulation_steps=2",
+            *sets("evaluate.before_training=false", "train.jit_compile=true", "train.gradient_accumulation_steps=2"),
             "--max-steps",
             "3",
             "--output-dir",
@@ -185,8 +177,7 @@ def test_finished_run_is_not_retrained_and_other_settings_are_refused(trained_di
             "40",
             "--output-dir",
             out,
-            "--set",
-            "train.learning_rate=0.5",
+            *sets("train.learning_rate=0.5"),
         ]
     )
     assert other.exit_code == 2 and "train.learning_rate" in other.output and "--overwrite" in other.output
@@ -201,14 +192,7 @@ def _fit_command(out):
         "--config",
         DEFAULT_CONFIG,
         *TINY,
-        "--set",
-        "evaluate.before_training=false",
-        "--set",
-        "train.checkpoint_steps=5",
-        "--set",
-        "train.epochs=2",
-        "--set",
-        "data.max_documents=16",
+        *sets("evaluate.before_training=false", "train.checkpoint_steps=5", "train.epochs=2", "data.max_documents=16"),
         "--batch-size",
         "4",
         "--output-dir",

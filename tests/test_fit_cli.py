@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, TINY, run_cli
+from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
 
 
 @pytest.mark.slow
@@ -109,10 +109,7 @@ def test_recipe_pipeline_through_the_same_path(tmp_path):
             "--config",
             DEFAULT_CONFIG,
             *TINY,
-            "--set",
-            "train.pipeline=recipe",
-            "--set",
-            "evaluate.before_training=false",
+            *sets("train.pipeline=recipe", "evaluate.before_training=false"),
             "--max-steps",
             "3",
             "--output-dir",

@@ -13,17 +13,12 @@ import urllib.request
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY
+from conftest import DEFAULT_CONFIG, ROOT, TINY, sets
 
 TOKEN = "hf_tfclmTestToken0123456789abcdef"
 FIT = [
     *TINY,
-    "--set",
-    "evaluate.before_training=false",
-    "--set",
-    "generate.max_new_tokens=4",
-    "--set",
-    "data.max_documents=60",
+    *sets("evaluate.before_training=false", "generate.max_new_tokens=4", "data.max_documents=60"),
     "--batch-size",
     "8",
 ]
@@ -93,12 +88,7 @@ def test_fit_pushes_every_epoch_and_the_final_model(hub, tmp_path):
             "--config",
             DEFAULT_CONFIG,
             *FIT,
-            "--set",
-            "train.epochs=2",
-            "--set",
-            "hub.push=true",
-            "--set",
-            "hub.model_id=tester/tiny",
+            *sets("train.epochs=2", "hub.push=true", "hub.model_id=tester/tiny"),
             "--output-dir",
             out,
         ],
@@ -153,14 +143,7 @@ def test_server_lost_mid_training_then_push_later(hub, tmp_path):
         "--config",
         DEFAULT_CONFIG,
         *FIT,
-        "--set",
-        "train.epochs=4",
-        "--set",
-        "hub.push=true",
-        "--set",
-        "hub.model_id=tester/lost",
-        "--set",
-        "hub.max_retries=1",
+        *sets("train.epochs=4", "hub.push=true", "hub.model_id=tester/lost", "hub.max_retries=1"),
         "--output-dir",
         out,
     ]

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import RECIPE_CONFIG, eli5_records, run_cli
+from conftest import RECIPE_CONFIG, eli5_records, run_cli, sets
 
 
 def local_gpt2(path, corpus):
@@ -51,14 +51,9 @@ def test_distilgpt2_eli5_config_fine_tunes_local_copies(tmp_path):
             "fit",
             "--config",
             RECIPE_CONFIG,
-            "--set",
-            f"model.name_or_path={model_dir}",
-            "--set",
-            f"data.dataset={data_dir}",
-            "--set",
-            "data.block_size=32",
-            "--set",
-            "generate.max_new_tokens=8",
+            *sets(f"model.name_or_path={model_dir}"),
+            *sets(f"data.dataset={data_dir}"),
+            *sets("data.block_size=32", "generate.max_new_tokens=8"),
             "--batch-size",
             "4",
             "--max-steps",
