@@ -122,3 +122,21 @@ def test_resolved_config_round_trips():
     config = load_config(DEFAULT_CONFIG, ["train.epochs=5"])
     again = from_dict(yaml.safe_load(to_yaml(config)))
     assert again == config and isinstance(again, Config)
+
+
+def test_a_leading_tilde_is_the_home_directory(tmp_path, monkeypatch):
+    from tfclm.data.sources import load_documents
+
+    from conftest import run_cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "x.txt").write_text("a first paragraph\n\na second one\n", encoding="utf-8")
+    config = load_config(DEFAULT_CONFIG, ["data.dataset=~/x.txt", "data.txt_document=paragraph", "output_dir=~/runs/x"])
+    assert config.data.dataset == str(tmp_path / "x.txt") and config.output_dir == str(tmp_path / "runs" / "x")
+    assert load_documents(config.data) == ["a first paragraph", "a second one"]
+    shown = run_cli(
+        ["config", "--config", DEFAULT_CONFIG, "--set", "model.name_or_path=~/m", "--set", "model.config=null"]
+    )
+    assert f"model.name_or_path                 {tmp_path}/m " in shown.stdout
+    missing = run_cli(["evaluate", "--model", "~/no-such-model"])
+    assert missing.exit_code == 2 and f"{tmp_path}/no-such-model" in missing.output

@@ -145,7 +145,12 @@ def test_xla_and_progress_logs(tmp_path):
             "--config",
             DEFAULT_CONFIG,
             *TINY,
-            *sets("evaluate.before_training=false", "train.jit_compile=true", "train.gradient_accumulation_steps=2"),
+            *sets(
+                "evaluate.before_training=false",
+                "train.jit_compile=true",
+                "train.gradient_accumulation_steps=2",
+                "logging.every_n_steps=1",
+            ),
             "--max-steps",
             "3",
             "--output-dir",
@@ -160,6 +165,8 @@ def test_xla_and_progress_logs(tmp_path):
     assert (
         results["jit_compile"] is True and results["train_steps"] == 3 and results["train_tokens"] == 3 * 2 * 16 * 128
     )
+    # Every *_steps counts optimizer steps, each of 2 micro-batches here.
+    assert results["step_history"]["steps"] == [1, 2, 3] and len(results["step_history"]["loss"]) == 3
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Generation: XLA equals eager, bucketed shapes compile once, seeds reproduce, batches equal solo runs."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -152,7 +154,59 @@ def test_python_api_loads_once(trained_dir):
     first = tfclm.generate(out, ["The"], do_sample=False, max_new_tokens=6)
     second = tfclm.generate(out, "The list", do_sample=False, max_new_tokens=6)
     assert first[0].startswith("The") and second[0].startswith("The list")
-    assert list(generate_module._GENERATORS) == [(out, True)] and generate_module._GENERATORS[(out, True)].traces == 1
+    key = (os.path.realpath(out), True)
+    assert list(generate_module._GENERATORS) == [key] and generate_module._GENERATORS[key][1].traces == 1
+
+
+@pytest.mark.slow
+def test_python_api_reloads_a_retrained_dir_and_keeps_few_models(trained_dir, tmp_path):
+    from transformers import TFAutoModelForCausalLM
+
+    import tfclm
+    from tfclm.generation import generator as generate_module
+
+    copies = []
+    for i in range(generate_module.CACHED_MODELS + 1):
+        copies.append(str(tmp_path / f"copy{i}"))
+        shutil.copytree(trained_dir[0], copies[-1], ignore=shutil.ignore_patterns("checkpoints", "cache", "logs"))
+    greedy = dict(do_sample=False, max_new_tokens=4, xla=False)
+    before = tfclm.generate(copies[0], "The", **greedy)
+    held = generate_module._GENERATORS[(os.path.realpath(copies[0]), False)][1]
+    assert tfclm.generate(copies[0], "The", **greedy) == before
+    assert generate_module._GENERATORS[(os.path.realpath(copies[0]), False)][1] is held  # loaded once
+    # Train the directory "again": other weights in the same place.
+    model = TFAutoModelForCausalLM.from_pretrained(copies[0])
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save_pretrained(copies[0])
+    tfclm.generate(copies[0], "The", **greedy)
+    reloaded = generate_module._GENERATORS[(os.path.realpath(copies[0]), False)][1]
+    assert reloaded is not held
+    assert [float(v) for v in reloaded.model.get_weights()[0].ravel()[:3]] == [
+        float(v) for v in model.get_weights()[0].ravel()[:3]
+    ]
+    for copy in copies[1:]:
+        tfclm.generate(copy, "The", **greedy)
+    assert len(generate_module._GENERATORS) == generate_module.CACHED_MODELS
+    assert (os.path.realpath(copies[0]), False) not in generate_module._GENERATORS  # the least recently used went
+
+
+@pytest.mark.slow
+def test_new_seeds_compile_nothing_and_the_callers_tokenizer_is_left_alone(trained_dir):
+    from tfclm.generation.generator import Generator
+    from tfclm.model.loading import load_trained
+
+    model, tokenizer = load_trained(trained_dir[0])
+    tokenizer.padding_side = "right"
+    pad_before = tokenizer.pad_token
+    compiled = Generator(model, tokenizer, xla=True, log=lambda line: None)
+    eager = Generator(model, tokenizer, xla=False, log=lambda line: None)
+    sample = dict(do_sample=True, max_new_tokens=8, top_k=50, top_p=0.95)
+    for seed in (1, 2, 3):
+        assert [s.text for s in compiled(["The list", "Return the"], seed=seed, **sample)] == [
+            s.text for s in eager(["The list", "Return the"], seed=seed, **sample)
+        ]
+    assert compiled.traces == 1  # three seeds, one compile
+    assert tokenizer.padding_side == "right" and tokenizer.pad_token == pad_before
 
 
 @pytest.mark.slow

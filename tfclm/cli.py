@@ -7,10 +7,18 @@ Commands parse options and hand over to the library; domain errors become
 import dataclasses
 import functools
 import json
+import os
 
 import click
 
 from tfclm.errors import TfclmError
+
+
+def expand_user(ctx, param, value):
+    """A path option's leading ~ is the home directory, even where no shell expanded it (quoted, or --opt=~/x)."""
+    if isinstance(value, str):
+        return os.path.expanduser(value)
+    return value
 
 
 def domain_errors(command):
@@ -72,28 +80,24 @@ def config_options(help_text: str):
             "--set", "overrides", multiple=True, metavar="KEY=VALUE",
             help="Override one config key, such as --set data.block_size=256; repeatable.",
         )(command)  # fmt: skip
-        return click.option("--config", "config_path", metavar="PATH", help=help_text)(command)
+        return click.option("--config", "config_path", metavar="PATH", callback=expand_user, help=help_text)(command)
 
     return decorate
 
 
 def model_option(help_text: str = "A tfclm output dir or save_pretrained folder."):
-    return click.option("--model", "model_dir", required=True, metavar="DIR", help=help_text)
+    return click.option("--model", "model_dir", required=True, metavar="DIR", callback=expand_user, help=help_text)
 
 
 @cli.command("fit")
 @config_options("YAML run config, such as configs/default.yaml; without it, the built-in defaults.")
-@click.option(
-    "--output-dir", metavar="DIR", help="Where the model, tokenizer, tfclm.yaml and results.json go (output_dir)."
-)
+@click.option("--output-dir", metavar="DIR", help="Where the model, results and checkpoints go (output_dir).")
 @click.option("--epochs", type=int, help="Passes over the training data (train.epochs).")
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps (train.max_steps).")
 @click.option("--batch-size", type=int, help="Blocks per optimizer step (train.batch_size).")
 @click.option("--learning-rate", type=float, help="Peak learning rate (train.learning_rate).")
 @click.option("--seed", type=int, help="Seed for the split, shuffling and initialisation (train.seed).")
-@click.option(
-    "--overwrite", is_flag=True, help="Start over in an output dir that holds a checkpoint or a finished run."
-)
+@click.option("--overwrite", is_flag=True, help="Start over where a checkpoint or a finished run is.")
 @click.pass_context
 @domain_errors
 def fit_command(ctx, config_path, overrides, overwrite, **_):
@@ -120,9 +124,15 @@ def fit_command(ctx, config_path, overrides, overwrite, **_):
     "--config",
     "config_path",
     metavar="PATH",
+    callback=expand_user,
     help="Run config whose validation split to use (default: DIR/tfclm.yaml).",
 )
-@click.option("--text-file", metavar="FILE", help="Evaluate on this UTF-8 text file instead of the validation split.")
+@click.option(
+    "--text-file",
+    metavar="FILE",
+    callback=expand_user,
+    help="Evaluate on this UTF-8 text file instead of the validation split.",
+)
 @click.option(
     "--batch-size", type=click.IntRange(min=1), help="Blocks per evaluation batch (default: evaluate.batch_size)."
 )
@@ -198,18 +208,8 @@ def decoding_options(command):
     "--prompt-file", type=click.File("r", encoding="utf-8"), help="A file with one prompt per line; - reads stdin."
 )
 @decoding_options
-@click.option(
-    "--xla/--no-xla",
-    default=True,
-    show_default=True,
-    help="Compile generation with XLA (once per prompt-length bucket) or run eagerly.",
-)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="One JSON object per sample: prompt, completion, prompt_tokens, new_tokens, seconds.",
-)
+@click.option("--xla/--no-xla", default=True, show_default=True, help="XLA (one compile per length bucket) or eager.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per sample: text, token counts, seconds.")
 @domain_errors
 def generate_command(model_dir, prompts, prompt_file, xla, as_json, **options):
     """Continue prompts with a saved model; several prompts run as one batch.
@@ -257,6 +257,17 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
     click.echo(f"pushed {model_dir} to {repo_id} (commit {commit[:12]})")
 
 
+def serving_sampling_options(command):
+    """The sampling settings fixed into a SavedModel: --top-k, --top-p, --temperature, in the decoding ranges."""
+    for name, default in (("temperature", 1.0), ("top_p", 0.95), ("top_k", 50)):
+        flag = "--" + name.replace("_", "-")
+        help_text = f"saved_model: {flag[2:]} when sampling."
+        command = click.option(flag, type=DECODING_TYPES[name], default=default, show_default=True, help=help_text)(
+            command
+        )
+    return command
+
+
 @cli.command("export")
 @model_option("A tfclm output dir or save_pretrained folder (read, never modified).")
 @click.option(
@@ -266,39 +277,25 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
     required=True,
     help="pytorch: safetensors for PyTorch transformers (v5 too); saved_model: for TF Serving.",
 )
-@click.option("--output", required=True, metavar="DIR", help="Where the export goes; must not exist unless --force.")
+@click.option(
+    "--output",
+    required=True,
+    metavar="DIR",
+    callback=expand_user,
+    help="Where the export goes; must not exist unless --force.",
+)
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @click.option(
-    "--prompt-length",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="saved_model: prompts are left-padded to this many tokens.",
+    "--prompt-length", type=click.IntRange(min=1), default=64, help="saved_model: prompt tokens (left-padded)."
 )
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="saved_model: most tokens generate may add.",
+    help="saved_model: most tokens to add.",
 )
-@click.option(
-    "--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="saved_model: top-k when sampling."
-)
-@click.option(
-    "--top-p",
-    type=click.FloatRange(min=0, max=1, min_open=True),
-    default=0.95,
-    show_default=True,
-    help="saved_model: top-p when sampling.",
-)
-@click.option(
-    "--temperature",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="saved_model: temperature when sampling.",
-)
+@serving_sampling_options
 @domain_errors
 def export_command(model_dir, target, output, force, prompt_length, max_new_tokens, top_k, top_p, temperature):
     """Export a trained model to PyTorch weights or a TensorFlow SavedModel.

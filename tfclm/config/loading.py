@@ -6,6 +6,7 @@ written to `OUTPUT_DIR/tfclm.yaml`.
 """
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -114,6 +115,7 @@ def _apply(raw: dict, path: list[str], value: Any) -> None:
 
 
 def read_yaml(path: str) -> dict:
+    path = os.path.expanduser(path)
     try:
         with open(path, encoding="utf-8") as handle:
             raw = yaml.safe_load(handle)
@@ -140,6 +142,22 @@ def read_yaml(path: str) -> dict:
     return raw
 
 
+# Keys that may name a path on this machine: a leading ~ means the home directory, as in a shell.
+PATH_KEYS = ("output_dir", "data.dataset", "data.validation_split", "tokenizer.name_or_path", "model.name_or_path")
+
+
+def expand_paths(config: Config) -> Config:
+    for dotted in PATH_KEYS:
+        *parents, name = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = getattr(node, parent)
+        value = getattr(node, name)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(node, name, os.path.expanduser(value))
+    return config
+
+
 def load_config(
     path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = (), flags: Optional[dict] = None
 ) -> Config:
@@ -153,13 +171,13 @@ def load_config(
         _apply(raw, *parse_override(text))
     for key, value in (flags or {}).items():
         _apply(raw, key.split("."), value)
-    config = _build(Config, raw)
+    config = expand_paths(_build(Config, raw))
     validate(config)
     return config
 
 
 def from_dict(raw: dict) -> Config:
-    config = _build(Config, raw)
+    config = expand_paths(_build(Config, raw))
     validate(config)
     return config
 

@@ -13,7 +13,9 @@ CPU costs more than the model itself.
 
 import dataclasses
 import logging
+import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +24,7 @@ from tfclm.backend import tf
 from tfclm.config import GenerationOptions
 from tfclm.errors import ConfigError
 from tfclm.generation.sampling import SamplingLogitsProcessor
-from tfclm.model.loading import load_trained, n_positions
+from tfclm.model.loading import WEIGHT_FILES, load_trained, n_positions
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +65,8 @@ class Generator:
         self._compiled = {}
         self._shapes = set()
         self._eager_only = set()
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        # Prompts are left-padded here, not by the tokenizer: the caller's tokenizer is never changed.
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @staticmethod
     def _own_sampling(options: GenerationOptions) -> bool:
@@ -80,7 +82,7 @@ class Generator:
             num_beams=options.num_beams,
             num_return_sequences=1 if own else options.num_return_sequences,
             repetition_penalty=options.repetition_penalty,
-            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=self.pad_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
         if options.do_sample and not own:
@@ -104,7 +106,8 @@ class Generator:
                 input_ids=input_ids, attention_mask=attention_mask, seed=seed, logits_processor=processors, **kwargs
             )
 
-        key = dataclasses.astuple(options)
+        # The seed is an input of the compiled function, not part of its identity: a new seed compiles nothing.
+        key = dataclasses.astuple(dataclasses.replace(options, seed=None))
         if not self.xla or key in self._eager_only:
             return generate(input_ids, attention_mask, seed)
         if key not in self._compiled:
@@ -143,11 +146,12 @@ class Generator:
         if not prompts or any(not isinstance(p, str) or not p for p in prompts):
             raise ConfigError("prompt", "prompts must be non-empty text; pass --prompt 'Some text'")
         tok = self.tokenizer
-        tok.padding_side = "left"
         copies = opts.num_return_sequences if self._own_sampling(opts) else 1
         rows = [prompt for prompt in prompts for _ in range(copies)]  # own sampling draws each sample as a row
-        encoded = tok(rows, padding=True, add_special_tokens=False, return_tensors="np")
-        ids, mask = encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int32)
+        encoded = tok(rows, add_special_tokens=False)["input_ids"]
+        width = max(len(row) for row in encoded)
+        ids = np.array([[self.pad_id] * (width - len(row)) + row for row in encoded], dtype=np.int32)
+        mask = np.array([[0] * (width - len(row)) + [1] * len(row) for row in encoded], dtype=np.int32)
         limit = n_positions(self.model) or 10**9
         if ids.shape[1] + opts.max_new_tokens > limit:
             raise ConfigError(
@@ -158,7 +162,7 @@ class Generator:
         if self.xla:
             length = max(ids.shape[1], min(_bucket(ids.shape[1], self.length_buckets), limit - opts.max_new_tokens))
             batch = _bucket(len(rows), [2**i for i in range(16)])
-            ids = np.pad(ids, ((0, 0), (length - ids.shape[1], 0)), constant_values=tok.pad_token_id)
+            ids = np.pad(ids, ((0, 0), (length - ids.shape[1], 0)), constant_values=self.pad_id)
             mask = np.pad(mask, ((0, 0), (length - mask.shape[1], 0)))
             # Filler rows repeat the first prompt: their output is dropped, and a row
             # of padding alone would make transformers warn of right-padding.
@@ -176,7 +180,7 @@ class Generator:
             stopped = tok.eos_token_id in new
             if stopped:
                 new = new[: new.index(tok.eos_token_id) + 1]
-            prompt_tokens = int(encoded["attention_mask"][row if copies > 1 else prompt_index].sum())
+            prompt_tokens = len(encoded[row if copies > 1 else prompt_index])
             samples.append(
                 Sample(
                     prompts[prompt_index],
@@ -195,7 +199,33 @@ def generate_samples(model, tokenizer, prompts: list[str], xla: bool = False, **
     return Generator(model, tokenizer, xla=xla)(prompts, **options)
 
 
-_GENERATORS: dict = {}
+# Loaded directories, least recently used first: a few models at most stay in memory.
+_GENERATORS: OrderedDict = OrderedDict()
+CACHED_MODELS = 4
+
+
+def _dir_fingerprint(model_dir: str) -> tuple:
+    """What changes when a directory is trained again: its weight and tokenizer files' sizes and times."""
+    names = (*WEIGHT_FILES, "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+    found = []
+    for name in names:
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            stat = os.stat(path)
+            found.append((name, stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
+
+
+def _cached_generator(model_dir: str, xla: bool) -> Generator:
+    key = (os.path.realpath(model_dir), xla)
+    fingerprint = _dir_fingerprint(model_dir)
+    cached = _GENERATORS.get(key)
+    if cached is None or cached[0] != fingerprint:
+        _GENERATORS[key] = (fingerprint, Generator(*load_trained(model_dir, key="model_or_dir"), xla=xla))
+    _GENERATORS.move_to_end(key)
+    while len(_GENERATORS) > CACHED_MODELS:
+        _GENERATORS.popitem(last=False)
+    return _GENERATORS[key][1]
 
 
 def generate(model_or_dir, prompts, xla: bool = True, **options) -> list[str]:
@@ -210,8 +240,5 @@ def generate(model_or_dir, prompts, xla: bool = True, **options) -> list[str]:
     elif isinstance(model_or_dir, tuple):
         generator = Generator(*model_or_dir, xla=xla)
     else:
-        key = (str(model_or_dir), xla)
-        if key not in _GENERATORS:
-            _GENERATORS[key] = Generator(*load_trained(str(model_or_dir), key="model_or_dir"), xla=xla)
-        generator = _GENERATORS[key]
+        generator = _cached_generator(os.path.expanduser(str(model_or_dir)), xla)
     return [sample.text for sample in generator(list(prompts), **options)]

@@ -7,6 +7,7 @@ from tfclm.backend import keras, tf
 from tfclm.files import atomic_write_text, save_pretrained_atomic
 from tfclm.hub.modelcard import check_card_args, model_card
 from tfclm.hub.uploads import DEFAULT_IGNORE, Uploader, default_repo_id
+from tfclm.training.callbacks import StepClock
 from tfclm.training.distribute import is_chief
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class PushToHubCallback(keras.callbacks.Callback):
         self.ignore_patterns = tuple(ignore_patterns)
         self.model_card_args = model_card_args
         self.uploader = None
-        self.steps = 0
+        self._clock = StepClock()
 
     @property
     def failures(self) -> list[str]:
@@ -102,10 +103,10 @@ class PushToHubCallback(keras.callbacks.Callback):
             self._push(f"Training in progress epoch {epoch + 1}")
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.uploader and self.save_strategy == "steps" and self.steps % self.save_steps == 0:
+        step = self._clock.tick(self.model)
+        if step and self.uploader and self.save_strategy == "steps" and step % self.save_steps == 0:
             self._save()
-            self._push(f"Training in progress steps {self.steps}")
+            self._push(f"Training in progress steps {step}")
 
     def on_train_end(self, logs=None):
         if self.push_at_train_end:

@@ -8,6 +8,7 @@ training. Only the chief worker pushes. The token comes from the caller,
 HF_TOKEN or the huggingface_hub login, and tfclm never prints or writes it.
 """
 
+import fnmatch
 import json
 import logging
 import os
@@ -28,23 +29,35 @@ logger = logging.getLogger(__name__)
 DEFAULT_IGNORE = ("cache/*", "checkpoints/*", ".tmp-*", "*.tmp-*")
 
 
+def ignored(relative_path: str, patterns) -> bool:
+    """Whether a path inside the pushed folder (with / separators) matches an ignore pattern; `*` spans folders."""
+    return any(fnmatch.fnmatchcase(relative_path, pattern) for pattern in patterns)
+
+
 def _snapshot(folder: str, ignore) -> str:
-    """A copy of `folder` that later saves cannot touch: hard links (saves replace files, never rewrite them)."""
-    target = tempfile.mkdtemp(prefix="tfclm-push-")
+    """A copy of `folder` that later saves cannot touch, without what `ignore` names.
 
-    def link(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(
-        folder,
-        target,
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns(*(p.rstrip("/*") for p in ignore)),
-        copy_function=link,
-    )
+    Files are hard links where possible (saves replace files, never rewrite them), so the copy is made
+    beside the folder, on the same filesystem; where that is not writable, in the temp dir, as copies.
+    """
+    folder = os.path.abspath(folder)
+    try:
+        target = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-push-", dir=os.path.dirname(folder))
+    except OSError:
+        target = tempfile.mkdtemp(prefix="tfclm-push-")
+    for directory, dirnames, filenames in os.walk(folder):
+        base = os.path.relpath(directory, folder).replace(os.sep, "/")
+        base = "" if base == "." else base + "/"
+        dirnames[:] = [d for d in dirnames if not ignored(f"{base}{d}/", ignore)]
+        for name in filenames:
+            if ignored(base + name, ignore):
+                continue
+            source, copy = os.path.join(directory, name), os.path.join(target, base, name)
+            os.makedirs(os.path.dirname(copy), exist_ok=True)
+            try:
+                os.link(source, copy)
+            except OSError:
+                shutil.copy2(source, copy)
     return target
 
 
@@ -107,7 +120,10 @@ class Uploader:
     def submit(self, folder: str, message: str, ignore=DEFAULT_IGNORE, extra_files: dict | None = None) -> Future:
         snapshot = _snapshot(folder, ignore)
         for name, text in (extra_files or {}).items():
-            with open(os.path.join(snapshot, name), "w", encoding="utf-8") as handle:
+            path = os.path.join(snapshot, name)
+            if os.path.lexists(path):
+                os.unlink(path)  # a hard link to the folder's own file: writing through it would change that file
+            with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
         future = self._executor.submit(self._push, snapshot, message)
         self._futures.append(future)

@@ -12,6 +12,27 @@ from tfclm.evaluation.perplexity import evaluate_loss, perplexity
 from tfclm.generation.generator import Generator
 
 
+def optimizer_steps(model) -> int:
+    """Optimizer steps taken so far: Keras counts batches, which under gradient accumulation are micro-batches."""
+    optimizer = getattr(model, "optimizer", None)
+    return int(optimizer.iterations.numpy()) if optimizer is not None else 0
+
+
+class StepClock:
+    """Tells a callback when an optimizer step has been taken, so every `*_steps` counts optimizer steps."""
+
+    def __init__(self):
+        self.last = None
+
+    def tick(self, model) -> int | None:
+        """The optimizer step just taken, or None when this batch did not end one (mid-accumulation)."""
+        step = optimizer_steps(model)
+        if step == self.last:
+            return None
+        self.last = step
+        return step
+
+
 def _lm(model):
     """The transformers model inside tfclm's trainer, or the model itself in a user's own fit."""
     return getattr(model, "lm", model)
@@ -45,14 +66,14 @@ class PerplexityCallback(keras.callbacks.Callback):
         super().__init__()
         self.eval_data = eval_data
         self.every_n_steps = every_n_steps
-        self.evaluations = []  # (step, {"loss", "perplexity", "tokens"})
-        self._steps = 0
+        self.evaluations = []  # (optimizer step, {"loss", "perplexity", "tokens"})
+        self._clock = StepClock()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
-        if self.eval_data is not None and self.every_n_steps and self._steps % self.every_n_steps == 0:
+        step = self._clock.tick(self.model)
+        if step and self.eval_data is not None and self.every_n_steps and step % self.every_n_steps == 0:
             result = evaluate_loss(_lm(self.model), self.eval_data)
-            self.evaluations.append((self._steps, result))
+            self.evaluations.append((step, result))
             if logs is not None:
                 logs["eval_loss"], logs["eval_perplexity"] = result["loss"], result["perplexity"]
 
@@ -152,21 +173,21 @@ class StepHistory(keras.callbacks.Callback):
         self.every_n_steps = every_n_steps
         self.steps = []
         self.history = {}
-        self._count = 0
+        self._clock = StepClock()
         self._previous_mean = 0.0
         self._window = []
 
     def on_train_batch_end(self, batch, logs=None):
-        self._count += 1
         logs = logs or {}
         if "loss" in logs:
             mean = float(logs["loss"])
             # The running epoch mean after batch b (0-based) is the sum of b + 1 losses over b + 1.
             self._window.append((batch + 1) * mean - batch * (self._previous_mean if batch else 0.0))
             self._previous_mean = mean
-        if self._count % self.every_n_steps:
+        step = self._clock.tick(self.model)
+        if step is None or step % self.every_n_steps:
             return
-        self.steps.append(self._count)
+        self.steps.append(step)
         for key, value in logs.items():
             if key != "loss" and (isinstance(value, (int, float)) or hasattr(value, "numpy")):
                 self.history.setdefault(key, []).append(float(value))
@@ -218,7 +239,7 @@ class SampleTextCallback(keras.callbacks.Callback):
         self.printer = printer
         self.generate_options = {"max_new_tokens": 50, **generate_options}
         self.samples = []
-        self._steps = 0
+        self._clock = StepClock()
         self._writer = None
 
     def sample(self):
@@ -228,20 +249,21 @@ class SampleTextCallback(keras.callbacks.Callback):
                 self.prompts, **self.generate_options
             )
         ]
-        self.samples.append((self._steps, texts))
+        step = optimizer_steps(self.model)
+        self.samples.append((step, texts))
         for text in texts:
-            self.printer(f"sample at step {self._steps}: {text!r}")
+            self.printer(f"sample at step {step}: {text!r}")
         if self.log_dir:
             if self._writer is None:
                 self._writer = tf.summary.create_file_writer(self.log_dir)
             with self._writer.as_default():
-                tf.summary.text("samples", "\n\n".join(f"    {t}" for t in texts), step=self._steps)
+                tf.summary.text("samples", "\n\n".join(f"    {t}" for t in texts), step=step)
             self._writer.flush()
         return texts
 
     def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
-        if self.every_n_steps and self._steps % self.every_n_steps == 0:
+        step = self._clock.tick(self.model)
+        if step and self.every_n_steps and step % self.every_n_steps == 0:
             self.sample()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -268,10 +290,14 @@ class StopAfterSteps(keras.callbacks.Callback):
     def __init__(self, max_steps: int):
         super().__init__()
         self.max_steps = max_steps
-        self.steps = 0
+        self.steps = 0  # optimizer steps taken in this fit
+        self._start = 0
+
+    def on_train_begin(self, logs=None):
+        self._start = optimizer_steps(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
+        self.steps = optimizer_steps(self.model) - self._start
         if self.steps >= self.max_steps:
             self.model.stop_training = True
 

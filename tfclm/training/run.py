@@ -114,8 +114,28 @@ def _sample_options(config: config_lib.Config) -> tuple[list, dict]:
     return prompts, options
 
 
+def _set_decoding_defaults(model, config: config_lib.Config, tokenizer) -> None:
+    """The generate: section becomes the saved generation_config.json: `pipeline(...)(prompt)` and a bare
+    `model.generate(...)` then decode as tfclm does, not with transformers' default max_length of 20."""
+    gen, generation_config = config.generate, model.generation_config
+    generation_config.max_new_tokens = gen.max_new_tokens
+    generation_config.do_sample = gen.do_sample
+    if gen.do_sample:
+        generation_config.top_k, generation_config.top_p, generation_config.temperature = (
+            gen.top_k,
+            gen.top_p,
+            gen.temperature,
+        )
+    if generation_config.pad_token_id is None:
+        generation_config.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+
+
 def _logging_callbacks(config: config_lib.Config, tokenizer) -> list:
     """TensorBoard scalars and samples during training, as the `logging:` section asks."""
+    # TensorBoard counts Keras batches: under accumulation, micro-batches per optimizer step of them.
+    micro = config.train.gradient_accumulation_steps
 
     log = config.logging
     log_dir = os.path.join(config.output_dir, "logs") if log.tensorboard else None
@@ -128,7 +148,7 @@ def _logging_callbacks(config: config_lib.Config, tokenizer) -> list:
     if log_dir:
         callbacks.append(
             keras.callbacks.TensorBoard(
-                log_dir=log_dir, update_freq=log.every_n_steps, write_graph=False, profile_batch=0
+                log_dir=log_dir, update_freq=log.every_n_steps * micro, write_graph=False, profile_batch=0
             )
         )
     return callbacks
@@ -171,6 +191,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     tokenizer = prepared.tokenizer
     with strategy.scope():
         model = load_model(config.model, tokenizer, data.block_size)
+    _set_decoding_defaults(model, config, tokenizer)
     plan = plan_steps(None if data.streaming else len(prepared.train.input_ids), config, replicas)
     eval_ds = shard_by_data(
         stream_dataset(config, tokenizer, "validation", config.evaluate.batch_size, shuffle=False)
@@ -239,7 +260,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
         steps,
         guard,
         saver,
-        StopAfterSteps((plan.total_steps - start) * micro),
+        StopAfterSteps(plan.total_steps - start),
     ]
     if chief:
         callbacks += _logging_callbacks(config, tokenizer)
@@ -292,11 +313,10 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
 
     logged = history.history if history else {}
     if config.logging.curves and logged.get("loss"):
-        # Step points count micro-batches; the curve's x axis counts optimizer steps.
         plot_training_curves(
             os.path.join(out, FILENAME),
             logged,
-            [start + s // micro for s in steps.steps],
+            steps.steps,
             steps.history.get("loss"),
             plan.steps_per_epoch,
         )
@@ -321,7 +341,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
         "jit_compile": jit,
         "data": prepared.facts,
         "history": {key: [float(v) for v in values] for key, values in logged.items()},
-        "step_history": {"steps": [start + s // micro for s in steps.steps], **steps.history},
+        "step_history": {"steps": steps.steps, **steps.history},
         "samples": [dataclasses.asdict(s) for s in samples],
         "versions": _versions(),
     }

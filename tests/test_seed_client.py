@@ -1,0 +1,55 @@
+"""The seed recipe's own inference code, word for word, on a tfclm output dir.
+
+It runs in a clean process in the test venv (which has PyTorch), and in one
+where PyTorch is hidden, as in the venv `make install` creates: with
+`sys.modules["torch"] = None`, transformers' check for torch finds nothing.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+# From the transformers causal-LM tutorial (TensorFlow tab), with the Hub id replaced by the output dir.
+SEED_CLIENT = """
+prompt = "Somatic hypermutation allows the immune system to"
+
+from transformers import pipeline
+
+generator = pipeline("text-generation", model={model!r}{framework})
+generated = generator(prompt)
+
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained({model!r})
+inputs = tokenizer(prompt, return_tensors="tf").input_ids
+
+from transformers import TFAutoModelForCausalLM
+
+model = TFAutoModelForCausalLM.from_pretrained({model!r})
+outputs = model.generate(input_ids=inputs, max_new_tokens=100, do_sample=True, top_k=50, top_p=0.95)
+decoded = tokenizer.batch_decode(outputs, skip_special_tokens=True)
+"""
+
+
+@pytest.mark.parametrize("framework", ["", ', framework="tf"'])
+@pytest.mark.parametrize("torch", [True, False], ids=["with-torch", "without-torch"])
+def test_seed_inference_code_runs_unchanged(trained_dir, torch, framework):
+    out, _ = trained_dir
+    hide = "" if torch else 'import sys\nsys.modules["torch"] = None\n'
+    report = """
+import json, transformers
+print(json.dumps({"torch": transformers.is_torch_available(), "framework": generator.framework,
+                  "generated": generated[0]["generated_text"], "decoded": decoded[0]}))
+"""
+    script = hide + SEED_CLIENT.format(model=out, framework=framework) + report
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["torch"] is torch and got["framework"] == "tf"
+    prompt = "Somatic hypermutation allows the immune system to"
+    assert got["generated"].startswith(prompt) and len(got["generated"]) > len(prompt)
+    assert got["decoded"].startswith(prompt) and len(got["decoded"]) > len(prompt)
