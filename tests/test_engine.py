@@ -133,7 +133,82 @@ def test_nan_stops_training_names_causes_and_keeps_the_checkpoint(tmp_path):
     (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert "the loss became" in line and "train.learning_rate is 1e+12" in line and "train.clipnorm" in line
     assert "last good checkpoint" in line and os.path.exists(os.path.join(out, "checkpoints", "checkpoint"))
-    assert not os.path.exists(os.path.join(out, "tf_model.h5"))  # NaN weights are not saved as the model
+    assert not os.path.exists(os.path.join(out, "tf_model.h5"))  # a stopped run is not saved as the model
+    # Checkpoints every step: the one skipped update is the step after the last checkpoint, and it is named.
+    steps = checkpoint_steps(out)
+    assert f"at optimizer step {steps[-1] + 1};" in line and f"(step {steps[-1]})" in line
+    for step in steps:
+        assert checkpoint_is_finite(out, step), step
+
+
+def checkpoint_steps(out) -> list[int]:
+    import tensorflow as tf
+
+    state = tf.train.get_checkpoint_state(os.path.join(out, "checkpoints"))
+    return sorted(int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths)
+
+
+def checkpoint_is_finite(out, step) -> bool:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(out, "checkpoints", f"ckpt-{step}"))
+    names = [n for n, dtype in reader.get_variable_to_dtype_map().items() if dtype.is_floating and "model/" in n]
+    assert names  # the model's weights are in there
+    return all(np.isfinite(reader.get_tensor(n)).all() for n in names)
+
+
+def test_a_nonfinite_step_is_skipped_and_stops_training_at_that_step(tmp_path):
+    """A batch that makes the loss NaN, at a chosen step: its update never reaches the weights."""
+    import collections
+
+    import tensorflow as tf
+    import tf_keras as keras
+    from transformers import AdamWeightDecay
+
+    from tfclm.callbacks import StopOnNonFiniteLoss
+    from tfclm.training.checkpoints import CheckpointCallback, Checkpoints
+    from tfclm.training.trainer import CausalLMTrainer
+
+    Output = collections.namedtuple("Output", "logits")
+
+    class PoisonedLM(keras.Model):
+        """A small LM whose logits are NaN for any batch holding token 63."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = keras.layers.Embedding(64, 16), keras.layers.Dense(64)
+
+        def call(self, input_ids, attention_mask=None, training=False):
+            logits = self.head(self.embed(input_ids))
+            # A constant added: the other batches' gradients stay finite (unlike tf.where over logits * nan).
+            return Output(logits + tf.where(tf.reduce_any(input_ids == 63), float("nan"), 0.0))
+
+    keras.utils.set_random_seed(0)
+    ids = np.random.default_rng(0).integers(0, 63, (12 * 4, 16)).astype(np.int32)
+    ids[6 * 4 + 1, 5] = 63  # in the 7th batch of 4: optimizer step 7
+    for patience, expected_steps in ((None, 12), (1, 7)):
+        lm = PoisonedLM()
+        lm(tf.constant(ids[:1]))
+        trainer = CausalLMTrainer(lm)
+        trainer.compile(optimizer=AdamWeightDecay(learning_rate=1e-2))
+        weights = {}
+
+        class Snapshot(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                weights[int(trainer.optimizer.iterations)] = [w.numpy() for w in lm.weights]
+
+        out = str(tmp_path / f"patience-{patience}")
+        guard = StopOnNonFiniteLoss(patience)
+        saver = CheckpointCallback(
+            Checkpoints(out, lm, trainer.optimizer, keep=20), every_steps=1, steps_per_epoch=None
+        )
+        history = trainer.fit(batches(ids, 4), epochs=1, verbose=0, callbacks=[Snapshot(), guard, saver]).history
+        assert int(trainer.optimizer.iterations) == expected_steps
+        assert all(np.array_equal(a, b) for a, b in zip(weights[6], weights[7]))  # step 7 changed nothing
+        assert not all(np.array_equal(a, b) for a, b in zip(weights[5], weights[6]))  # other steps do
+        assert int(trainer.skipped_steps.numpy()) == 1 and np.isfinite(history["loss"][-1])
+        assert guard.stopped_at == (7 if patience else None)
+        assert all(checkpoint_is_finite(out, step) for step in checkpoint_steps(out))
 
 
 @pytest.mark.slow

@@ -91,6 +91,11 @@ def validate(config) -> None:
         f"must be at least 1 or null, got {train.max_steps}",
     )
     _require(
+        train.max_nonfinite_steps is None or train.max_nonfinite_steps >= 1,
+        "train.max_nonfinite_steps",
+        "must be at least 1, or null to never stop on skipped steps",
+    )
+    _require(
         train.gradient_accumulation_steps >= 1,
         "train.gradient_accumulation_steps",
         f"must be at least 1, got {train.gradient_accumulation_steps}",

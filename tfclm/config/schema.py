@@ -94,6 +94,11 @@ class TrainConfig:
     jit_compile: Union[bool, Literal["auto"]] = setting(
         "auto", "XLA for the train step: true, false, or auto (on GPU/TPU only)"
     )
+    max_nonfinite_steps: Optional[int] = setting(
+        1,
+        "stop after this many optimizer steps in a row whose loss or gradients are not finite (each is skipped); "
+        "null: never; fp16 leaves skipping to its loss scaling",
+    )
     checkpoint_steps: Optional[int] = setting(500, "also checkpoint every N optimizer steps (null: epoch ends only)")
     seed: int = setting(42, "seed of the split, shuffling, initialisation and sampling")
     pipeline: Literal["fast", "recipe"] = setting(

@@ -303,10 +303,13 @@ class StopAfterSteps(keras.callbacks.Callback):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training when the loss becomes NaN or infinite; `stopped_at` is the batch, `value` the loss.
+    """Stops training when the loss becomes NaN or infinite; `stopped_at` is the optimizer step, `value` the loss.
 
     Unlike Keras' TerminateOnNaN it keeps what it saw, so the caller can name
     the likely causes, and a checkpoint callback after it saves nothing more.
+    Under tfclm's trainer, which skips every update whose loss or gradients
+    are not finite, it stops after `patience` skipped steps in a row (None:
+    never, as under fp16, whose loss scaling skips steps by design).
 
     Example:
 
@@ -321,15 +324,19 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     True
     """
 
-    def __init__(self):
+    def __init__(self, patience: int | None = 1):
         super().__init__()
+        self.patience = patience
         self.stopped_at = None
         self.value = None
-        self._batches = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.stopped_at, self.value = self._batches, float(loss)
+        streak = getattr(self.model, "nonfinite_streak", None)
+        if streak is not None:  # tfclm's trainer: the update was skipped, the weights are untouched
+            if self.patience is not None and int(streak.numpy()) >= self.patience:
+                self.stopped_at, self.value = optimizer_steps(self.model), float("nan")
+                self.model.stop_training = True
+        elif loss is not None and not math.isfinite(float(loss)):
+            self.stopped_at, self.value = optimizer_steps(self.model), float(loss)
             self.model.stop_training = True

@@ -58,6 +58,9 @@ class Checkpoints:
         self.checkpoint.restore(self.latest).assert_existing_objects_matched()
         return int(self.optimizer.iterations.numpy())
 
+    def weights_finite(self) -> bool:
+        return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.checkpoint.model.weights]))
+
     def save(self, step: int) -> str:
         return self.manager.save(checkpoint_number=step)
 
@@ -85,7 +88,7 @@ def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Saves every `every_steps` optimizer steps and at each epoch's last step, while the loss is finite.
+    """Saves every `every_steps` optimizer steps and at each epoch's end; never a skipped step or NaN weights.
 
     Example:
 
@@ -116,7 +119,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         due = (self.every_steps and step % self.every_steps == 0) or (
             self.steps_per_epoch and step % self.steps_per_epoch == 0
         )
-        loss = (logs or {}).get("loss")
-        if due and (loss is None or bool(tf.math.is_finite(float(loss)))):
-            self.checkpoints.save(step)
-            self.saved.append(step)
+        streak = getattr(self.model, "nonfinite_streak", None)
+        if not due or (streak is not None and int(streak.numpy()) > 0):
+            return  # a skipped update: its state is the step before's, which is on disk or not due
+        if not self.checkpoints.weights_finite():
+            return  # never write a checkpoint a resume would start from NaN
+        self.checkpoints.save(step)
+        self.saved.append(step)

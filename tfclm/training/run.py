@@ -56,7 +56,7 @@ def _versions() -> dict:
     }
 
 
-def _nan_message(step: int, value: float, config: config_lib.Config, saved: list[int]) -> str:
+def _nan_message(step: int, streak: int, config: config_lib.Config, saved: list[int]) -> str:
     causes = [f"a learning rate too high (train.learning_rate is {config.train.learning_rate:g})"]
     if config.train.clipnorm is None:
         causes.append("no gradient clipping (set train.clipnorm: 1.0)")
@@ -69,7 +69,8 @@ def _nan_message(step: int, value: float, config: config_lib.Config, saved: list
         else "no checkpoint was saved before it"
     )
     return (
-        f"train: the loss became {value} at optimizer step {step}, so training stopped; "
+        f"train: the loss became non-finite (nan or inf, in the loss or its gradients) at optimizer step {step}; "
+        f"its update was skipped ({streak} in a row), and training stopped; "
         f"likely causes: {'; '.join(causes)}; {kept}"
     )
 
@@ -250,7 +251,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     train_ds = shard_by_data(train_ds)
     tokens_per_micro = batch_size * data.block_size
     throughput = ThroughputCallback(tokens_per_step=tokens_per_micro)
-    guard = StopOnNonFiniteLoss()
+    # fp16's loss scaling skips steps by design while it finds its scale: leave stopping to it there.
+    guard = StopOnNonFiniteLoss(None if train.precision == "fp16" else train.max_nonfinite_steps)
     saver = CheckpointCallback(checkpoints, train.checkpoint_steps, plan.steps_per_epoch)
     steps = StepHistory(config.logging.every_n_steps)
     # Order matters: what adds to the logs comes before what writes them out.
@@ -287,7 +289,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     optimizer_steps = int(trainer.optimizer.iterations.numpy())
     if guard.stopped_at is not None:
         raise TfclmError(
-            _nan_message(optimizer_steps, guard.value, config, [start, *saver.saved] if start else saver.saved)
+            _nan_message(guard.stopped_at, guard.patience, config, [start, *saver.saved] if start else saver.saved)
         )
     if not saver.saved or saver.saved[-1] != optimizer_steps:
         checkpoints.save(optimizer_steps)  # the finish line, so a rerun knows this run is done

@@ -42,11 +42,21 @@ def resolve_jit_compile(setting) -> bool:
     return has_accelerator() if setting == "auto" else bool(setting)
 
 
+NEVER = 2**31 - 1  # steps before the loss scale may grow
+
+
 class CausalLMTrainer(keras.Model):
     """Trains `lm` (a transformers TF causal LM) on batches of the tfclm contract.
 
     `iterations` of the optimizer count optimizer steps; Keras' own batch count
     counts micro-batches, `accumulation_steps` of them per optimizer step.
+
+    An update whose loss or gradients are not finite is skipped: the optimizer
+    is wrapped in Keras' LossScaleOptimizer (as fp16 needs; elsewhere from a
+    scale of 1 that never grows, so that it changes no number), which checks
+    the gradients of every replica before it applies them, counts the step
+    and leaves the weights as they were. `skipped_steps` (in the logs) counts such steps and
+    `nonfinite_streak` those in a row, for a callback to stop on.
     """
 
     def __init__(self, lm, accumulation_steps: int = 1, **kwargs):
@@ -54,6 +64,10 @@ class CausalLMTrainer(keras.Model):
         self.lm = lm
         self.accumulation_steps = accumulation_steps
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        counter = dict(dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.skipped_steps = tf.Variable(0, **counter)
+        self.nonfinite_streak = tf.Variable(0, **counter)
+        self._window_bad = tf.Variable(False, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self._accumulated = None
         self._micro_steps = None
 
@@ -65,10 +79,15 @@ class CausalLMTrainer(keras.Model):
         return [self.loss_tracker]
 
     def compile(self, optimizer, jit_compile: bool = False, **kwargs):
-        if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
-            optimizer, keras.mixed_precision.LossScaleOptimizer
-        ):
-            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        if not isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+            if keras.mixed_precision.global_policy().name == "mixed_float16":
+                optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+            else:
+                # Only the dynamic wrapper checks the gradients and skips; starting at 1 and never growing, its
+                # scale stays a power of two, so scaling and unscaling change no float32 number.
+                optimizer = keras.mixed_precision.LossScaleOptimizer(
+                    optimizer, dynamic=True, initial_scale=1.0, dynamic_growth_steps=NEVER
+                )
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         variables = self.lm.trainable_variables
         # Slots exist before the first step: a step applied inside tf.cond may not create variables.
@@ -78,49 +97,73 @@ class CausalLMTrainer(keras.Model):
             self._micro_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     @property
-    def loss_scaled(self) -> bool:
-        return isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
-
-    @property
     def inner_optimizer(self):
-        """The optimizer that updates the weights: under fp16 the one inside the loss-scale wrapper."""
-        return self.optimizer.inner_optimizer if self.loss_scaled else self.optimizer
+        """The optimizer that updates the weights, inside the loss-scale wrapper."""
+        return self.optimizer.inner_optimizer
 
     def learning_rate(self):
         optimizer = self.inner_optimizer
         lr = optimizer.learning_rate
         return lr(optimizer.iterations) if callable(lr) else tf.convert_to_tensor(lr)
 
+    def _count(self, bad):
+        """After each optimizer step: one more skipped step and streak, or the streak back to 0."""
+        self.skipped_steps.assign_add(tf.cast(bad, tf.int64))
+        self.nonfinite_streak.assign(tf.where(bad, self.nonfinite_streak + 1, tf.constant(0, tf.int64)))
+
     def train_step(self, batch):
         variables = self.lm.trainable_variables
-        scaled = self.loss_scaled
         with tf.GradientTape() as tape:
             total, count = token_loss_sums(batch["labels"], self(batch, training=True))
             loss = total / tf.maximum(count, 1.0)
             # Replicas' gradients are summed when applied: each contributes its share of the mean.
             objective = loss / tf.distribute.get_strategy().num_replicas_in_sync
-            objective = self.optimizer.get_scaled_loss(objective) if scaled else objective
-        grads = tape.gradient(objective, variables)
-        if scaled:
-            grads = self.optimizer.get_unscaled_gradients(grads)
+            objective = self.optimizer.get_scaled_loss(objective)
+        grads = self.optimizer.get_unscaled_gradients(tape.gradient(objective, variables))
+        loss_finite = tf.math.is_finite(loss)
+        # A non-finite loss spoils the gradients too, so the optimizer's own check skips the update.
+        grads = [_spoil_unless(loss_finite, g) for g in grads]
+        bad = tf.logical_not(tf.logical_and(loss_finite, _all_finite(grads)))
         if self.accumulation_steps == 1:
             self.optimizer.apply_gradients(zip(grads, variables))
+            self._count(bad)
         else:
             for buffer, grad in zip(self._accumulated, grads):
                 buffer.assign_add(tf.cast(tf.convert_to_tensor(grad), tf.float32) / self.accumulation_steps)
             self._micro_steps.assign_add(1)
+            self._window_bad.assign(tf.logical_or(self._window_bad, bad))
 
             def apply():
                 self.optimizer.apply_gradients(zip([tf.identity(b) for b in self._accumulated], variables))
                 for buffer in self._accumulated:
                     buffer.assign(tf.zeros_like(buffer))
+                self._count(self._window_bad)
+                self._window_bad.assign(False)
                 return tf.constant(True)
 
             tf.cond(self._micro_steps % self.accumulation_steps == 0, apply, lambda: tf.constant(False))
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result(), "learning_rate": tf.cast(self.learning_rate(), tf.float32)}
+        # A skipped step's loss stays out of the running mean, which would otherwise be NaN for the whole epoch.
+        self.loss_tracker.update_state(tf.where(loss_finite, loss, 0.0), sample_weight=tf.cast(loss_finite, tf.float32))
+        return {
+            "loss": self.loss_tracker.result(),
+            "learning_rate": tf.cast(self.learning_rate(), tf.float32),
+            "skipped_steps": self.skipped_steps.value(),
+        }
 
     def test_step(self, batch):
         total, count = token_loss_sums(batch["labels"], self(batch, training=False))
         self.loss_tracker.update_state(total / tf.maximum(count, 1.0), sample_weight=count)
         return {"loss": self.loss_tracker.result()}
+
+
+def _all_finite(grads):
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(getattr(g, "values", g))) for g in grads if g is not None])
+
+
+def _spoil_unless(ok, grad):
+    if grad is None:
+        return None
+    factor = tf.where(ok, tf.constant(1.0, tf.float32), tf.constant(float("nan"), tf.float32))
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values * tf.cast(factor, grad.values.dtype), grad.indices, grad.dense_shape)
+    return grad * tf.cast(factor, grad.dtype)
