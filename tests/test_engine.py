@@ -194,8 +194,8 @@ def test_a_nonfinite_step_is_skipped_and_stops_training_at_that_step(tmp_path):
         weights = {}
 
         class Snapshot(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                weights[int(trainer.optimizer.iterations)] = [w.numpy() for w in lm.weights]
+            def on_train_batch_end(self, batch, logs=None, weights=weights):
+                weights[int(self.model.optimizer.iterations)] = [w.numpy() for w in self.model.lm.weights]
 
         out = str(tmp_path / f"patience-{patience}")
         guard = StopOnNonFiniteLoss(patience)
