@@ -1,5 +1,7 @@
+import math
 import re
 
+import numpy as np
 import pytest
 
 from tfclm.config import ModelConfig, TrainConfig
@@ -95,3 +97,39 @@ def test_tokenizer_gives_no_token_type_ids():
     tokenizer = train_bpe(["hello world, hello there"] * 3, 280)
     assert set(tokenizer("hello world")) == {"input_ids", "attention_mask"}
     assert tokenizer.decode(tokenizer("hello world")["input_ids"]) == "hello world"
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_schedule_matches_keras_and_transformers_schedules(shape):
+    import tf_keras as keras
+    from transformers import WarmUp
+
+    from tfclm.training.optimizer import learning_rate_schedule
+
+    ours = learning_rate_schedule(TrainConfig(learning_rate=1e-3, lr_schedule=shape, warmup_ratio=0.1), 100)
+    schedules = keras.optimizers.schedules
+    linear = schedules.PolynomialDecay(1e-3, 90, end_learning_rate=0.0)  # its default end is 1e-4
+    decay = linear if shape == "linear" else schedules.CosineDecay(1e-3, 90)
+    theirs = WarmUp(initial_learning_rate=1e-3, decay_schedule_fn=decay, warmup_steps=10)
+    for step in range(0, 110, 3):
+        assert float(ours(step)) == pytest.approx(float(theirs(step)), rel=1e-6, abs=1e-12), step
+
+
+@pytest.mark.parametrize("shape", ["constant", "linear", "cosine"])
+def test_an_extension_continues_the_rate_without_a_jump(shape):
+    from tfclm.training.schedule import RunSchedule, extend, initial_segments, rate_at
+
+    old = initial_segments(1e-3, shape, 0.05, 600)
+    for resume_at, new_end in ((300, 800), (600, 822), (20, 700)):
+        new = extend(old, resume_at, new_end)
+        rates = [rate_at(new, s) for s in range(resume_at, new_end + 1)]
+        assert rates[0] == rate_at(old, resume_at)  # continuous at the resume step
+        assert [rate_at(new, s) for s in range(resume_at)] == [rate_at(old, s) for s in range(resume_at)]
+        steps = [abs(b - a) for a, b in zip(rates, rates[1:])]
+        slope = rates[0] / (new_end - resume_at)  # the steepest step a decay from there to 0 may take
+        assert max(steps) <= slope * (math.pi / 2) * (1 + 1e-9)  # cosine's steepest is pi/2 of the linear slope
+        assert rates[-1] == (rates[0] if shape == "constant" else 0.0)
+        tf_rates = RunSchedule(new)(np.arange(resume_at, new_end + 1)).numpy()
+        assert np.allclose(tf_rates, rates, rtol=1e-5, atol=1e-10)
+    finished = extend(old, 600, 822)  # a linear run decayed to 0 trains on at 0, never at a jumped rate
+    assert shape == "constant" or max(rate_at(finished, s) for s in range(600, 823)) == 0.0

@@ -14,8 +14,11 @@ with `DataCollatorForLanguageModeling`), kept for comparison and for
 datasets that need its collation.
 """
 
+import itertools
+
 import datasets
 import numpy as np
+from tqdm import tqdm
 from transformers import DataCollatorForLanguageModeling
 
 from tfclm.backend import tf
@@ -40,7 +43,7 @@ def _arrays(blocks: Blocks) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask.astype(np.int32)
 
 
-def epoch_order(n_blocks: int, batch_size: int, seed: int, epochs: int) -> np.ndarray:
+def epoch_order(n_blocks: int, batch_size: int, seed: int, epochs: int, first_epoch: int = 0) -> np.ndarray:
     """Block indices of every training batch, epoch after epoch: (batches, batch_size).
 
     Each epoch is its own seeded permutation, fixed by (seed, epoch) alone, so
@@ -48,19 +51,25 @@ def epoch_order(n_blocks: int, batch_size: int, seed: int, epochs: int) -> np.nd
     """
     per_epoch = n_blocks // batch_size
     orders = [
-        np.random.default_rng([seed, epoch]).permutation(n_blocks)[: per_epoch * batch_size] for epoch in range(epochs)
+        np.random.default_rng([seed, epoch]).permutation(n_blocks)[: per_epoch * batch_size]
+        for epoch in range(first_epoch, first_epoch + epochs)
     ]
     return np.concatenate(orders).reshape(-1, batch_size).astype(np.int32)
 
 
-def fast_dataset(blocks: Blocks, batch_size: int, shuffle: bool, seed: int = 0, epochs: int = 1, skip_batches: int = 0):
-    """Shuffled training batches drop each epoch's remainder (fixed shapes); evaluation batches keep every block."""
+def fast_dataset(
+    blocks: Blocks, batch_size: int, shuffle: bool, seed: int = 0, epochs: int = 1, skip_batches: int = 0, first_epoch=0
+):
+    """Shuffled training batches drop each epoch's remainder (fixed shapes); evaluation batches keep every block.
+
+    Training batches are those of `epochs` epochs from `first_epoch`, less the first `skip_batches`.
+    """
     ids, mask = _arrays(blocks)
     if not shuffle:
         ds = tf.data.Dataset.from_tensor_slices((ids, mask)).batch(batch_size)
     else:
         ids_t, mask_t = tf.constant(ids), tf.constant(mask)
-        order = epoch_order(len(ids), batch_size, seed, epochs)[skip_batches:]
+        order = epoch_order(len(ids), batch_size, seed, epochs, first_epoch)[skip_batches:]
         ds = tf.data.Dataset.from_tensor_slices(order).map(
             lambda rows: (tf.gather(ids_t, rows), tf.gather(mask_t, rows))
         )
@@ -113,27 +122,51 @@ def make_dataset(
     tokenizer=None,
     epochs: int = 1,
     skip_batches: int = 0,
+    first_epoch: int = 0,
 ):
     if kind == "recipe":
         ds = recipe_dataset(model, blocks, tokenizer, batch_size, shuffle)
         # prepare_tf_dataset reshuffles on every pass: a resumed run skips as many batches, not the same ones.
         return ds.repeat(epochs).skip(skip_batches) if shuffle else ds
-    return fast_dataset(blocks, batch_size, shuffle, seed, epochs, skip_batches)
+    return fast_dataset(blocks, batch_size, shuffle, seed, epochs, skip_batches, first_epoch)
 
 
 SHUFFLE_BUFFER = 10_000  # blocks: bounds a stream's memory, 10,000 x 128 tokens = 5 MB
 
 
-def stream_dataset(config, tokenizer, side: str, batch_size: int, shuffle: bool):
-    """Batches packed on the fly from a stream of documents; memory is bounded by the shuffle buffer."""
+def shuffled(items, buffer: int, rng):
+    """A seeded buffer shuffle, memory bounded by `buffer` items: the same seed gives the same order."""
+    pool = []
+    for item in items:
+        if len(pool) < buffer:
+            pool.append(item)
+            continue
+        j = int(rng.integers(len(pool)))
+        yield pool[j]
+        pool[j] = item
+    for j in rng.permutation(len(pool)):
+        yield pool[j]
+
+
+def stream_dataset(
+    config, tokenizer, side: str, batch_size: int, shuffle: bool, first_pass=0, skip_batches=0, pass_lengths=None
+):
+    """Batches packed on the fly from a stream of documents; memory is bounded by the shuffle buffer.
+
+    Each iteration of the dataset (Keras makes one an epoch) is one pass over the stream: the n-th, from 0,
+    is pass `first_pass + n`, shuffled by (seed, pass) alone; the first skips `skip_batches` batches, so a
+    resumed run starts at the batch it stopped at. Once a pass has been read, `pass_lengths[pass]` holds
+    its number of batches.
+    """
     data = config.data
     block = data.block_size
+    passes = itertools.count(first_pass)
 
     def blocks():
-        from tqdm import tqdm
-
+        stream_pass = next(passes)
         texts = stream_texts(data, config.train.seed, side)
         counts = {"tokens": 0, "blocks": 0}
+        skip = skip_batches * batch_size if stream_pass == first_pass else 0
         with tqdm(desc=f"streaming {side}", unit=" docs", leave=False) as bar:
 
             def progress(documents, tokens):
@@ -141,15 +174,17 @@ def stream_dataset(config, tokenizer, side: str, batch_size: int, shuffle: bool)
                 bar.update(documents)
                 bar.set_postfix(tokens=f"{counts['tokens']:,}", blocks=f"{counts['blocks']:,}", refresh=False)
 
-            for pair in stream_blocks(
-                texts, tokenizer, block, data.pack, keep_remainder=not shuffle, progress=progress
-            ):
+            produced = stream_blocks(texts, tokenizer, block, data.pack, keep_remainder=not shuffle, progress=progress)
+            if shuffle:
+                produced = shuffled(produced, SHUFFLE_BUFFER, np.random.default_rng([config.train.seed, stream_pass]))
+            for pair in produced:
                 counts["blocks"] += 1
-                yield pair
+                if counts["blocks"] > skip:
+                    yield pair
+        if pass_lengths is not None:
+            pass_lengths[stream_pass] = counts["blocks"] // batch_size
 
     spec = tf.TensorSpec([block], tf.int32)
     ds = tf.data.Dataset.from_generator(blocks, output_signature=(spec, spec))
-    if shuffle:
-        ds = ds.shuffle(SHUFFLE_BUFFER, seed=config.train.seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=shuffle)
     return ds.map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

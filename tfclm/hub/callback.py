@@ -94,7 +94,8 @@ class PushToHubCallback(keras.callbacks.Callback):
             self.uploader.submit(self.output_dir, message, self.ignore_patterns, extra_files)
 
     def on_train_begin(self, logs=None):
-        if is_chief():
+        self._clock.start(self.model)
+        if is_chief() and self.uploader is None:  # a resumed run's fits share one uploader
             self.uploader = Uploader(self.hub_model_id, self.hub_token, self.private, self.max_retries)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -24,6 +24,10 @@ class StepClock:
     def __init__(self):
         self.last = None
 
+    def start(self, model) -> None:
+        """At train begin: steps count from the optimizer's step now (a resumed run's, say)."""
+        self.last = optimizer_steps(model)
+
     def tick(self, model) -> int | None:
         """The optimizer step just taken, or None when this batch did not end one (mid-accumulation)."""
         step = optimizer_steps(model)
@@ -68,6 +72,9 @@ class PerplexityCallback(keras.callbacks.Callback):
         self.every_n_steps = every_n_steps
         self.evaluations = []  # (optimizer step, {"loss", "perplexity", "tokens"})
         self._clock = StepClock()
+
+    def on_train_begin(self, logs=None):
+        self._clock.start(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._clock.tick(self.model)
@@ -177,6 +184,9 @@ class StepHistory(keras.callbacks.Callback):
         self._previous_mean = 0.0
         self._window = []
 
+    def on_train_begin(self, logs=None):
+        self._clock.start(self.model)
+
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
         if "loss" in logs:
@@ -260,6 +270,9 @@ class SampleTextCallback(keras.callbacks.Callback):
                 tf.summary.text("samples", "\n\n".join(f"    {t}" for t in texts), step=step)
             self._writer.flush()
         return texts
+
+    def on_train_begin(self, logs=None):
+        self._clock.start(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._clock.tick(self.model)

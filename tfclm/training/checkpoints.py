@@ -14,27 +14,9 @@ import yaml
 from tfclm.backend import keras, tf
 from tfclm.config import CONFIG_FILENAME
 from tfclm.errors import ConfigError
+from tfclm.training.run_state import RunState, changed_keys, settings_of
 
 DIRNAME = "checkpoints"
-# Sections whose change makes an old checkpoint meaningless for the new run.
-RUN_SECTIONS = ("data", "tokenizer", "model", "train")
-
-
-def _flat(prefix: str, value, out: dict) -> dict:
-    if isinstance(value, dict):
-        for key, child in value.items():
-            _flat(f"{prefix}.{key}" if prefix else key, child, out)
-    else:
-        out[prefix] = value
-    return out
-
-
-def changed_keys(old: dict, new: dict) -> list[str]:
-    a = _flat("", {k: old.get(k) for k in RUN_SECTIONS}, {})
-    b = _flat("", {k: new.get(k) for k in RUN_SECTIONS}, {})
-    # max_steps and epochs only move the finish line: a longer run may resume a shorter one.
-    ignored = {"train.max_steps", "train.epochs", "train.checkpoint_steps"}
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignored)
 
 
 class Checkpoints:
@@ -47,22 +29,35 @@ class Checkpoints:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
         self.optimizer = optimizer
 
-    @property
-    def latest(self):
-        return tf.train.latest_checkpoint(self.restore_directory)
+    def latest_step(self) -> int | None:
+        """The step of the newest checkpoint to resume from, or None."""
+        return latest_step(self.restore_directory)
 
-    def restore(self) -> int:
-        """Restore the latest checkpoint; returns its optimizer step (0 when there is none)."""
-        if not self.latest:
-            return 0
-        self.checkpoint.restore(self.latest).assert_existing_objects_matched()
+    def read_state(self, step: int) -> RunState | None:
+        return RunState.read(self.restore_directory, step)
+
+    def restore(self, step: int) -> int:
+        """Restore the checkpoint of `step`; returns the optimizer's step after it."""
+        self.checkpoint.restore(os.path.join(self.restore_directory, f"ckpt-{step}")).assert_existing_objects_matched()
         return int(self.optimizer.iterations.numpy())
 
     def weights_finite(self) -> bool:
         return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.checkpoint.model.weights]))
 
-    def save(self, step: int) -> str:
-        return self.manager.save(checkpoint_number=step)
+    def save(self, step: int, state: RunState | None = None) -> str:
+        if state is not None:
+            state.write(self.directory)  # first: a listed checkpoint always has its state
+        path = self.manager.save(checkpoint_number=step)
+        kept = {os.path.basename(p) + ".json" for p in self.manager.checkpoints}
+        for name in os.listdir(self.directory):
+            if name.startswith("ckpt-") and name.endswith(".json") and name not in kept:
+                os.unlink(os.path.join(self.directory, name))
+        return path
+
+
+def latest_step(checkpoint_dir: str) -> int | None:
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    return int(latest.rsplit("-", 1)[1]) if latest else None
 
 
 def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:
@@ -74,11 +69,18 @@ def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:
         if os.path.exists(results):
             os.unlink(results)
         return
-    if not tf.train.latest_checkpoint(checkpoint_dir):
+    step = latest_step(checkpoint_dir)
+    if step is None:
         return
-    saved_path = os.path.join(output_dir, CONFIG_FILENAME)
-    saved = yaml.safe_load(open(saved_path, encoding="utf-8")) if os.path.exists(saved_path) else {}
-    changed = changed_keys(saved or {}, new_config)
+    state = RunState.read(checkpoint_dir, step)
+    if state is not None:
+        saved = state.settings
+    else:  # a checkpoint without a run state: compare with the run's tfclm.yaml
+        saved_path = os.path.join(output_dir, CONFIG_FILENAME)
+        saved = (
+            settings_of(yaml.safe_load(open(saved_path, encoding="utf-8")) or {}) if os.path.exists(saved_path) else {}
+        )
+    changed = changed_keys(saved, settings_of(new_config))
     if changed:
         raise ConfigError(
             "output_dir",
@@ -105,11 +107,12 @@ class CheckpointCallback(keras.callbacks.Callback):
     [3, 4, 6, 8]
     """
 
-    def __init__(self, checkpoints: Checkpoints, every_steps: int | None, steps_per_epoch: int | None):
+    def __init__(self, checkpoints: Checkpoints, every_steps: int | None, steps_per_epoch: int | None, state=None):
         super().__init__()
         self.checkpoints = checkpoints
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
+        self.state = state  # step -> RunState to save beside each checkpoint, or None
         self.saved = []
 
     def on_train_batch_end(self, batch, logs=None):
@@ -122,7 +125,20 @@ class CheckpointCallback(keras.callbacks.Callback):
         streak = getattr(self.model, "nonfinite_streak", None)
         if not due or (streak is not None and int(streak.numpy()) > 0):
             return  # a skipped update: its state is the step before's, which is on disk or not due
+        self._save(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:
+            return  # stopped early: the run saves its last step itself, or must not (a skipped one)
+        step = int(self.checkpoints.optimizer.iterations.numpy())
+        if step and self.saved and self.saved[-1] == step:
+            if self.state is not None:
+                self.state(step).write(self.checkpoints.directory)  # the same weights, now at the next epoch's start
+        elif step and (self.steps_per_epoch is None or step % self.steps_per_epoch == 0):
+            self._save(step)
+
+    def _save(self, step: int) -> None:
         if not self.checkpoints.weights_finite():
             return  # never write a checkpoint a resume would start from NaN
-        self.checkpoints.save(step)
+        self.checkpoints.save(step, self.state(step) if self.state is not None else None)
         self.saved.append(step)

@@ -6,10 +6,11 @@ exclusion list ("LayerNorm", "layer_norm", "bias") misses GPT-2's `ln_1`,
 instead of guessed from names.
 """
 
-from transformers import AdamWeightDecay, WarmUp
+from transformers import AdamWeightDecay
 
 from tfclm.backend import keras
 from tfclm.config import TrainConfig
+from tfclm.training.schedule import RunSchedule, initial_segments
 
 
 def no_decay_variables(model) -> list:
@@ -21,29 +22,19 @@ def no_decay_variables(model) -> list:
     return [v for v in model.trainable_variables if id(v) in norm_ids or v.name.split("/")[-1].startswith("bias")]
 
 
-def learning_rate_schedule(train: TrainConfig, total_steps: int):
-    warmup = int(round(train.warmup_ratio * total_steps))
-    decay_steps = max(1, total_steps - warmup)
-    if train.lr_schedule == "linear":
-        schedule = keras.optimizers.schedules.PolynomialDecay(train.learning_rate, decay_steps, end_learning_rate=0.0)
-    elif train.lr_schedule == "cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(train.learning_rate, decay_steps)
-    else:
-        schedule = train.learning_rate
-    if warmup > 0:
-        if not callable(schedule):
-            constant = train.learning_rate
-            schedule = lambda step: constant  # noqa: E731 - WarmUp wants a callable
-        schedule = WarmUp(initial_learning_rate=train.learning_rate, decay_schedule_fn=schedule, warmup_steps=warmup)
-    return schedule
+def learning_rate_schedule(train: TrainConfig, total_steps: int) -> RunSchedule:
+    """Warm-up over train.warmup_ratio of the steps, then train.lr_schedule's decay to 0 at `total_steps`."""
+    return RunSchedule(initial_segments(train.learning_rate, train.lr_schedule, train.warmup_ratio, total_steps))
 
 
-def make_optimizer(train: TrainConfig, model, total_steps: int) -> AdamWeightDecay:
+def make_optimizer(train: TrainConfig, model, total_steps: int | None = None, segments: list | None = None):
+    """AdamWeightDecay over `segments` (a resumed run's saved schedule), or a new schedule of `total_steps`."""
     # AdamWeightDecay matches these as substrings of variable names; full names
     # (".../h_._1/ln_1/gamma:0") match only themselves.
     excluded = [v.name for v in no_decay_variables(model)]
+    schedule = RunSchedule(segments) if segments is not None else learning_rate_schedule(train, total_steps)
     return AdamWeightDecay(
-        learning_rate=learning_rate_schedule(train, total_steps),
+        learning_rate=schedule,
         weight_decay_rate=train.weight_decay,
         exclude_from_weight_decay=excluded,
         global_clipnorm=train.clipnorm,

@@ -6,18 +6,13 @@ save -> sample -> results.json.
 """
 
 import dataclasses
-import hashlib
 import logging
 import os
-import platform
 import time
-
-import datasets
-import transformers
 
 from tfclm import config as config_lib
 from tfclm import files
-from tfclm.backend import keras, tf
+from tfclm.backend import keras
 from tfclm.data.pipeline import make_dataset, stream_dataset
 from tfclm.data.prepare import prepare
 from tfclm.errors import ConfigError, TfclmError
@@ -34,45 +29,19 @@ from tfclm.training.callbacks import (
     StopOnNonFiniteLoss,
     ThroughputCallback,
 )
-from tfclm.training.checkpoints import CheckpointCallback, Checkpoints, check_resumable
+from tfclm.training.checkpoints import DIRNAME, CheckpointCallback, Checkpoints, check_resumable, latest_step
 from tfclm.training.curves import FILENAME, plot_training_curves
 from tfclm.training.distribute import WorkerDirs, make_strategy, shard_by_data
 from tfclm.training.optimizer import make_optimizer
 from tfclm.training.plan import plan_steps
+from tfclm.training.report import nan_message, set_decoding_defaults, versions, weights_digest
+from tfclm.training.run_state import Position, RunState, agree_on_step, settings_of
+from tfclm.training.schedule import extend, initial_segments, rate_at
 from tfclm.training.trainer import CausalLMTrainer, resolve_jit_compile, set_precision
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILENAME = "results.json"
-
-
-def _versions() -> dict:
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "tf_keras": keras.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-    }
-
-
-def _nan_message(step: int, streak: int, config: config_lib.Config, saved: list[int]) -> str:
-    causes = [f"a learning rate too high (train.learning_rate is {config.train.learning_rate:g})"]
-    if config.train.clipnorm is None:
-        causes.append("no gradient clipping (set train.clipnorm: 1.0)")
-    if config.train.precision == "fp16":
-        causes.append("fp16 overflow (try precision bf16 or fp32)")
-    kept = (
-        f"the last good checkpoint (step {saved[-1]}) is kept in {config.output_dir}/checkpoints; "
-        "rerun to resume from it"
-        if saved
-        else "no checkpoint was saved before it"
-    )
-    return (
-        f"train: the loss became non-finite (nan or inf, in the loss or its gradients) at optimizer step {step}; "
-        f"its update was skipped ({streak} in a row), and training stopped; "
-        f"likely causes: {'; '.join(causes)}; {kept}"
-    )
 
 
 def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool = False) -> dict:
@@ -113,24 +82,6 @@ def _sample_options(config: config_lib.Config) -> tuple[list, dict]:
     prompts = options.pop("prompts")
     options["seed"] = options["seed"] if options["seed"] is not None else config.train.seed
     return prompts, options
-
-
-def _set_decoding_defaults(model, config: config_lib.Config, tokenizer) -> None:
-    """The generate: section becomes the saved generation_config.json: `pipeline(...)(prompt)` and a bare
-    `model.generate(...)` then decode as tfclm does, not with transformers' default max_length of 20."""
-    gen, generation_config = config.generate, model.generation_config
-    generation_config.max_new_tokens = gen.max_new_tokens
-    generation_config.do_sample = gen.do_sample
-    if gen.do_sample:
-        generation_config.top_k, generation_config.top_p, generation_config.temperature = (
-            gen.top_k,
-            gen.top_p,
-            gen.temperature,
-        )
-    if generation_config.pad_token_id is None:
-        generation_config.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
 
 
 def _logging_callbacks(config: config_lib.Config, tokenizer) -> list:
@@ -175,13 +126,6 @@ def _hub_callback(config: config_lib.Config, tokenizer):
     )
 
 
-def _weights_digest(model) -> str:
-    digest = hashlib.sha256()
-    for variable in model.weights:
-        digest.update(variable.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, described: str, dirs) -> dict:
 
     out, data, train = config.output_dir, config.data, config.train
@@ -192,7 +136,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     tokenizer = prepared.tokenizer
     with strategy.scope():
         model = load_model(config.model, tokenizer, data.block_size)
-    _set_decoding_defaults(model, config, tokenizer)
+    set_decoding_defaults(model, config, tokenizer)
     plan = plan_steps(None if data.streaming else len(prepared.train.input_ids), config, replicas)
     eval_ds = shard_by_data(
         stream_dataset(config, tokenizer, "validation", config.evaluate.batch_size, shuffle=False)
@@ -208,17 +152,39 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     )
 
     jit = resolve_jit_compile(train.jit_compile)
+    # Every worker resumes from the chief's checkpoints; the others save theirs to a temporary directory.
+    # All start from the step the chief found, and none reads before it has (see agree_on_step).
+    found = latest_step(os.path.join(out, DIRNAME)) if chief else None
+    start_step = agree_on_step(strategy, -1 if found is None else found)
+    state = RunState.read(os.path.join(out, DIRNAME), start_step) if start_step >= 0 else None
+    settings = settings_of(dataclasses.asdict(config))
+    segments = initial_segments(train.learning_rate, train.lr_schedule, train.warmup_ratio, plan.total_steps)
+    if state is not None and state.total_steps != plan.total_steps:
+        segments = extend(state.schedule, state.step, plan.total_steps)  # continue the rate, never jump
+        logger.info(
+            f"schedule: extended from {state.total_steps:,} to {plan.total_steps:,} optimizer steps; the learning "
+            f"rate goes on from {rate_at(segments, state.step):.3g} at step {state.step:,}"
+        )
+    elif state is not None:
+        segments = state.schedule
     with strategy.scope():
         trainer = CausalLMTrainer(model, accumulation_steps=plan.accumulation)
-        trainer.compile(optimizer=make_optimizer(train, model, plan.total_steps), jit_compile=jit)
-    # Every worker resumes from the chief's checkpoints; the others save theirs to a temporary directory.
+        trainer.compile(optimizer=make_optimizer(train, model, segments=segments), jit_compile=jit)
     checkpoints = Checkpoints(dirs.work_dir, model, trainer.optimizer, restore_dir=out)
-    start = checkpoints.restore()
+    start = checkpoints.restore(start_step) if start_step >= 0 else 0
+    if state is not None:
+        epoch, batches = state.epoch, state.batches_in_epoch
+    elif start and plan.steps_per_epoch:  # a checkpoint from before run states: its position follows from the step
+        epoch, batches = start // plan.steps_per_epoch, start % plan.steps_per_epoch * plan.accumulation
+    else:
+        epoch, batches = 0, 0
     if start:
         logger.info(
-            f"resuming from the checkpoint at optimizer step {start:,} of {plan.total_steps:,} ({checkpoints.latest})"
+            f"resuming from the checkpoint at optimizer step {start:,} of {plan.total_steps:,} (epoch {epoch + 1})"
         )
-    if chief and start >= plan.total_steps and os.path.exists(os.path.join(out, RESULTS_FILENAME)):
+    epochs = train.epochs if data.streaming else plan.epochs_needed()
+    done = start >= plan.total_steps or epoch >= epochs
+    if chief and done and os.path.exists(os.path.join(out, RESULTS_FILENAME)):
         raise ConfigError(
             "output_dir",
             f"{out!r} already holds a finished run ({start:,} steps, results.json); use a new --output-dir, or "
@@ -230,40 +196,41 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
         logger.info(f"before training: eval loss {before['loss']:.4f}, perplexity {before['perplexity']:,.2f}")
 
     micro = plan.accumulation
-    if data.streaming:
-        train_ds = stream_dataset(config, tokenizer, "train", batch_size, shuffle=True).skip(start * micro)
-        micro_per_epoch, initial_epoch, epochs = None, 0, train.epochs
-    else:
-        train_ds = make_dataset(
-            train.pipeline,
-            prepared.train,
-            batch_size,
-            True,
-            train.seed,
-            model,
-            tokenizer,
-            plan.epochs_needed(),
-            start * micro,
+    pass_lengths = {}  # a stream's batches per pass, once read
+    per_epoch = None if data.streaming else plan.steps_per_epoch * micro
+
+    def epoch_batches(first: int, count: int, skip: int):
+        if data.streaming:
+            ds = stream_dataset(config, tokenizer, "train", batch_size, True, first, skip, pass_lengths)
+        else:
+            ds = make_dataset(
+                train.pipeline, prepared.train, batch_size, True, train.seed, model, tokenizer, count, skip, first
+            )
+        return shard_by_data(ds)
+
+    # A resume inside an epoch trains the rest of it as an epoch of its own, so every epoch Keras runs is one
+    # pass over the data: epoch ends (validation, samples, checkpoints) fall where an uninterrupted run has them.
+    fits = []
+    if batches and not done:
+        fits.append(
+            (epoch, epoch + 1, None if per_epoch is None else per_epoch - batches, epoch_batches(epoch, 1, batches))
         )
-        # A run shorter than one epoch gets a progress bar of its own length.
-        micro_per_epoch = min(plan.steps_per_epoch, plan.total_steps) * micro
-        initial_epoch, epochs = start // plan.steps_per_epoch, plan.epochs_needed()
-    train_ds = shard_by_data(train_ds)
+    if epoch + (1 if batches else 0) < epochs and not done:
+        first = epoch + (1 if batches else 0)
+        fits.append((first, epochs, per_epoch, epoch_batches(first, epochs - first, 0)))
+    position = Position(epoch, batches, lambda e: per_epoch if per_epoch is not None else pass_lengths.get(e))
+
+    def run_state(step: int) -> RunState:
+        return RunState(step, position.epoch, position.batches, plan.total_steps, segments, settings)
+
     tokens_per_micro = batch_size * data.block_size
     throughput = ThroughputCallback(tokens_per_step=tokens_per_micro)
     # fp16's loss scaling skips steps by design while it finds its scale: leave stopping to it there.
     guard = StopOnNonFiniteLoss(None if train.precision == "fp16" else train.max_nonfinite_steps)
-    saver = CheckpointCallback(checkpoints, train.checkpoint_steps, plan.steps_per_epoch)
+    saver = CheckpointCallback(checkpoints, train.checkpoint_steps, None, state=run_state)
     steps = StepHistory(config.logging.every_n_steps)
-    # Order matters: what adds to the logs comes before what writes them out.
-    callbacks = [
-        throughput,
-        PerplexityCallback(),
-        steps,
-        guard,
-        saver,
-        StopAfterSteps(plan.total_steps - start),
-    ]
+    # Order matters: what adds to the logs comes before what writes them out, the position before the saver.
+    callbacks = [throughput, PerplexityCallback(), steps, guard, position, saver]
     if chief:
         callbacks += _logging_callbacks(config, tokenizer)
     pusher = _hub_callback(config, tokenizer) if chief else None
@@ -274,29 +241,39 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
         f"{tokens_per_micro * micro:,} tokens, {'XLA' if jit else 'no XLA'}"
     )
     started = time.perf_counter()
-    history = None
-    if start < plan.total_steps:
+    logged = {}
+    for initial_epoch, last_epoch, steps_per_epoch, train_ds in fits:
+        remaining = plan.total_steps - int(trainer.optimizer.iterations.numpy())
+        if remaining <= 0 or guard.stopped_at is not None:
+            break
+        if steps_per_epoch is not None:  # a run that ends inside this epoch gets a progress bar of its own length
+            steps_per_epoch = min(steps_per_epoch, remaining * micro)
         history = trainer.fit(
             train_ds,
             validation_data=eval_ds,
-            epochs=epochs,
+            epochs=last_epoch,
             initial_epoch=initial_epoch,
-            steps_per_epoch=micro_per_epoch,
-            callbacks=callbacks,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=[*callbacks, StopAfterSteps(remaining)],
             verbose=verbose if verbose is not None else (1 if os.isatty(1) else 2),
         )
+        for key, values in history.history.items():
+            logged.setdefault(key, []).extend(values)
     train_seconds = time.perf_counter() - started
     optimizer_steps = int(trainer.optimizer.iterations.numpy())
     if guard.stopped_at is not None:
         raise TfclmError(
-            _nan_message(guard.stopped_at, guard.patience, config, [start, *saver.saved] if start else saver.saved)
+            nan_message(guard.stopped_at, guard.patience, config, [start, *saver.saved] if start else saver.saved)
         )
-    if not saver.saved or saver.saved[-1] != optimizer_steps:
-        checkpoints.save(optimizer_steps)  # the finish line, so a rerun knows this run is done
+    # The finish line, so that a rerun knows this run is done, or an extension where to go on from.
+    if saver.saved and saver.saved[-1] == optimizer_steps:
+        run_state(optimizer_steps).write(checkpoints.directory)
+    elif optimizer_steps:
+        checkpoints.save(optimizer_steps, run_state(optimizer_steps))
 
     if not chief:
         # A worker's results are the chief's; this line lets a launcher check the replicas agree.
-        digest = _weights_digest(model)
+        digest = weights_digest(model)
         logger.info(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {digest}")
         return {"train_steps": optimizer_steps, "weights_sha256": digest}
     after = evaluate_loss(model, eval_ds)
@@ -313,7 +290,6 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
             f"{sample.text!r}"
         )
 
-    logged = history.history if history else {}
     if config.logging.curves and logged.get("loss"):
         plot_training_curves(
             os.path.join(out, FILENAME),
@@ -339,13 +315,13 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
         "precision": policy,
         "strategy": described,
         "global_batch_size": batch_size,
-        "weights_sha256": _weights_digest(model),
+        "weights_sha256": weights_digest(model),
         "jit_compile": jit,
         "data": prepared.facts,
         "history": {key: [float(v) for v in values] for key, values in logged.items()},
         "step_history": {"steps": steps.steps, **steps.history},
         "samples": [dataclasses.asdict(s) for s in samples],
-        "versions": _versions(),
+        "versions": versions(),
     }
     files.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
     if pusher is not None:

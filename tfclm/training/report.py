@@ -1,0 +1,64 @@
+"""What a run reports: versions, the weights digest, the non-finite message, the saved decoding defaults."""
+
+import hashlib
+import platform
+
+import datasets
+import transformers
+
+from tfclm import config as config_lib
+from tfclm.backend import keras, tf
+
+
+def versions() -> dict:
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tf_keras": keras.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+    }
+
+
+def weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(variable.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def nan_message(step: int, streak: int, config: config_lib.Config, saved: list[int]) -> str:
+    causes = [f"a learning rate too high (train.learning_rate is {config.train.learning_rate:g})"]
+    if config.train.clipnorm is None:
+        causes.append("no gradient clipping (set train.clipnorm: 1.0)")
+    if config.train.precision == "fp16":
+        causes.append("fp16 overflow (try precision bf16 or fp32)")
+    kept = (
+        f"the last good checkpoint (step {saved[-1]}) is kept in {config.output_dir}/checkpoints; "
+        "rerun to resume from it"
+        if saved
+        else "no checkpoint was saved before it"
+    )
+    return (
+        f"train: the loss became non-finite (nan or inf, in the loss or its gradients) at optimizer step {step}; "
+        f"its update was skipped ({streak} in a row), and training stopped; "
+        f"likely causes: {'; '.join(causes)}; {kept}"
+    )
+
+
+def set_decoding_defaults(model, config: config_lib.Config, tokenizer) -> None:
+    """The generate: section becomes the saved generation_config.json: `pipeline(...)(prompt)` and a bare
+    `model.generate(...)` then decode as tfclm does, not with transformers' default max_length of 20."""
+    gen, generation_config = config.generate, model.generation_config
+    generation_config.max_new_tokens = gen.max_new_tokens
+    generation_config.do_sample = gen.do_sample
+    if gen.do_sample:
+        generation_config.top_k, generation_config.top_p, generation_config.temperature = (
+            gen.top_k,
+            gen.top_p,
+            gen.temperature,
+        )
+    if generation_config.pad_token_id is None:
+        generation_config.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )

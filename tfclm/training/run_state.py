@@ -1,0 +1,97 @@
+"""One explicit run state, saved with every checkpoint: where the run is, and what must not change.
+
+`checkpoints/ckpt-N.json` beside TensorFlow's `ckpt-N` files holds the
+optimizer step, the epoch in progress and the micro-batches of it already
+trained on (an epoch is a pass over the training blocks, or over the
+stream), the learning-rate schedule's segments and the settings a resumed
+run must share. It is written before the checkpoint it belongs to, so a
+checkpoint listed in TensorFlow's state file always has one. A resume reads
+it; nothing about the position is recomputed from Keras' counters.
+"""
+
+import dataclasses
+import json
+import os
+
+from tfclm.backend import keras, tf
+from tfclm.files import atomic_write_json
+
+# Sections whose change makes an old checkpoint meaningless for the new run.
+RUN_SECTIONS = ("data", "tokenizer", "model", "train")
+# These only move the finish line or say how often to save: a longer run may resume a shorter one.
+MAY_CHANGE = {"train.max_steps", "train.epochs", "train.checkpoint_steps", "train.max_nonfinite_steps"}
+
+
+def settings_of(config: dict) -> dict:
+    """The flattened settings (`train.batch_size`: 16, ...) that a resumed run must share."""
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, child)
+        elif prefix not in MAY_CHANGE:
+            flat[prefix] = value
+
+    walk("", {k: config.get(k) for k in RUN_SECTIONS})
+    return flat
+
+
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+
+@dataclasses.dataclass
+class RunState:
+    step: int  # optimizer steps taken
+    epoch: int  # the epoch in progress, from 0
+    batches_in_epoch: int  # micro-batches of that epoch already trained on
+    total_steps: int  # where the schedule ends
+    schedule: list  # the learning-rate schedule's segments (tfclm.training.schedule)
+    settings: dict  # settings_of(the run's config)
+
+    @staticmethod
+    def path(checkpoint_dir: str, step: int) -> str:
+        return os.path.join(checkpoint_dir, f"ckpt-{step}.json")
+
+    def write(self, checkpoint_dir: str) -> None:
+        atomic_write_json(self.path(checkpoint_dir, self.step), dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, checkpoint_dir: str, step: int) -> "RunState | None":
+        try:
+            with open(cls.path(checkpoint_dir, step), encoding="utf-8") as handle:
+                return cls(**json.load(handle))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+class Position(keras.callbacks.Callback):
+    """Where training is in the data: the epoch in progress and the micro-batches of it trained on.
+
+    `epoch_length(epoch)` gives an epoch's micro-batches once known (a stream's
+    only when its pass has been read); an epoch ends when that many have been
+    trained on, not when Keras ends an epoch that stopped early.
+    """
+
+    def __init__(self, epoch: int, batches: int, epoch_length):
+        super().__init__()
+        self.epoch, self.batches = epoch, batches
+        self.epoch_length = epoch_length
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.batches and self.batches == self.epoch_length(self.epoch):
+            self.epoch, self.batches = self.epoch + 1, 0
+
+
+def agree_on_step(strategy, step: int) -> int:
+    """The chief's checkpoint step, on every worker: a collective that no worker passes before the chief has
+    decided (and, with --overwrite, cleared), so no worker reads checkpoints that are about to go."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return step
+    # Every worker but the chief offers -1; the maximum is the chief's step.
+    offered = strategy.run(lambda: tf.constant(step, tf.int64))
+    return int(strategy.reduce(tf.distribute.ReduceOp.MAX, offered, axis=None).numpy())
