@@ -33,8 +33,9 @@ train: $(VENV)/.installed
 
 # The whole suite (what CI runs); test-fast leaves out the tests marked slow
 # (whole fits, subprocesses, XLA compiles).
+# Two workers (pytest-xdist): the slow tests mostly wait on TensorFlow start-up and subprocesses.
 test: $(VENV)/.installed-test $(VENV)/transformers-v5/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -73,3 +73,30 @@ def test_unpacked_and_streaming_fits(tmp_path, eli5_jsonl):
 def test_streaming_needs_max_steps():
     result = run_cli(["fit", "--config", DEFAULT_CONFIG, "--set", "data.streaming=true"])
     assert result.exit_code == 2 and "train.max_steps: is required with data.streaming: true" in result.output
+
+
+@pytest.mark.slow
+def test_a_stream_shorter_than_max_steps_is_a_finished_run(tmp_path, eli5_jsonl):
+    out = str(tmp_path / "short-stream")
+    args = [
+        "fit",
+        "--config",
+        DEFAULT_CONFIG,
+        *FAST,
+        *sets(f"data.dataset={eli5_jsonl}", "data.text_column=answers.text", "data.streaming=true"),
+        *sets("data.block_size=16", "train.epochs=2"),
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "100000",
+        "--output-dir",
+        out,
+    ]
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert 0 < results["train_steps"] < 100000 and len(results["history"]["loss"]) == 2  # two passes, then done
+    state = json.load(open(os.path.join(out, "checkpoints", f"ckpt-{results['train_steps']}.json")))
+    assert (state["epoch"], state["batches_in_epoch"]) == (2, 0)
+    again = run_cli(args)
+    assert again.exit_code == 2 and "already holds a finished run" in again.output  # not trained again

@@ -70,28 +70,10 @@ def free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
-    out = str(tmp_path / "out")
+def run_workers(command, tmp_path, tag):
+    """Two MultiWorkerMirroredStrategy workers on localhost ports; (return codes, outputs)."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    command = [
-        sys.executable,
-        "-m",
-        "tfclm",
-        "fit",
-        "--config",
-        DEFAULT_CONFIG,
-        *TINY,
-        *QUIET,
-        *sets("train.strategy=multiworker", "evaluate.before_training=false"),
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "3",
-        "--output-dir",
-        out,
-    ]
-    logs = [open(tmp_path / f"worker{i}.log", "w+") for i in range(2)]
+    logs = [open(tmp_path / f"{tag}-worker{i}.log", "w+") for i in range(2)]
     processes = []
     try:
         for index in range(2):
@@ -114,21 +96,53 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
         log.seek(0)
         outputs.append(log.read())
         log.close()
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return [p.returncode for p in processes], outputs
+
+
+@pytest.mark.slow
+def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
+    out = str(tmp_path / "out")
+
+    def command(max_steps):
+        return [
+            sys.executable,
+            "-m",
+            "tfclm",
+            "fit",
+            "--config",
+            DEFAULT_CONFIG,
+            *TINY,
+            *QUIET,
+            *sets("train.strategy=multiworker", "evaluate.before_training=false"),
+            "--batch-size",
+            "4",
+            "--max-steps",
+            str(max_steps),
+            "--output-dir",
+            out,
+        ]
+
+    codes, outputs = run_workers(command(3), tmp_path, "first")
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     results = json.load(open(os.path.join(out, "results.json")))
-    assert (
-        results["strategy"] == "multiworker (2 replicas)"
-        and results["train_steps"] == 3
-        and results["global_batch_size"] == 8
-    )
+    assert results["strategy"] == "multiworker (2 replicas)" and results["train_steps"] == 3
+    assert results["global_batch_size"] == 8
     worker_line = [line for line in outputs[1].splitlines() if line.startswith("worker done:")][0]
-    assert worker_line.endswith(
-        f"weights sha256 {results['weights_sha256']}"
-    )  # both replicas ended with the same weights
+    assert worker_line.endswith(f"weights sha256 {results['weights_sha256']}")  # both replicas, the same weights
     assert "worker done:" not in outputs[0]
     written = set(os.listdir(out))
     assert {"results.json", "tfclm.yaml", "tf_model.h5", "checkpoints", "cache"} <= written
     assert not any(name.startswith("tfclm-worker") for name in written)
+
+    # Extended: both workers resume from the chief's checkpoint at the same step, and end in step.
+    codes, outputs = run_workers(command(5), tmp_path, "extended")
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    for output in outputs:
+        assert "resuming from the checkpoint at optimizer step 3 of 5" in output
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["train_steps"] == 5 and results["resumed_from_step"] == 3
+    worker_line = [line for line in outputs[1].splitlines() if line.startswith("worker done:")][0]
+    assert worker_line == f"worker done: 5 optimizer steps; weights sha256 {results['weights_sha256']}"
 
 
 @pytest.mark.parametrize(

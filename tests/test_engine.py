@@ -265,7 +265,14 @@ def test_finished_run_is_not_retrained_and_other_settings_are_refused(trained_di
     assert other.exit_code == 2 and "train.learning_rate" in other.output and "--overwrite" in other.output
 
 
-def _fit_command(out):
+KINDS = {
+    "plain": [],
+    "streaming": [*sets("data.streaming=true"), "--max-steps", "1000"],  # 2 passes end it first
+    "accumulation": [*sets("train.gradient_accumulation_steps=2"), "--batch-size", "2"],
+}
+
+
+def _fit_command(out, kind="plain"):
     return [
         sys.executable,
         "-m",
@@ -274,26 +281,28 @@ def _fit_command(out):
         "--config",
         DEFAULT_CONFIG,
         *TINY,
-        *sets("evaluate.before_training=false", "train.checkpoint_steps=5", "train.epochs=2", "data.max_documents=16"),
+        *sets("evaluate.before_training=false", "train.checkpoint_steps=5", "train.epochs=2", "data.max_documents=10"),
         "--batch-size",
         "4",
         "--output-dir",
         out,
+        *KINDS[kind],
     ]
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path, kind):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     reference = str(tmp_path / "reference")
-    done = subprocess.run(_fit_command(reference), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    done = subprocess.run(_fit_command(reference, kind), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     expected = json.load(open(os.path.join(reference, "results.json")))
     steps_per_epoch = expected["train_steps"] // 2
 
     out = str(tmp_path / "killed")
     process = subprocess.Popen(
-        _fit_command(out),
+        _fit_command(out, kind),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -315,7 +324,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
     assert process.returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(out, "results.json"))
 
-    resumed = subprocess.run(_fit_command(out), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    resumed = subprocess.run(_fit_command(out, kind), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     line = [x for x in resumed.stdout.splitlines() if x.startswith("resuming from the checkpoint at optimizer step")][0]
     resumed_at = int(line.split("step ")[1].split(" ")[0].replace(",", ""))

@@ -84,3 +84,13 @@ def test_recipe_dataset_matches_the_fast_one():
     for a, b in zip(recipe, fast):
         for key in ("input_ids", "attention_mask", "labels"):
             assert a[key].numpy().tolist() == b[key].numpy().tolist()
+
+
+def test_an_epoch_holds_whole_optimizer_steps():
+    from tfclm.data.pipeline import epoch_order
+
+    # 22 blocks in batches of 2 make 11 micro-batches: with 2 per optimizer step, each epoch keeps 10,
+    # so that no step takes one micro-batch from one epoch and one from the next.
+    order = epoch_order(22, 2, seed=1, epochs=2, multiple=2)
+    assert order.shape == (20, 2)
+    assert sorted(order[:10].ravel().tolist()) == sorted(np.random.default_rng([1, 0]).permutation(22)[:20].tolist())

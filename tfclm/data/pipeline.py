@@ -43,13 +43,17 @@ def _arrays(blocks: Blocks) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask.astype(np.int32)
 
 
-def epoch_order(n_blocks: int, batch_size: int, seed: int, epochs: int, first_epoch: int = 0) -> np.ndarray:
+def epoch_order(
+    n_blocks: int, batch_size: int, seed: int, epochs: int, first_epoch: int = 0, multiple: int = 1
+) -> np.ndarray:
     """Block indices of every training batch, epoch after epoch: (batches, batch_size).
 
     Each epoch is its own seeded permutation, fixed by (seed, epoch) alone, so
-    a resumed run can skip exactly the batches it already trained on.
+    a resumed run can skip exactly the batches it already trained on. An
+    epoch holds a whole `multiple` of batches (the micro-batches of an
+    optimizer step), so that no step spans two epochs.
     """
-    per_epoch = n_blocks // batch_size
+    per_epoch = n_blocks // batch_size // multiple * multiple
     orders = [
         np.random.default_rng([seed, epoch]).permutation(n_blocks)[: per_epoch * batch_size]
         for epoch in range(first_epoch, first_epoch + epochs)
@@ -58,7 +62,14 @@ def epoch_order(n_blocks: int, batch_size: int, seed: int, epochs: int, first_ep
 
 
 def fast_dataset(
-    blocks: Blocks, batch_size: int, shuffle: bool, seed: int = 0, epochs: int = 1, skip_batches: int = 0, first_epoch=0
+    blocks: Blocks,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    epochs: int = 1,
+    skip_batches: int = 0,
+    first_epoch: int = 0,
+    multiple: int = 1,
 ):
     """Shuffled training batches drop each epoch's remainder (fixed shapes); evaluation batches keep every block.
 
@@ -69,7 +80,7 @@ def fast_dataset(
         ds = tf.data.Dataset.from_tensor_slices((ids, mask)).batch(batch_size)
     else:
         ids_t, mask_t = tf.constant(ids), tf.constant(mask)
-        order = epoch_order(len(ids), batch_size, seed, epochs, first_epoch)[skip_batches:]
+        order = epoch_order(len(ids), batch_size, seed, epochs, first_epoch, multiple)[skip_batches:]
         ds = tf.data.Dataset.from_tensor_slices(order).map(
             lambda rows: (tf.gather(ids_t, rows), tf.gather(mask_t, rows))
         )
@@ -123,12 +134,13 @@ def make_dataset(
     epochs: int = 1,
     skip_batches: int = 0,
     first_epoch: int = 0,
+    multiple: int = 1,
 ):
     if kind == "recipe":
         ds = recipe_dataset(model, blocks, tokenizer, batch_size, shuffle)
         # prepare_tf_dataset reshuffles on every pass: a resumed run skips as many batches, not the same ones.
         return ds.repeat(epochs).skip(skip_batches) if shuffle else ds
-    return fast_dataset(blocks, batch_size, shuffle, seed, epochs, skip_batches, first_epoch)
+    return fast_dataset(blocks, batch_size, shuffle, seed, epochs, skip_batches, first_epoch, multiple)
 
 
 SHUFFLE_BUFFER = 10_000  # blocks: bounds a stream's memory, 10,000 x 128 tokens = 5 MB
@@ -149,14 +161,23 @@ def shuffled(items, buffer: int, rng):
 
 
 def stream_dataset(
-    config, tokenizer, side: str, batch_size: int, shuffle: bool, first_pass=0, skip_batches=0, pass_lengths=None
+    config,
+    tokenizer,
+    side: str,
+    batch_size: int,
+    shuffle: bool,
+    first_pass: int = 0,
+    skip_batches: int = 0,
+    pass_lengths: dict | None = None,
+    multiple: int = 1,
 ):
     """Batches packed on the fly from a stream of documents; memory is bounded by the shuffle buffer.
 
     Each iteration of the dataset (Keras makes one an epoch) is one pass over the stream: the n-th, from 0,
     is pass `first_pass + n`, shuffled by (seed, pass) alone; the first skips `skip_batches` batches, so a
     resumed run starts at the batch it stopped at. Once a pass has been read, `pass_lengths[pass]` holds
-    its number of batches.
+    its number of batches: a whole `multiple` of them (the micro-batches of an optimizer step), so that no
+    step spans two passes.
     """
     data = config.data
     block = data.block_size
@@ -182,9 +203,11 @@ def stream_dataset(
                 if counts["blocks"] > skip:
                     yield pair
         if pass_lengths is not None:
-            pass_lengths[stream_pass] = counts["blocks"] // batch_size
+            pass_lengths[stream_pass] = counts["blocks"] // batch_size // multiple * multiple
 
     spec = tf.TensorSpec([block], tf.int32)
     ds = tf.data.Dataset.from_generator(blocks, output_signature=(spec, spec))
     ds = ds.batch(batch_size, drop_remainder=shuffle)
+    if shuffle and multiple > 1:
+        ds = ds.batch(multiple, drop_remainder=True).unbatch()
     return ds.map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -7,8 +7,8 @@ from tfclm.backend import keras, tf
 from tfclm.files import atomic_write_text, save_pretrained_atomic
 from tfclm.hub.modelcard import check_card_args, model_card
 from tfclm.hub.uploads import DEFAULT_IGNORE, Uploader, default_repo_id
-from tfclm.training.callbacks import StepClock
 from tfclm.training.distribute import is_chief
+from tfclm.training.steps import StepClock
 
 logger = logging.getLogger(__name__)
 

@@ -201,10 +201,20 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
 
     def epoch_batches(first: int, count: int, skip: int):
         if data.streaming:
-            ds = stream_dataset(config, tokenizer, "train", batch_size, True, first, skip, pass_lengths)
+            ds = stream_dataset(config, tokenizer, "train", batch_size, True, first, skip, pass_lengths, micro)
         else:
             ds = make_dataset(
-                train.pipeline, prepared.train, batch_size, True, train.seed, model, tokenizer, count, skip, first
+                train.pipeline,
+                prepared.train,
+                batch_size,
+                True,
+                train.seed,
+                model,
+                tokenizer,
+                count,
+                skip,
+                first,
+                micro,
             )
         return shard_by_data(ds)
 

@@ -88,10 +88,15 @@ class Position(keras.callbacks.Callback):
 
 
 def agree_on_step(strategy, step: int) -> int:
-    """The chief's checkpoint step, on every worker: a collective that no worker passes before the chief has
-    decided (and, with --overwrite, cleared), so no worker reads checkpoints that are about to go."""
+    """The chief's checkpoint step (-1: none), on every worker: a collective that no worker passes before the
+    chief has decided (and, with --overwrite, cleared), so no worker reads checkpoints that are about to go."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return step
-    # Every worker but the chief offers -1; the maximum is the chief's step.
-    offered = strategy.run(lambda: tf.constant(step, tf.int64))
-    return int(strategy.reduce(tf.distribute.ReduceOp.MAX, offered, axis=None).numpy())
+
+    def offer():
+        # Global replica 0 lives on the chief: only its offer counts, so the sum is the chief's step + 1.
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        return tf.where(first, tf.constant(step + 1, tf.int64), tf.constant(0, tf.int64))
+
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(offer), axis=None)
+    return int(total.numpy()) - 1
