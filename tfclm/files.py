@@ -5,6 +5,7 @@ renamed into place, so a run killed mid-write leaves the old file or the new
 one, never half of one.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -57,3 +58,43 @@ def save_pretrained_atomic(objects, output_dir: str) -> None:
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class DirLock:
+    """An advisory lock on a directory for the length of a run; the kernel drops it when the process dies.
+
+    A second run into the same directory stops with a one-line error naming the holder's PID.
+    """
+
+    NAME = ".tfclm.lock"
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, self.NAME)
+        self._fd = None
+
+    def acquire(self) -> "DirLock":
+        from tfclm.errors import ConfigError
+
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                "output_dir",
+                f"{self.directory!r} is in use by another tfclm run (PID {holder}); wait for it to end, "
+                "or choose another --output-dir",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -12,7 +12,7 @@ def generation_problems(options) -> list[tuple[str, str]]:
     """(key, message) for each decoding option out of range; `options` has GenerateConfig's fields."""
     o = options
     checks = [
-        (o.max_new_tokens >= 0, "max_new_tokens", f"must be 0 or more, got {o.max_new_tokens}"),
+        (o.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {o.max_new_tokens}"),
         (o.min_new_tokens >= 0, "min_new_tokens", f"must be 0 or more, got {o.min_new_tokens}"),
         (
             o.min_new_tokens <= o.max_new_tokens,

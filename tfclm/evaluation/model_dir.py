@@ -28,11 +28,18 @@ def evaluate_dir(
             f"{model_dir!r} has no {config_lib.CONFIG_FILENAME}; pass --config with the run's config or --text-file",
         )
     config = config_lib.load_config(config_path) if os.path.exists(config_path) else config_lib.Config()
-    block = block_size or min(config.data.block_size, n_positions(model) or config.data.block_size)
+    limit = n_positions(model)
+    if block_size and limit and block_size > limit:
+        raise ConfigError(
+            "--block-size", f"{block_size} is longer than the model's {limit} positions; pass {limit} or less"
+        )
+    block = block_size or min(config.data.block_size, limit or config.data.block_size)
     if text_file is not None:
         try:
             with open(text_file, encoding="utf-8") as handle:
                 texts, source = [handle.read()], text_file
+            if not texts[0].strip():
+                raise ConfigError("--text-file", f"{text_file!r} holds no text; pass a file with text to evaluate on")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(
                 "--text-file",
@@ -60,5 +67,7 @@ def evaluate_dir(
         )
         dataset = fast_dataset(blocks, batch_size or config.evaluate.batch_size, shuffle=False)
     result = evaluate_loss(model, dataset)
+    if not result["tokens"]:
+        raise ConfigError("--model", f"{source} gave no token to evaluate; pass --text-file with more text")
     result["source"] = source
     return result

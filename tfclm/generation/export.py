@@ -26,7 +26,14 @@ SUPPORTED = ("gpt2",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
 
-def _check_output(output: str, force: bool) -> None:
+def _check_output(output: str, force: bool, model_dir: str) -> None:
+    out, model = os.path.realpath(output), os.path.realpath(model_dir)
+    if out == model or out.startswith(model + os.sep) or model.startswith(out + os.sep):
+        raise ConfigError(
+            "--output",
+            f"{output!r} is, lies in or holds the model dir {model_dir!r}, which export only reads; "
+            "choose a path outside it",
+        )
     if os.path.exists(output) and not force:
         raise ConfigError("--output", f"{output!r} already exists; choose a new path, or pass --force to replace it")
 
@@ -76,7 +83,7 @@ def pytorch_state_dict(model) -> dict:
 def to_pytorch(model_dir: str, output: str, force: bool = False) -> str:
     from safetensors.numpy import save_file
 
-    _check_output(output, force)
+    _check_output(output, force, model_dir)
     model, _ = load_trained(model_dir)
     _check_architecture(model)
     parent = os.path.dirname(os.path.abspath(output))
@@ -203,7 +210,7 @@ def to_saved_model(
     top_p: float = 0.95,
     temperature: float = 1.0,
 ) -> str:
-    _check_output(output, force)
+    _check_output(output, force, model_dir)
     model, tokenizer = load_trained(model_dir)
     _check_architecture(model)
     limit = n_positions(model)

@@ -15,6 +15,12 @@ def _hub_id(name) -> str | None:
     return name
 
 
+def _validation(results: dict, data: dict) -> str:
+    """How validation was chosen; results.json says it as a line of its own, "validation: ..."."""
+    described = (results.get("data") or {}).get("validation")
+    return described.removeprefix("validation: ") if described else str(data.get("validation_split"))
+
+
 def check_card_args(card_args: dict) -> None:
     unknown = [k for k in card_args if k not in CARD_ARGS]
     if unknown:
@@ -67,7 +73,7 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
             "",
             f"- dataset: `{data.get('dataset')}`, split `{data.get('split')}`, text {text} (lists joined with "
             f"{data.get('join_separator')!r})",
-            f"- validation: {results.get('data', {}).get('validation') or data.get('validation_split')}",
+            f"- validation: {_validation(results, data)}",
             f"- blocks of {data.get('block_size')} tokens, "
             f"{'packed with EOS between documents' if data.get('pack', True) else 'one document each'}",
             "",

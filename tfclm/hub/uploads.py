@@ -25,8 +25,8 @@ from tfclm.model.loading import check_model_dir
 
 logger = logging.getLogger(__name__)
 
-# What never goes to the Hub: tfclm's caches, temporary files, and (unless asked) the resumable checkpoints.
-DEFAULT_IGNORE = ("cache/*", "checkpoints/*", ".tmp-*", "*.tmp-*")
+# What never goes to the Hub: tfclm's caches, temporary files, its run lock, and (unless asked) the checkpoints.
+DEFAULT_IGNORE = ("cache/*", "checkpoints/*", ".tmp-*", "*.tmp-*", ".tfclm.lock")
 
 
 def ignored(relative_path: str, patterns) -> bool:

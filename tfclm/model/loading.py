@@ -81,4 +81,12 @@ def load_model(model_config: ModelConfig, tokenizer, block_size: int):
 def load_trained(model_dir: str, key: str = "--model"):
     """(model, tokenizer) from a tfclm output dir or any save_pretrained folder."""
     check_model_dir(model_dir, key)
-    return from_pretrained(model_dir, key=key), pretrained_tokenizer(model_dir, False, key)
+    model, tokenizer = from_pretrained(model_dir, key=key), pretrained_tokenizer(model_dir, False, key)
+    if len(tokenizer) > model.config.vocab_size:
+        # Ids past the embedding table are an error without XLA and silent garbage under it.
+        raise ConfigError(
+            key,
+            f"the tokenizer in {model_dir!r} has {len(tokenizer)} tokens, more than the model's "
+            f"{model.config.vocab_size} embeddings; save the tokenizer the model was trained with beside it",
+        )
+    return model, tokenizer

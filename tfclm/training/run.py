@@ -18,12 +18,9 @@ from tfclm.data.prepare import prepare
 from tfclm.errors import ConfigError, TfclmError
 from tfclm.evaluation.perplexity import evaluate_loss
 from tfclm.generation.generator import generate_samples
-from tfclm.hub.callback import PushToHubCallback
-from tfclm.hub.uploads import DEFAULT_IGNORE
 from tfclm.model.loading import load_model
 from tfclm.training.callbacks import (
     PerplexityCallback,
-    SampleTextCallback,
     StepHistory,
     StopAfterSteps,
     StopOnNonFiniteLoss,
@@ -33,8 +30,10 @@ from tfclm.training.checkpoints import DIRNAME, CheckpointCallback, Checkpoints,
 from tfclm.training.curves import FILENAME, plot_training_curves
 from tfclm.training.distribute import WorkerDirs, make_strategy, shard_by_data
 from tfclm.training.optimizer import make_optimizer
+from tfclm.training.output_dir import check_output_dir
 from tfclm.training.plan import plan_steps
 from tfclm.training.report import nan_message, set_decoding_defaults, versions, weights_digest
+from tfclm.training.run_callbacks import hub_callback, logging_callbacks, sample_options
 from tfclm.training.run_state import Position, RunState, agree_on_step, settings_of
 from tfclm.training.schedule import extend, initial_segments, rate_at
 from tfclm.training.trainer import CausalLMTrainer, resolve_jit_compile, set_precision
@@ -61,69 +60,25 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
             f"train.batch_size or the replicas instead",
         )
     out = config.output_dir
+    check_output_dir(out)
     dirs = WorkerDirs(out)
-    if dirs.chief:
-        check_resumable(out, dataclasses.asdict(config), overwrite)
-        os.makedirs(out, exist_ok=True)
-        files.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
-    keras.utils.set_random_seed(config.train.seed)
-    callers_policy = keras.mixed_precision.global_policy()
-    policy = set_precision(config.train.precision)
+    lock = files.DirLock(out).acquire() if dirs.chief else None  # one run at a time in an output dir
     try:
-        return _fit(config, verbose, policy, strategy, described, dirs)
+        if dirs.chief:
+            check_resumable(out, dataclasses.asdict(config), overwrite)
+            os.makedirs(out, exist_ok=True)
+            files.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
+        keras.utils.set_random_seed(config.train.seed)
+        callers_policy = keras.mixed_precision.global_policy()
+        policy = set_precision(config.train.precision)
+        try:
+            return _fit(config, verbose, policy, strategy, described, dirs)
+        finally:
+            keras.mixed_precision.set_global_policy(callers_policy)  # process-wide: leave the caller's
+            dirs.cleanup()
     finally:
-        keras.mixed_precision.set_global_policy(callers_policy)  # the policy is process-wide: leave the caller's
-        dirs.cleanup()
-
-
-def _sample_options(config: config_lib.Config) -> tuple[list, dict]:
-    """(prompts, decoding options) of the `generate:` section; the seed defaults to train.seed."""
-    options = dataclasses.asdict(config.generate)
-    prompts = options.pop("prompts")
-    options["seed"] = options["seed"] if options["seed"] is not None else config.train.seed
-    return prompts, options
-
-
-def _logging_callbacks(config: config_lib.Config, tokenizer) -> list:
-    """TensorBoard scalars and samples during training, as the `logging:` section asks."""
-    # TensorBoard counts Keras batches: under accumulation, micro-batches per optimizer step of them.
-    micro = config.train.gradient_accumulation_steps
-
-    log = config.logging
-    log_dir = os.path.join(config.output_dir, "logs") if log.tensorboard else None
-    callbacks = []
-    if log.sample_every_n_epochs:
-        prompts, options = _sample_options(config)
-        callbacks.append(
-            SampleTextCallback(tokenizer, prompts, every_n_epochs=log.sample_every_n_epochs, log_dir=log_dir, **options)
-        )
-    if log_dir:
-        callbacks.append(
-            keras.callbacks.TensorBoard(
-                log_dir=log_dir, update_freq=log.every_n_steps * micro, write_graph=False, profile_batch=0
-            )
-        )
-    return callbacks
-
-
-def _hub_callback(config: config_lib.Config, tokenizer):
-    """The push-to-Hub callback the `hub:` section asks for; its final push waits for the results."""
-    hub = config.hub
-    if not hub.push:
-        return None
-
-    ignore = tuple(p for p in DEFAULT_IGNORE if not (hub.checkpoint and p.startswith("checkpoints")))
-    return PushToHubCallback(
-        config.output_dir,
-        save_strategy=hub.save_strategy,
-        save_steps=hub.save_steps,
-        tokenizer=tokenizer,
-        hub_model_id=hub.model_id,
-        private=hub.private,
-        max_retries=hub.max_retries,
-        push_at_train_end=False,
-        ignore_patterns=ignore,
-    )
+        if lock is not None:
+            lock.release()
 
 
 def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, described: str, dirs) -> dict:
@@ -242,8 +197,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     # Order matters: what adds to the logs comes before what writes them out, the position before the saver.
     callbacks = [throughput, PerplexityCallback(), steps, guard, position, saver]
     if chief:
-        callbacks += _logging_callbacks(config, tokenizer)
-    pusher = _hub_callback(config, tokenizer) if chief else None
+        callbacks += logging_callbacks(config, tokenizer)
+    pusher = hub_callback(config, tokenizer) if chief else None
     if pusher is not None:
         callbacks.append(pusher)
     logger.info(
@@ -291,7 +246,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     # Saved before sampling: whatever happens next, the trained model is on disk.
     files.save_pretrained_atomic([model, tokenizer], out)
 
-    prompts, options = _sample_options(config)
+    prompts, options = sample_options(config)
     # One call: compiling it with XLA would cost more than it saves.
     samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
     for sample in samples:

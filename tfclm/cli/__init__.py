@@ -1,46 +1,25 @@
-"""The command line: `python -m tfclm fit | evaluate | generate`.
+"""The command line: `python -m tfclm fit | evaluate | generate | push | export | config`.
 
 Commands parse options and hand over to the library; domain errors become
 `click.UsageError` (exit code 2, one line, no traceback).
 """
 
 import dataclasses
-import functools
 import json
-import os
+import signal
 
 import click
 
-from tfclm.errors import TfclmError
-
-
-def expand_user(ctx, param, value):
-    """A path option's leading ~ is the home directory, even where no shell expanded it (quoted, or --opt=~/x)."""
-    if isinstance(value, str):
-        return os.path.expanduser(value)
-    return value
-
-
-def domain_errors(command):
-    """Turn tfclm's user-facing errors into click usage errors."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except TfclmError as exc:
-            raise click.UsageError(str(exc)) from None
-
-    return wrapper
-
-
-def _explicit_flags(ctx: click.Context, mapping: dict) -> dict:
-    """Config keys for the options the user typed; defaults never override the file."""
-    flags = {}
-    for option, key in mapping.items():
-        if ctx.get_parameter_source(option) not in (click.core.ParameterSource.DEFAULT, None):
-            flags[key] = ctx.params[option]
-    return flags
+from tfclm.cli.options import (
+    config_options,
+    decoding_options,
+    domain_errors,
+    expand_user,
+    explicit_flags,
+    model_option,
+    serving_sampling_options,
+)
+from tfclm.errors import raise_interrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,23 +51,6 @@ FIT_FLAGS = {
 }
 
 
-def config_options(help_text: str):
-    """--config FILE and repeatable --set KEY=VALUE, as fit and config read them."""
-
-    def decorate(command):
-        command = click.option(
-            "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-            help="Override one config key, such as --set data.block_size=256; repeatable.",
-        )(command)  # fmt: skip
-        return click.option("--config", "config_path", metavar="PATH", callback=expand_user, help=help_text)(command)
-
-    return decorate
-
-
-def model_option(help_text: str = "A tfclm output dir or save_pretrained folder."):
-    return click.option("--model", "model_dir", required=True, metavar="DIR", callback=expand_user, help=help_text)
-
-
 @cli.command("fit")
 @config_options("YAML run config, such as configs/default.yaml; without it, the built-in defaults.")
 @click.option("--output-dir", metavar="DIR", help="Where the model, results and checkpoints go (output_dir).")
@@ -112,7 +74,7 @@ def fit_command(ctx, config_path, overrides, overwrite, **_):
     """
     from tfclm.config import load_config
 
-    config = load_config(config_path, overrides, _explicit_flags(ctx, FIT_FLAGS))
+    config = load_config(config_path, overrides, explicit_flags(ctx, FIT_FLAGS))
     from tfclm.training.run import fit
 
     fit(config, overwrite=overwrite)
@@ -162,43 +124,18 @@ def evaluate_command(model_dir, config_path, text_file, batch_size, block_size, 
 def _read_prompts(prompts: tuple, prompt_file) -> list[str]:
     collected = list(prompts)
     if prompt_file is not None:
-        collected += [line.rstrip("\r\n") for line in prompt_file if line.strip()]
+        try:
+            collected += [line.rstrip("\r\n") for line in prompt_file if line.strip()]
+        except UnicodeDecodeError:
+            raise click.BadParameter(
+                f"{prompt_file.name!r} is not UTF-8 text; convert it (iconv -t utf-8) and pass it again",
+                param_hint="--prompt-file",
+            ) from None
     if not collected:
         raise click.UsageError(
             "no prompt: pass --prompt TEXT, or --prompt-file FILE (one prompt per line; - reads stdin)"
         )
     return collected
-
-
-# Ranges that click checks with the option's name in the message; the help text is the config field's.
-DECODING_TYPES = {
-    "max_new_tokens": click.IntRange(min=0),
-    "min_new_tokens": click.IntRange(min=0),
-    "top_k": click.IntRange(min=0),
-    "top_p": click.FloatRange(min=0, max=1, min_open=True),
-    "temperature": click.FloatRange(min=0, min_open=True),
-    "num_beams": click.IntRange(min=1),
-    "repetition_penalty": click.FloatRange(min=0, min_open=True),
-    "num_return_sequences": click.IntRange(min=1),
-    "seed": int,
-}
-
-
-def decoding_options(command):
-    """One option per decoding control of `GenerationOptions` (--max-new-tokens, --top-p, ...), with its help."""
-    from tfclm.config.schema import GenerationOptions
-
-    for f in reversed(dataclasses.fields(GenerationOptions)):
-        text = f.metadata["help"][0].upper() + f.metadata["help"][1:] + "."
-        if f.type is bool or f.name == "do_sample":
-            option = click.option("--do-sample/--greedy", default=f.default, show_default=True, help=text)
-        else:
-            name = "--" + f.name.replace("_", "-")
-            option = click.option(
-                name, type=DECODING_TYPES[f.name], default=f.default, show_default=f.default is not None, help=text
-            )
-        command = option(command)
-    return command
 
 
 @cli.command("generate")
@@ -255,17 +192,6 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
 
     commit = push_dir(model_dir, repo_id, private=private, checkpoint=checkpoint, message=message)
     click.echo(f"pushed {model_dir} to {repo_id} (commit {commit[:12]})")
-
-
-def serving_sampling_options(command):
-    """The sampling settings fixed into a SavedModel: --top-k, --top-p, --temperature, in the decoding ranges."""
-    for name, default in (("temperature", 1.0), ("top_p", 0.95), ("top_k", 50)):
-        flag = "--" + name.replace("_", "-")
-        help_text = f"saved_model: {flag[2:]} when sampling."
-        command = click.option(flag, type=DECODING_TYPES[name], default=default, show_default=True, help=help_text)(
-            command
-        )
-    return command
 
 
 @cli.command("export")
@@ -337,4 +263,5 @@ def config_command(config_path, overrides, markdown):
 
 
 def main():
+    signal.signal(signal.SIGTERM, raise_interrupted)
     cli(prog_name="python -m tfclm")

@@ -1,0 +1,187 @@
+"""Bad input and a failing machine: one line, the right exit code, no traceback, and no file lost or changed.
+
+Each case hashes the directories it touches before and after.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli, sets
+
+
+def tree(folder) -> dict:
+    found = {}
+    for directory, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return found
+
+
+def error_line(result, code=2) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture()
+def model_copy(trained_dir, tmp_path):
+    """A trained output dir of this test's own, beside a file of the user's."""
+    out = str(tmp_path / "model")
+    shutil.copytree(trained_dir[0], out, ignore=shutil.ignore_patterns("cache", "logs"))
+    open(os.path.join(out, "my-notes.txt"), "w").write("the user's own file\n")
+    return out
+
+
+@pytest.mark.parametrize("where", ["the model dir", "inside it", "its parent"])
+def test_export_never_touches_the_model_dir(model_copy, tmp_path, where):
+    output = {"the model dir": model_copy, "inside it": f"{model_copy}/pt", "its parent": str(tmp_path)}[where]
+    before = tree(tmp_path)
+    line = error_line(run_cli(["export", "--model", model_copy, "--to", "pytorch", "--output", output, "--force"]))
+    assert "--output" in line and "is, lies in or holds the model dir" in line
+    assert tree(tmp_path) == before
+
+
+def test_an_output_dir_that_is_a_file_or_under_one(tmp_path):
+    afile = tmp_path / "results"
+    afile.write_text("not a directory\n")
+    before = tree(tmp_path)
+    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", str(afile)]))
+    assert "output_dir" in line and "is a file, not a directory" in line
+    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", f"{afile}/run"]))
+    assert "lies under" in line and "which is a file" in line
+    assert tree(tmp_path) == before
+
+
+def test_a_second_run_into_a_dir_in_use_is_refused(model_copy):
+    from tfclm.files import DirLock
+
+    held = DirLock(model_copy).acquire()  # another run holds it, as a running fit does
+    try:
+        before = tree(model_copy)
+        line = error_line(
+            run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--max-steps", "50", "--output-dir", model_copy])
+        )
+    finally:
+        held.release()
+    assert f"is in use by another tfclm run (PID {os.getpid()})" in line
+    assert tree(model_copy) == before
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--max-new-tokens", "0"], "Invalid value for '--max-new-tokens'"),
+        (["--prompt-file", "BAD_UTF8"], "Invalid value for --prompt-file: "),
+    ],
+)
+def test_generate_bad_input(model_copy, tmp_path, args, named):
+    bad = tmp_path / "prompts.txt"
+    bad.write_bytes(b"The list \xff\xfe type\n")
+    args = [str(bad) if a == "BAD_UTF8" else a for a in args]
+    before = tree(tmp_path)
+    line = error_line(run_cli(["generate", "--model", model_copy, "--prompt", "The", *args]))
+    assert named in line
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--text-file", "EMPTY"], "--text-file: "),
+        (["--block-size", "1024"], "--block-size: 1024 is longer than the model's 256 positions"),
+    ],
+)
+def test_evaluate_bad_input(model_copy, tmp_path, args, named):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    args = [str(empty) if a == "EMPTY" else a for a in args]
+    before = tree(tmp_path)
+    line = error_line(run_cli(["evaluate", "--model", model_copy, *args]))
+    assert named in line
+    assert tree(tmp_path) == before
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(model_copy, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_copy)
+    tokenizer.add_tokens([f"<extra-{i}>" for i in range(5)])
+    tokenizer.save_pretrained(model_copy)
+    before = tree(tmp_path)
+    for command in (["generate", "--prompt", "The"], ["evaluate"]):
+        line = error_line(run_cli([*command, "--model", model_copy]))
+        assert "tokens, more than the model's" in line and "embeddings" in line
+    assert tree(tmp_path) == before
+
+
+def _fit_process(out, *extra, preexec=None):
+    command = [sys.executable, "-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", out, *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, preexec_fn=preexec
+    )
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_an_environment_failure(tmp_path):
+    import resource
+
+    def small_files():
+        # Writes past 64 KiB fail with EFBIG instead of killing the process (SIGXFSZ ignored).
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    process = _fit_process(str(tmp_path / "run"), "--max-steps", "3", preexec=small_files)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stdout[-2000:] + stderr[-3000:]
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("Error:")]
+    assert "ulimit -f" in line
+
+
+@pytest.mark.slow
+def test_sigterm_says_how_to_resume(tmp_path):
+    out = str(tmp_path / "run")
+    process = _fit_process(out, *sets("train.checkpoint_steps=2", "data.max_documents=20"), "--max-steps", "400")
+    index = os.path.join(out, "checkpoints", "checkpoint")
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None and not os.path.exists(index):
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "Error: interrupted (SIGTERM); rerun the same command to resume from its last checkpoint"
+    )
+
+
+def test_output_files_get_the_users_permissions(tmp_path):
+    from tfclm.files import atomic_write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_text(str(tmp_path / "results.json"), "{}\n")
+    assert os.stat(tmp_path / "results.json").st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_the_model_card_says_validation_once():
+    from tfclm.hub.modelcard import model_card
+
+    results = {"data": {"validation": "validation: a seeded 20% of the documents (5 of 24)"}}
+    card = model_card("me/x", {"data": {"dataset": "x.txt", "validation_split": 0.2}}, results)
+    assert "- validation: a seeded 20% of the documents (5 of 24)" in card and "validation: validation" not in card
