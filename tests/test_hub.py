@@ -163,8 +163,12 @@ def test_server_lost_mid_training_then_push_later(hub, tmp_path):
         if process.poll() is None:
             process.kill()
     output = "".join(lines)
-    assert process.returncode == 0, output
-    assert "hub: could not push" in output and "push(es) to tester/lost failed" in output
+    # The run is complete on disk, but a pipeline must notice the Hub copy is not: exit 1, the failure last.
+    assert process.returncode == 1, output
+    assert "hub: could not push" in output and "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("Error: hub: ") and "push(es) to tester/lost failed" in last and "tfclm push --model" in last
+    assert json.load(open(os.path.join(out, "results.json")))["hub_failures"]
     assert TOKEN not in output
     for name in ("tf_model.h5", "config.json", "tokenizer.json", "results.json", "README.md", "tfclm.yaml"):
         assert os.path.exists(os.path.join(out, name)), name

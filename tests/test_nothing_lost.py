@@ -185,3 +185,41 @@ def test_the_model_card_says_validation_once():
     results = {"data": {"validation": "validation: a seeded 20% of the documents (5 of 24)"}}
     card = model_card("me/x", {"data": {"dataset": "x.txt", "validation_split": 0.2}}, results)
     assert "- validation: a seeded 20% of the documents (5 of 24)" in card and "validation: validation" not in card
+
+
+def test_a_garbled_checkpoint_state_file_never_restarts_a_finished_run(model_copy):
+    from conftest import TINY_BUILTIN
+
+    with open(os.path.join(model_copy, "checkpoints", "checkpoint"), "w") as handle:
+        handle.write("model_checkpoint_path: \x00\x01 not a state file {{{\n")
+    before = tree(model_copy)
+    line = error_line(
+        run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY_BUILTIN, "--max-steps", "40", "--output-dir", model_copy])
+    )
+    assert "already holds a finished run (40 steps" in line
+    after = tree(model_copy)
+    assert {name: after[name] for name in before} == before  # every file as it was...
+    assert all(name.startswith("cache/") for name in set(after) - set(before))  # ...and new ones only in the cache
+
+
+def test_a_damaged_checkpoint_gives_way_to_the_one_before(model_copy):
+    import json
+
+    from conftest import TINY_BUILTIN
+
+    expected = json.load(open(os.path.join(model_copy, "results.json")))["weights_sha256"]
+    checkpoints = os.path.join(model_copy, "checkpoints")
+    steps = sorted(int(n[5:-6]) for n in os.listdir(checkpoints) if n.startswith("ckpt-") and n.endswith(".index"))
+    assert steps[-1] == 40 and len(steps) == 2
+    (data,) = [n for n in os.listdir(checkpoints) if n.startswith("ckpt-40.data")]
+    with open(os.path.join(checkpoints, data), "r+b") as handle:
+        handle.truncate(100)  # a disk that filled up mid-write
+    os.unlink(os.path.join(model_copy, "results.json"))  # as a run killed before it wrote its results
+    result = run_cli(
+        ["fit", "--config", DEFAULT_CONFIG, *TINY_BUILTIN, "--max-steps", "40", "--output-dir", model_copy]
+    )
+    assert result.exit_code == 0, result.output
+    assert "checkpoint: ckpt-40 cannot be read" in result.output
+    assert f"resuming from the checkpoint at optimizer step {steps[0]} of 40" in result.output
+    results = json.load(open(os.path.join(model_copy, "results.json")))
+    assert results["resumed_from_step"] == steps[0] and results["weights_sha256"] == expected  # the same run, exactly

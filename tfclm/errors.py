@@ -35,6 +35,8 @@ ENVIRONMENT_HINTS = {
 
 def environment_failure(exc: BaseException) -> str | None:
     """One line for a failure of the machine (disk full, read-only, file-size limit), or None for anything else."""
+    if isinstance(exc, EnvironmentFailure):
+        return str(exc)
     if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_HINTS:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}; {ENVIRONMENT_HINTS[exc.errno]}"
@@ -45,6 +47,10 @@ def environment_failure(exc: BaseException) -> str | None:
         text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         return f"{text}; free some disk space, raise the file-size limit (ulimit -f), or choose a writable directory"
     return None
+
+
+class EnvironmentFailure(Exception):
+    """Something outside the input failed (disk, network, the Hub): shown as one line, exit code 1."""
 
 
 class Interrupted(KeyboardInterrupt):

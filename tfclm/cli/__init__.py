@@ -6,6 +6,7 @@ Commands parse options and hand over to the library; domain errors become
 
 import dataclasses
 import json
+import os
 import signal
 
 import click
@@ -19,7 +20,7 @@ from tfclm.cli.options import (
     model_option,
     serving_sampling_options,
 )
-from tfclm.errors import raise_interrupted
+from tfclm.errors import EnvironmentFailure, raise_interrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,7 +78,14 @@ def fit_command(ctx, config_path, overrides, overwrite, **_):
     config = load_config(config_path, overrides, explicit_flags(ctx, FIT_FLAGS))
     from tfclm.training.run import fit
 
-    fit(config, overwrite=overwrite)
+    results = fit(config, overwrite=overwrite)
+    if results.get("hub_failures"):
+        repo = config.hub.model_id or os.path.basename(os.path.abspath(config.output_dir))
+        raise EnvironmentFailure(
+            f"hub: {len(results['hub_failures'])} push(es) to {repo} failed (the last: {results['hub_failures'][-1]}); "
+            f"{config.output_dir} is complete, and `python -m tfclm push --model {config.output_dir} --repo-id "
+            f"{repo}` pushes it when the Hub answers"
+        )
 
 
 @cli.command("evaluate")

@@ -6,15 +6,19 @@ the previous, complete checkpoint. A rerun of the same command restores the
 latest one and goes on from its step; a finished run is not retrained.
 """
 
+import logging
 import os
+import re
 import shutil
 
 import yaml
 
 from tfclm.backend import keras, tf
 from tfclm.config import CONFIG_FILENAME
-from tfclm.errors import ConfigError
+from tfclm.errors import ConfigError, first_line
 from tfclm.training.run_state import RunState, changed_keys, settings_of
+
+logger = logging.getLogger(__name__)
 
 DIRNAME = "checkpoints"
 
@@ -55,9 +59,55 @@ class Checkpoints:
         return path
 
 
+def checkpoint_steps(checkpoint_dir: str) -> list[int]:
+    """Steps of the checkpoints in `checkpoint_dir`, newest first: those TensorFlow's state file lists and those
+    whose files are there, so that a garbled state file hides none."""
+    steps = set()
+    try:
+        listed = tf.train.get_checkpoint_state(checkpoint_dir)
+        if listed is not None:
+            steps.update(int(p.rsplit("-", 1)[1]) for p in listed.all_model_checkpoint_paths)
+    except Exception:  # text_format.ParseError and kin: the files present still say what there is
+        pass
+    if os.path.isdir(checkpoint_dir):
+        steps.update(
+            int(m[1]) for name in os.listdir(checkpoint_dir) if (m := re.fullmatch(r"ckpt-(\d+)\.index", name))
+        )
+    return sorted(steps, reverse=True)
+
+
 def latest_step(checkpoint_dir: str) -> int | None:
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    return int(latest.rsplit("-", 1)[1]) if latest else None
+    steps = checkpoint_steps(checkpoint_dir)
+    return steps[0] if steps else None
+
+
+def unreadable(path: str) -> str | None:
+    """Why the checkpoint at `path` cannot be restored (every tensor read), or None when it can."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as exc:  # a missing, truncated or foreign file: TensorFlow raises many types for one cause
+        return first_line(exc, 160)
+    return None
+
+
+def newest_readable(checkpoint_dir: str) -> int | None:
+    """The newest checkpoint that reads whole; older ones stand in for a damaged one, and a dir whose
+    checkpoints all fail is an error, never a silent start from step 0."""
+    steps = checkpoint_steps(checkpoint_dir)
+    for step in steps:
+        problem = unreadable(os.path.join(checkpoint_dir, f"ckpt-{step}"))
+        if problem is None:
+            return step
+        logger.warning(f"checkpoint: ckpt-{step} cannot be read ({problem}); trying the one before")
+    if steps:
+        raise ConfigError(
+            "output_dir",
+            f"no checkpoint in {checkpoint_dir!r} can be read; restore them from a backup, or pass --overwrite "
+            "to start over",
+        )
+    return None
 
 
 def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:

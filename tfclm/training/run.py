@@ -26,7 +26,7 @@ from tfclm.training.callbacks import (
     StopOnNonFiniteLoss,
     ThroughputCallback,
 )
-from tfclm.training.checkpoints import DIRNAME, CheckpointCallback, Checkpoints, check_resumable, latest_step
+from tfclm.training.checkpoints import DIRNAME, CheckpointCallback, Checkpoints, check_resumable, newest_readable
 from tfclm.training.curves import FILENAME, plot_training_curves
 from tfclm.training.distribute import WorkerDirs, make_strategy, shard_by_data
 from tfclm.training.optimizer import make_optimizer
@@ -67,7 +67,6 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
         if dirs.chief:
             check_resumable(out, dataclasses.asdict(config), overwrite)
             os.makedirs(out, exist_ok=True)
-            files.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
         keras.utils.set_random_seed(config.train.seed)
         callers_policy = keras.mixed_precision.global_policy()
         policy = set_precision(config.train.precision)
@@ -109,7 +108,7 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     jit = resolve_jit_compile(train.jit_compile)
     # Every worker resumes from the chief's checkpoints; the others save theirs to a temporary directory.
     # All start from the step the chief found, and none reads before it has (see agree_on_step).
-    found = latest_step(os.path.join(out, DIRNAME)) if chief else None
+    found = newest_readable(os.path.join(out, DIRNAME)) if chief else None
     start_step = agree_on_step(strategy, -1 if found is None else found)
     state = RunState.read(os.path.join(out, DIRNAME), start_step) if start_step >= 0 else None
     settings = settings_of(dataclasses.asdict(config))
@@ -146,6 +145,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
             f"--overwrite to train again",
         )
 
+    if chief:  # the resolved config, once this run is known to go ahead
+        files.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
     before = evaluate_loss(model, eval_ds) if chief and config.evaluate.before_training and not start else None
     if before:
         logger.info(f"before training: eval loss {before['loss']:.4f}, perplexity {before['perplexity']:,.2f}")
@@ -291,6 +292,9 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     files.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
     if pusher is not None:
         pusher.push_final(config=dataclasses.asdict(config), results=results, save=False)
+        if pusher.failures:  # the run is complete on disk; the Hub copy is not
+            results["hub_failures"] = list(pusher.failures)
+            files.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
     logger.info(
         f"done: {optimizer_steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} "
         f"tokens in {train_seconds:,.1f} s "
