@@ -223,3 +223,41 @@ def test_a_damaged_checkpoint_gives_way_to_the_one_before(model_copy):
     assert f"resuming from the checkpoint at optimizer step {steps[0]} of 40" in result.output
     results = json.load(open(os.path.join(model_copy, "results.json")))
     assert results["resumed_from_step"] == steps[0] and results["weights_sha256"] == expected  # the same run, exactly
+
+
+def test_overwrite_with_a_bad_input_loses_nothing(model_copy):
+    from conftest import TINY_BUILTIN
+
+    before = tree(model_copy)
+    args = [*TINY_BUILTIN, *sets("data.dataset=/no/such/corpus.txt"), "--overwrite", "--output-dir", model_copy]
+    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *args]))
+    assert "data.dataset" in line and "does not exist" in line
+    assert tree(model_copy) == before  # the old run's checkpoints and results are all still there
+
+
+def test_a_finished_run_without_checkpoints_is_not_overwritten(model_copy):
+    from conftest import TINY_BUILTIN
+
+    shutil.rmtree(os.path.join(model_copy, "checkpoints"))
+    before = tree(model_copy)
+    base = ["fit", "--config", DEFAULT_CONFIG, *TINY_BUILTIN, "--max-steps", "40", "--output-dir", model_copy]
+    assert "with other settings (train.learning_rate)" in error_line(run_cli([*base, "--learning-rate", "0.5"]))
+    assert "already holds a finished run (results.json, no checkpoints" in error_line(run_cli(base))
+    assert tree(model_copy) == before
+
+
+def test_a_dir_of_someone_elses_files_is_refused(tmp_path):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("\\section{Introduction}\n")
+    before = tree(tmp_path)
+    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", str(mine)]))
+    assert "holds files tfclm did not write (chapter1.tex)" in line
+    assert tree(tmp_path) == before
+
+
+def test_a_run_refused_on_its_data_leaves_no_new_dir(tmp_path):
+    args = ["fit", "--config", DEFAULT_CONFIG, *TINY, *sets("data.dataset=/no/such/corpus.txt")]
+    line = error_line(run_cli([*args, "--output-dir", f"{tmp_path}/new"]))
+    assert "data.dataset" in line and "does not exist" in line
+    assert os.listdir(tmp_path) == []  # not even the new dir's lock file stays

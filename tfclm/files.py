@@ -72,11 +72,16 @@ class DirLock:
         self.directory = directory
         self.path = os.path.join(directory, self.NAME)
         self._fd = None
+        self._made = []  # what acquire created, newest first: removed again if the run is refused
 
     def acquire(self) -> "DirLock":
         from tfclm.errors import ConfigError
 
-        os.makedirs(self.directory, exist_ok=True)
+        if not os.path.isdir(self.directory):
+            os.makedirs(self.directory)
+            self._made.append(self.directory)
+        if not os.path.exists(self.path):
+            self._made.insert(0, self.path)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,8 +98,15 @@ class DirLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, undo: bool = False) -> None:
+        """Unlock; with `undo` (a run refused before it wrote anything), also remove what acquire created."""
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        for path in self._made if undo else ():
+            if os.path.isdir(path):
+                if not os.listdir(path):
+                    os.rmdir(path)
+            elif os.path.exists(path):
+                os.unlink(path)

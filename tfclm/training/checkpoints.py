@@ -110,33 +110,61 @@ def newest_readable(checkpoint_dir: str) -> int | None:
     return None
 
 
+# What a run writes into its output dir: a dir holding only these (or nothing) is tfclm's to write into.
+RUN_FILES = {
+    CONFIG_FILENAME, "results.json", DIRNAME, "cache", "logs", "training_curves.png", ".tfclm.lock", "README.md",
+    "config.json", "generation_config.json", "tf_model.h5", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "vocab.json", "merges.txt",
+}  # fmt: skip
+
+
 def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:
-    """Before a run writes anything: clear old state for --overwrite, or refuse to mix two runs."""
-    checkpoint_dir = os.path.join(output_dir, DIRNAME)
-    if overwrite:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        results = os.path.join(output_dir, "results.json")
-        if os.path.exists(results):
-            os.unlink(results)
+    """Before a run writes anything: refuse a dir that is not tfclm's, or a run that would mix with another.
+
+    `--overwrite` deletes nothing here: the old run is cleared (`clear_run`) only once every input has loaded.
+    """
+    if not os.path.isdir(output_dir) or overwrite:
         return
-    step = latest_step(checkpoint_dir)
-    if step is None:
-        return
-    state = RunState.read(checkpoint_dir, step)
-    if state is not None:
-        saved = state.settings
-    else:  # a checkpoint without a run state: compare with the run's tfclm.yaml
-        saved_path = os.path.join(output_dir, CONFIG_FILENAME)
-        saved = (
-            settings_of(yaml.safe_load(open(saved_path, encoding="utf-8")) or {}) if os.path.exists(saved_path) else {}
-        )
-    changed = changed_keys(saved, settings_of(new_config))
-    if changed:
+    names = set(os.listdir(output_dir))
+    foreign = sorted(n for n in names - RUN_FILES if not n.startswith(".tmp-"))
+    if CONFIG_FILENAME not in names and foreign:
         raise ConfigError(
             "output_dir",
-            f"{output_dir!r} holds a checkpoint of a run with other settings ({', '.join(changed[:5])}); "
+            f"{output_dir!r} holds files tfclm did not write ({', '.join(foreign[:3])}); choose a new or empty "
+            "--output-dir",
+        )
+    checkpoint_dir = os.path.join(output_dir, DIRNAME)
+    step = latest_step(checkpoint_dir)
+    state = RunState.read(checkpoint_dir, step) if step is not None else None
+    saved_path = os.path.join(output_dir, CONFIG_FILENAME)
+    if state is not None:
+        saved = state.settings
+    elif os.path.exists(saved_path):  # no run state: compare with the run's tfclm.yaml
+        saved = settings_of(yaml.safe_load(open(saved_path, encoding="utf-8")) or {})
+    else:
+        return
+    changed = changed_keys(saved, settings_of(new_config))
+    if changed:
+        what = "a checkpoint of a run" if step is not None else "a run"
+        raise ConfigError(
+            "output_dir",
+            f"{output_dir!r} holds {what} with other settings ({', '.join(changed[:5])}); "
             "use a new --output-dir, or pass --overwrite to start over there",
         )
+    if step is None and "results.json" in names:
+        raise ConfigError(
+            "output_dir",
+            f"{output_dir!r} already holds a finished run (results.json, no checkpoints to go on from); use a new "
+            "--output-dir, or --overwrite to train again",
+        )
+
+
+def clear_run(output_dir: str) -> None:
+    """--overwrite, once the new run's inputs have loaded: the old run's checkpoints and results go."""
+    shutil.rmtree(os.path.join(output_dir, DIRNAME), ignore_errors=True)
+    results = os.path.join(output_dir, "results.json")
+    if os.path.exists(results):
+        os.unlink(results)
 
 
 class CheckpointCallback(keras.callbacks.Callback):

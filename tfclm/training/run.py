@@ -26,7 +26,14 @@ from tfclm.training.callbacks import (
     StopOnNonFiniteLoss,
     ThroughputCallback,
 )
-from tfclm.training.checkpoints import DIRNAME, CheckpointCallback, Checkpoints, check_resumable, newest_readable
+from tfclm.training.checkpoints import (
+    DIRNAME,
+    CheckpointCallback,
+    Checkpoints,
+    check_resumable,
+    clear_run,
+    newest_readable,
+)
 from tfclm.training.curves import FILENAME, plot_training_curves
 from tfclm.training.distribute import WorkerDirs, make_strategy, shard_by_data
 from tfclm.training.optimizer import make_optimizer
@@ -71,16 +78,21 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
         callers_policy = keras.mixed_precision.global_policy()
         policy = set_precision(config.train.precision)
         try:
-            return _fit(config, verbose, policy, strategy, described, dirs)
+            return _fit(config, verbose, policy, strategy, described, dirs, overwrite)
         finally:
             keras.mixed_precision.set_global_policy(callers_policy)  # process-wide: leave the caller's
             dirs.cleanup()
+    except BaseException:
+        if lock is not None:
+            lock.release(undo=True)  # a run that failed or was refused takes its lock file (and new dir) back
+            lock = None
+        raise
     finally:
         if lock is not None:
             lock.release()
 
 
-def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, described: str, dirs) -> dict:
+def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: str, dirs, overwrite: bool) -> dict:
 
     out, data, train = config.output_dir, config.data, config.train
     chief = dirs.chief
@@ -108,6 +120,8 @@ def _fit(config: config_lib.Config, verbose: int | None, policy: str, strategy, 
     jit = resolve_jit_compile(train.jit_compile)
     # Every worker resumes from the chief's checkpoints; the others save theirs to a temporary directory.
     # All start from the step the chief found, and none reads before it has (see agree_on_step).
+    if chief and overwrite:
+        clear_run(out)  # only now: the data, tokenizer and model have all loaded
     found = newest_readable(os.path.join(out, DIRNAME)) if chief else None
     start_step = agree_on_step(strategy, -1 if found is None else found)
     state = RunState.read(os.path.join(out, DIRNAME), start_step) if start_step >= 0 else None
