@@ -261,3 +261,39 @@ def test_a_run_refused_on_its_data_leaves_no_new_dir(tmp_path):
     line = error_line(run_cli([*args, "--output-dir", f"{tmp_path}/new"]))
     assert "data.dataset" in line and "does not exist" in line
     assert os.listdir(tmp_path) == []  # not even the new dir's lock file stays
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "jsonl streamed"])
+def test_a_data_file_that_is_not_utf8(tmp_path, kind):
+    source = tmp_path / f"data.{kind.split()[0]}"
+    good = [f'{{"text": "line {i} of good text"}}\n' for i in range(20)] if kind != "csv" else ["text\n"]
+    bad = b'{"text": "bad \xff\xfe byte"}\n' if kind != "csv" else b"bad \xff byte\n"
+    source.write_bytes("".join(good).encode() + bad)
+    stream = sets("data.streaming=true") + ["--max-steps", "5"] if "streamed" in kind else []
+    before = tree(tmp_path)
+    args = ["fit", "--config", DEFAULT_CONFIG, *TINY, *sets(f"data.dataset={source}"), *stream]
+    line = error_line(run_cli([*args, "--output-dir", str(tmp_path / "run")]))
+    assert f"data.dataset: '{source}' is not UTF-8 text" in line
+    assert tree(tmp_path) == before
+
+
+def test_a_bad_repo_id_fails_at_once(model_copy):
+    started = time.monotonic()
+    before = tree(model_copy)
+    line = error_line(run_cli(["push", "--model", model_copy, "--repo-id", "not a repo id!!"]))
+    assert "--repo-id: 'not a repo id!!' is not a Hub repo id" in line and "user/name" in line
+    assert time.monotonic() - started < 5  # no retries with backoff for what no retry can fix
+    assert tree(model_copy) == before
+
+
+def test_a_short_token_masks_nothing_else():
+    from tfclm.hub.uploads import Uploader
+
+    uploader = Uploader("me/x", token="a", log=lambda line: None)
+    long_token = Uploader("me/x", token="hf_abcdefghijklmnop", log=lambda line: None)
+    try:
+        assert uploader._safe(ValueError("a bad request at the Hub")) == "ValueError: a bad request at the Hub"
+        assert long_token._safe(ValueError("denied for hf_abcdefghijklmnop")) == "ValueError: denied for ***"
+    finally:
+        uploader.close()
+        long_token.close()

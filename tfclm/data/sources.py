@@ -110,7 +110,21 @@ def _load_saved(path: str, split: str):
     return loaded.select(rows) if len(rows) != len(loaded) else loaded
 
 
+def not_utf8(source: str) -> ConfigError:
+    return ConfigError("data.dataset", f"{source!r} is not UTF-8 text; convert it (iconv -t utf-8) or remove it")
+
+
+def _caused_by(exc: BaseException, kind) -> bool:
+    while exc is not None:
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _failed(source: str, split: str, exc: Exception) -> ConfigError:
+    if _caused_by(exc, UnicodeDecodeError):  # datasets wraps it in a DatasetGenerationError that says nothing of it
+        return not_utf8(source)
     return ConfigError(
         "data.dataset",
         f"could not load {source!r} (split {split!r}): {first_line(exc)}; "
@@ -219,8 +233,11 @@ def iter_texts(data: DataConfig) -> Iterator[str]:
         yield from txt_documents(txt, data.txt_document)
         return
     fields, key = text_fields(data)
-    for record in load_records(data, streaming=True):
-        yield render(data, {f: lookup(record, f, key) for f in fields})
+    try:
+        for record in load_records(data, streaming=True):
+            yield render(data, {f: lookup(record, f, key) for f in fields})
+    except UnicodeDecodeError:
+        raise not_utf8(data.dataset) from None
 
 
 def load_texts(data: DataConfig) -> list[str]:
@@ -230,7 +247,10 @@ def load_texts(data: DataConfig) -> list[str]:
     txt = _txt_files(data.dataset) if os.path.exists(data.dataset) else []
     if txt:
         return list(txt_documents(txt, data.txt_document))
-    return select_texts(load_records(data), data)
+    try:
+        return select_texts(load_records(data), data)
+    except UnicodeDecodeError:  # a JSON string holding a bad byte loads, and fails when read
+        raise not_utf8(data.dataset) from None
 
 
 def unique_documents(texts, limit: Optional[int] = None) -> Iterator[str]:

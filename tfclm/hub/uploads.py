@@ -91,7 +91,7 @@ class Uploader:
     def _safe(self, exc: Exception) -> str:
         text = first_line(exc)
         for secret in (self._token, os.environ.get("HF_TOKEN")):
-            if secret:
+            if secret and len(secret) >= 8:  # a short "token" would mask unrelated text; real ones are long
                 text = text.replace(secret, "***")
         return text
 
@@ -140,6 +140,18 @@ def default_repo_id(output_dir: str) -> str:
     return os.path.basename(os.path.abspath(output_dir))
 
 
+def check_repo_id(repo_id: str, key: str) -> None:
+    """A repo id the Hub can take, checked before any upload (and its retries) starts."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ConfigError(
+            key, f"{repo_id!r} is not a Hub repo id ({first_line(exc, 160)}); write it as user/name"
+        ) from None
+
+
 def push_dir(
     model_dir: str,
     repo_id: str,
@@ -149,6 +161,7 @@ def push_dir(
     token: str | None = None,
 ) -> str:
     """Push an existing output dir (model, tokenizer, tfclm.yaml, results.json, a model card); returns the commit id."""
+    check_repo_id(repo_id, "--repo-id")
     check_model_dir(model_dir, "--model")
     config_path, results_path = os.path.join(model_dir, "tfclm.yaml"), os.path.join(model_dir, "results.json")
     config = yaml.safe_load(open(config_path, encoding="utf-8")) if os.path.exists(config_path) else None

@@ -6,7 +6,7 @@ import os
 from tfclm import config as config_lib
 from tfclm.backend import keras
 from tfclm.hub.callback import PushToHubCallback
-from tfclm.hub.uploads import DEFAULT_IGNORE
+from tfclm.hub.uploads import DEFAULT_IGNORE, check_repo_id
 from tfclm.training.callbacks import SampleTextCallback
 
 
@@ -45,6 +45,8 @@ def hub_callback(config: config_lib.Config, tokenizer):
     hub = config.hub
     if not hub.push:
         return None
+    if hub.model_id:
+        check_repo_id(hub.model_id, "hub.model_id")  # before training, not at the first push
 
     ignore = tuple(p for p in DEFAULT_IGNORE if not (hub.checkpoint and p.startswith("checkpoints")))
     return PushToHubCallback(
