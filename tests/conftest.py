@@ -1,6 +1,7 @@
 """Shared fixtures: small real models and data written by the tests themselves (no network)."""
 
 import atexit
+import hashlib
 import json
 import os
 import shutil
@@ -103,3 +104,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def tree(folder) -> dict:
+    """Every file under `folder` with its bytes' sha256: equal before and after means nothing was touched."""
+    found = {}
+    for directory, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return found

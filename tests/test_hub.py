@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, sets
+from conftest import DEFAULT_CONFIG, ROOT, TINY, sets, tree
 
 TOKEN = "hf_tfclmTestToken0123456789abcdef"
 FIT = [
@@ -228,18 +228,6 @@ def test_callback_in_a_plain_keras_workflow(hub, tmp_path):
     assert "tf_model.h5" in files and any(p.startswith("checkpoint/") for p in files) and "README.md" in files
 
 
-def tree_digest(folder) -> dict:
-    """Every file under `folder` with its bytes' sha256: equal before and after means nothing was touched."""
-    import hashlib
-
-    found = {}
-    for directory, _, filenames in os.walk(folder):
-        for name in filenames:
-            path = os.path.join(directory, name)
-            found[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return found
-
-
 @pytest.mark.slow
 def test_push_honours_ignore_patterns_and_leaves_the_dir_alone(hub, tmp_path, trained_dir):
     import shutil
@@ -250,7 +238,7 @@ def test_push_honours_ignore_patterns_and_leaves_the_dir_alone(hub, tmp_path, tr
         os.makedirs(os.path.dirname(os.path.join(out, name)), exist_ok=True)
         open(os.path.join(out, name), "w").write(text)
     open(os.path.join(out, "README.md"), "w").write("my own notes\n")
-    before = tree_digest(out)
+    before = tree(out)
     pushed = run(
         ["-m", "tfclm", "push", "--model", out, "--repo-id", "tester/clean"], client_env(hub.url, tmp_path / "h")
     )
@@ -260,5 +248,5 @@ def test_push_honours_ignore_patterns_and_leaves_the_dir_alone(hub, tmp_path, tr
     assert not [f for f in files if f.startswith((".tmp-", "cache/", "checkpoints/")) or ".tmp-" in f], files
     card = urllib.request.urlopen(f"{hub.url}/tester/clean/resolve/main/README.md", timeout=10).read().decode()
     assert card.startswith("---\n") and "tfclm" in card  # the model card went up...
-    assert tree_digest(out) == before  # ...and the local README.md, like every other file, is as it was
+    assert tree(out) == before  # ...and the local README.md, like every other file, is as it was
     assert [n for n in os.listdir(tmp_path) if "tmp-push" in n] == []  # the snapshot beside it is gone

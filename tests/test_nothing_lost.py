@@ -3,7 +3,6 @@
 Each case hashes the directories it touches before and after.
 """
 
-import hashlib
 import os
 import shutil
 import signal
@@ -13,16 +12,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli, sets
-
-
-def tree(folder) -> dict:
-    found = {}
-    for directory, _, filenames in os.walk(folder):
-        for name in filenames:
-            path = os.path.join(directory, name)
-            found[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return found
+from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli, sets, tree
 
 
 def error_line(result, code=2) -> str:

@@ -33,13 +33,6 @@ class Checkpoints:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
         self.optimizer = optimizer
 
-    def latest_step(self) -> int | None:
-        """The step of the newest checkpoint to resume from, or None."""
-        return latest_step(self.restore_directory)
-
-    def read_state(self, step: int) -> RunState | None:
-        return RunState.read(self.restore_directory, step)
-
     def restore(self, step: int) -> int:
         """Restore the checkpoint of `step`; returns the optimizer's step after it."""
         self.checkpoint.restore(os.path.join(self.restore_directory, f"ckpt-{step}")).assert_existing_objects_matched()
