@@ -123,20 +123,25 @@ def _fit_process(out, *extra, preexec=None):
 
 
 @pytest.mark.slow
-def test_a_file_size_limit_is_an_environment_failure(tmp_path):
+@pytest.mark.parametrize("limit_kib, failing", [(64, "the tokenizer cache"), (600, "the first checkpoint")])
+def test_a_file_size_limit_is_an_environment_failure(tmp_path, limit_kib, failing):
     import resource
 
     def small_files():
-        # Writes past 64 KiB fail with EFBIG instead of killing the process (SIGXFSZ ignored).
+        # Writes past the limit fail with EFBIG instead of killing the process (SIGXFSZ ignored).
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kib * 1024, limit_kib * 1024))
 
-    process = _fit_process(str(tmp_path / "run"), "--max-steps", "3", preexec=small_files)
+    out = str(tmp_path / "run")
+    process = _fit_process(out, "--max-steps", "3", *sets("train.checkpoint_steps=1"), preexec=small_files)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stdout[-2000:] + stderr[-3000:]
     assert "Traceback" not in stderr
     (line,) = [x for x in stderr.splitlines() if x.startswith("Error:")]
-    assert "ulimit -f" in line
+    assert "File too large" in line and "ulimit -f" in line
+    checkpoints = os.path.join(out, "checkpoints")
+    left = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+    assert left == [], left  # no ckpt-N_temp/ and no run state without its checkpoint
 
 
 @pytest.mark.slow

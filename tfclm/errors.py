@@ -44,8 +44,14 @@ def environment_failure(exc: BaseException) -> str | None:
     if tf is not None and isinstance(
         exc, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError, tf.errors.OutOfRangeError)
     ):
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        return f"{text}; free some disk space, raise the file-size limit (ulimit -f), or choose a writable directory"
+        text = str(exc)
+        # TensorFlow's message leads with its op's internals; the cause is a phrase inside it.
+        causes = ("File too large", "No space left on device", "Disk quota exceeded", "Permission denied", "Read-only")
+        cause = next((c for c in causes if c in text), text.strip().splitlines()[0][:200] if text.strip() else "")
+        return (
+            f"TensorFlow could not write a file: {cause}; free some disk space, raise the file-size limit "
+            "(ulimit -f), or choose a writable directory"
+        )
     return None
 
 

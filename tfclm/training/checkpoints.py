@@ -44,7 +44,16 @@ class Checkpoints:
     def save(self, step: int, state: RunState | None = None) -> str:
         if state is not None:
             state.write(self.directory)  # first: a listed checkpoint always has its state
-        path = self.manager.save(checkpoint_number=step)
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except BaseException:
+            # A failed save (disk full, a file-size limit) leaves TensorFlow's ckpt-N_temp/ and our state behind.
+            for name in os.listdir(self.directory):
+                if name.startswith(f"ckpt-{step}_temp"):
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            if state is not None and os.path.exists(RunState.path(self.directory, step)):
+                os.unlink(RunState.path(self.directory, step))
+            raise
         kept = {os.path.basename(p) + ".json" for p in self.manager.checkpoints}
         for name in os.listdir(self.directory):
             if name.startswith("ckpt-") and name.endswith(".json") and name not in kept:
