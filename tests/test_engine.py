@@ -334,3 +334,6 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path, kind):
     # Dropout is 0 and the data order is fixed by (seed, epoch): the resumed run ends on the very same weights.
     assert results["weights_sha256"] == expected["weights_sha256"]
     assert results["eval_loss"] == expected["eval_loss"]
+    # The results cover the whole run, the part before the kill included.
+    assert results["history"]["val_loss"] == expected["history"]["val_loss"] and results["epochs"] == 2
+    assert results["step_history"]["steps"] == expected["step_history"]["steps"]

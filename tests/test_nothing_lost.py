@@ -292,3 +292,26 @@ def test_a_short_token_masks_nothing_else():
     finally:
         uploader.close()
         long_token.close()
+
+
+def test_a_rerun_after_the_last_checkpoint_keeps_the_whole_run(model_copy):
+    """A run killed after its final checkpoint, before its results: the rerun writes the same results and curves."""
+    import json
+
+    from conftest import TINY_BUILTIN
+
+    original = json.load(open(os.path.join(model_copy, "results.json")))
+    os.unlink(os.path.join(model_copy, "results.json"))
+    os.unlink(os.path.join(model_copy, "training_curves.png"))
+    os.mkdir(os.path.join(model_copy, ".tmp-save-k1ll3d"))  # what a kill during the model's save leaves
+    result = run_cli(
+        ["fit", "--config", DEFAULT_CONFIG, *TINY_BUILTIN, "--max-steps", "40", "--output-dir", model_copy]
+    )
+    assert result.exit_code == 0, result.output
+    assert "resuming from the checkpoint at optimizer step 40 of 40" in result.output
+    results = json.load(open(os.path.join(model_copy, "results.json")))
+    kept = ("train_loss", "eval_loss_before", "perplexity_before", "eval_loss", "epochs", "history", "step_history")
+    assert {key: results[key] for key in kept} == {key: original[key] for key in kept}
+    assert results["weights_sha256"] == original["weights_sha256"] and results["resumed_from_step"] == 40
+    assert os.path.getsize(os.path.join(model_copy, "training_curves.png")) > 0
+    assert not [name for name in os.listdir(model_copy) if name.startswith(".tmp-")]

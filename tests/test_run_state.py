@@ -25,9 +25,9 @@ def test_extending_a_finished_run_continues_the_learning_rate(tmp_path):
     extended, output = fit_steps(out, 20)
     assert extended["resumed_from_step"] == 12 and extended["train_steps"] == 20
     assert "schedule: extended from 12 to 20 optimizer steps" in output
-    steps = first["step_history"]["steps"] + extended["step_history"]["steps"]
-    rates = first["step_history"]["learning_rate"] + extended["step_history"]["learning_rate"]
-    assert steps == list(range(1, 21))
+    steps, rates = extended["step_history"]["steps"], extended["step_history"]["learning_rate"]
+    assert steps == list(range(1, 21))  # the whole run, the first 12 steps carried over from the first fit
+    assert rates[:12] == first["step_history"]["learning_rate"]
     # The rate logged after step s is the one step s + 1 uses: from the rate at step 12, linearly to 0 at 20.
     at_join = rates[11]
     jumps = [abs(b - a) for a, b in zip(rates, rates[1:])]

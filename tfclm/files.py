@@ -16,6 +16,9 @@ import tempfile
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# Every temporary name tfclm writes starts so: what a killed run leaves of them is tfclm's to remove.
+TEMP_PREFIX = ".tmp-"
+
 
 def looks_local(name: str) -> bool:
     """True for a path on this machine (existing, or written like one); False for a Hub id such as `user/name`."""
@@ -25,7 +28,7 @@ def looks_local(name: str) -> bool:
 def atomic_write_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -50,7 +53,7 @@ def atomic_write_json(path: str, data) -> None:
 def save_pretrained_atomic(objects, output_dir: str) -> None:
     """`save_pretrained` each object into a temporary folder, then move each file into place."""
     os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-save-", dir=output_dir)
+    staging = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}save-", dir=output_dir)
     try:
         for obj in objects:
             obj.save_pretrained(staging)
@@ -58,6 +61,14 @@ def save_pretrained_atomic(objects, output_dir: str) -> None:
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_temporaries(directory: str) -> None:
+    """Remove what killed runs' atomic writes left in `directory`; only while holding its DirLock."""
+    for name in os.listdir(directory):
+        if name.startswith(TEMP_PREFIX):
+            path = os.path.join(directory, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
 
 
 class DirLock:

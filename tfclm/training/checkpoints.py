@@ -16,6 +16,7 @@ import yaml
 from tfclm.backend import keras, tf
 from tfclm.config import CONFIG_FILENAME
 from tfclm.errors import ConfigError, first_line
+from tfclm.files import TEMP_PREFIX
 from tfclm.training.run_state import RunState, changed_keys, settings_of
 
 logger = logging.getLogger(__name__)
@@ -48,9 +49,7 @@ class Checkpoints:
             path = self.manager.save(checkpoint_number=step)
         except BaseException:
             # A failed save (disk full, a file-size limit) leaves TensorFlow's ckpt-N_temp/ and our state behind.
-            for name in os.listdir(self.directory):
-                if name.startswith(f"ckpt-{step}_temp"):
-                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            remove_unfinished_saves(self.directory, step)
             if state is not None and os.path.exists(RunState.path(self.directory, step)):
                 os.unlink(RunState.path(self.directory, step))
             raise
@@ -59,6 +58,14 @@ class Checkpoints:
             if name.startswith("ckpt-") and name.endswith(".json") and name not in kept:
                 os.unlink(os.path.join(self.directory, name))
         return path
+
+
+def remove_unfinished_saves(checkpoint_dir: str, step: int | None = None) -> None:
+    """TensorFlow's ckpt-N_temp/ folders of saves that never finished: of `step`, or (None) of any step."""
+    if os.path.isdir(checkpoint_dir):
+        for name in os.listdir(checkpoint_dir):
+            if re.fullmatch(rf"ckpt-{step if step is not None else '[0-9]+'}_temp.*", name):
+                shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)
 
 
 def checkpoint_steps(checkpoint_dir: str) -> list[int]:
@@ -128,7 +135,7 @@ def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:
     if not os.path.isdir(output_dir) or overwrite:
         return
     names = set(os.listdir(output_dir))
-    foreign = sorted(n for n in names - RUN_FILES if not n.startswith(".tmp-"))
+    foreign = sorted(n for n in names - RUN_FILES if not n.startswith(TEMP_PREFIX))
     if CONFIG_FILENAME not in names and foreign:
         raise ConfigError(
             "output_dir",

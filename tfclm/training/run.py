@@ -33,6 +33,7 @@ from tfclm.training.checkpoints import (
     check_resumable,
     clear_run,
     newest_readable,
+    remove_unfinished_saves,
 )
 from tfclm.training.curves import FILENAME, plot_training_curves
 from tfclm.training.distribute import WorkerDirs, make_strategy, shard_by_data
@@ -159,11 +160,17 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
             f"--overwrite to train again",
         )
 
-    if chief:  # the resolved config, once this run is known to go ahead
+    if chief:  # once this run is known to go ahead: the resolved config, and no leftovers of a killed run
         files.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
-    before = evaluate_loss(model, eval_ds) if chief and config.evaluate.before_training and not start else None
-    if before:
+        files.remove_temporaries(out)
+        remove_unfinished_saves(os.path.join(out, DIRNAME))
+    if state is not None:
+        before = state.before
+    elif chief and config.evaluate.before_training and not start:
+        before = evaluate_loss(model, eval_ds)
         logger.info(f"before training: eval loss {before['loss']:.4f}, perplexity {before['perplexity']:,.2f}")
+    else:
+        before = None
 
     micro = plan.accumulation
     pass_lengths = {}  # a stream's batches per pass, once read
@@ -200,17 +207,31 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         fits.append((first, epochs, per_epoch, epoch_batches(first, epochs - first, 0)))
     position = Position(epoch, batches, lambda e: per_epoch if per_epoch is not None else pass_lengths.get(e))
 
+    # The run's logs so far, carried over a resume: results and curves cover the whole run, not its last part.
+    epochs_logged = keras.callbacks.History()
+    epochs_logged.history = {key: list(values) for key, values in (state.history if state else {}).items()}
+    steps = StepHistory(config.logging.every_n_steps)
+    if state is not None and state.step_history:
+        steps.steps = list(state.step_history["steps"])
+        steps.history = {k: list(v) for k, v in state.step_history.items() if k != "steps"}
+
+    def epoch_logs() -> dict:
+        return {key: [float(v) for v in values] for key, values in epochs_logged.history.items()}
+
     def run_state(step: int) -> RunState:
-        return RunState(step, position.epoch, position.batches, plan.total_steps, segments, settings)
+        step_history = {"steps": list(steps.steps), **steps.history}
+        return RunState(
+            step, position.epoch, position.batches, plan.total_steps, segments, settings, epoch_logs(), step_history,
+            before,
+        )  # fmt: skip
 
     tokens_per_micro = batch_size * data.block_size
     throughput = ThroughputCallback(tokens_per_step=tokens_per_micro)
     # fp16's loss scaling skips steps by design while it finds its scale: leave stopping to it there.
     guard = StopOnNonFiniteLoss(None if train.precision == "fp16" else train.max_nonfinite_steps)
     saver = CheckpointCallback(checkpoints, train.checkpoint_steps, None, state=run_state)
-    steps = StepHistory(config.logging.every_n_steps)
-    # Order matters: what adds to the logs comes before what writes them out, the position before the saver.
-    callbacks = [throughput, PerplexityCallback(), steps, guard, position, saver]
+    # Order matters: what adds to the logs comes before what records them, and both before the saver.
+    callbacks = [throughput, PerplexityCallback(), steps, guard, position, epochs_logged, saver]
     if chief:
         callbacks += logging_callbacks(config, tokenizer)
     pusher = hub_callback(config, tokenizer) if chief else None
@@ -221,14 +242,13 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         f"{tokens_per_micro * micro:,} tokens, {'XLA' if jit else 'no XLA'}"
     )
     started = time.perf_counter()
-    logged = {}
     for initial_epoch, last_epoch, steps_per_epoch, train_ds in fits:
         remaining = plan.total_steps - int(trainer.optimizer.iterations.numpy())
         if remaining <= 0 or guard.stopped_at is not None:
             break
         if steps_per_epoch is not None:  # a run that ends inside this epoch gets a progress bar of its own length
             steps_per_epoch = min(steps_per_epoch, remaining * micro)
-        history = trainer.fit(
+        trainer.fit(
             train_ds,
             validation_data=eval_ds,
             epochs=last_epoch,
@@ -237,9 +257,8 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
             callbacks=[*callbacks, StopAfterSteps(remaining)],
             verbose=verbose if verbose is not None else (1 if os.isatty(1) else 2),
         )
-        for key, values in history.history.items():
-            logged.setdefault(key, []).extend(values)
     train_seconds = time.perf_counter() - started
+    logged = epoch_logs()
     optimizer_steps = int(trainer.optimizer.iterations.numpy())
     if guard.stopped_at is not None:
         raise TfclmError(
@@ -298,7 +317,7 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         "weights_sha256": weights_digest(model),
         "jit_compile": jit,
         "data": prepared.facts,
-        "history": {key: [float(v) for v in values] for key, values in logged.items()},
+        "history": logged,
         "step_history": {"steps": steps.steps, **steps.history},
         "samples": [dataclasses.asdict(s) for s in samples],
         "versions": versions(),

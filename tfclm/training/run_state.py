@@ -6,7 +6,9 @@ trained on (an epoch is a pass over the training blocks, or over the
 stream), the learning-rate schedule's segments and the settings a resumed
 run must share. It is written before the checkpoint it belongs to, so a
 checkpoint listed in TensorFlow's state file always has one. A resume reads
-it; nothing about the position is recomputed from Keras' counters.
+it; nothing about the position is recomputed from Keras' counters. It also
+keeps what the run has logged so far, so a run resumed at any step, even
+its last, reports and plots the whole run.
 """
 
 import dataclasses
@@ -49,6 +51,10 @@ class RunState:
     total_steps: int  # where the schedule ends
     schedule: list  # the learning-rate schedule's segments (tfclm.training.schedule)
     settings: dict  # settings_of(the run's config)
+    # What the run has logged so far, so that a resumed run reports (and plots) the whole of it.
+    history: dict = dataclasses.field(default_factory=dict)  # per epoch, as Keras' History keeps it
+    step_history: dict = dataclasses.field(default_factory=dict)  # {"steps": [...], key: [...]} (StepHistory)
+    before: dict | None = None  # the evaluation before training
 
     @staticmethod
     def path(checkpoint_dir: str, step: int) -> str:
