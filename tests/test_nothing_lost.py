@@ -89,6 +89,8 @@ def test_generate_bad_input(model_copy, tmp_path, args, named):
     [
         (["--text-file", "EMPTY"], "--text-file: "),
         (["--block-size", "1024"], "--block-size: 1024 is longer than the model's 256 positions"),
+        (["--config", "/no/such/run.yaml"], "--config: '/no/such/run.yaml' does not exist"),
+        (["--config", "/no/such/run.yaml", "--text-file", "EMPTY"], "--config: '/no/such/run.yaml' does not exist"),
     ],
 )
 def test_evaluate_bad_input(model_copy, tmp_path, args, named):
@@ -111,6 +113,16 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused(model_copy, tmp_
     for command in (["generate", "--prompt", "The"], ["evaluate"]):
         line = error_line(run_cli([*command, "--model", model_copy]))
         assert "tokens, more than the model's" in line and "embeddings" in line
+    assert tree(tmp_path) == before
+
+
+def test_a_model_dir_without_its_tokenizer(model_copy, tmp_path):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        os.unlink(os.path.join(model_copy, name))
+    before = tree(tmp_path)
+    for command in (["generate", "--prompt", "The"], ["evaluate"]):
+        line = error_line(run_cli([*command, "--model", model_copy]))
+        assert f"--model: {model_copy!r} holds no tokenizer (tokenizer.json" in line and "beside it" in line
     assert tree(tmp_path) == before
 
 
@@ -145,7 +157,8 @@ def test_a_file_size_limit_is_an_environment_failure(tmp_path, limit_kib, failin
 
 
 @pytest.mark.slow
-def test_sigterm_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interrupt_says_how_to_resume(tmp_path, signum, code):
     out = str(tmp_path / "run")
     process = _fit_process(out, *sets("train.checkpoint_steps=2", "data.max_documents=20"), "--max-steps", "400")
     index = os.path.join(out, "checkpoints", "checkpoint")
@@ -153,15 +166,15 @@ def test_sigterm_says_how_to_resume(tmp_path):
     try:
         while time.monotonic() < deadline and process.poll() is None and not os.path.exists(index):
             time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 143, stderr[-3000:]
+    assert process.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (
-        "Error: interrupted (SIGTERM); rerun the same command to resume from its last checkpoint"
+        f"Error: interrupted ({signal.Signals(signum).name}); rerun the same command to resume from its last checkpoint"
     )
 
 
@@ -197,18 +210,45 @@ def test_a_garbled_checkpoint_state_file_never_restarts_a_finished_run(model_cop
     assert all(name.startswith("cache/") for name in set(after) - set(before))  # ...and new ones only in the cache
 
 
+def _damage(path: str, how: str) -> None:
+    if how == "truncated":  # a disk that filled up mid-write
+        with open(path, "r+b") as handle:
+            handle.truncate(100)
+    elif how == "zero bytes":
+        open(path, "wb").close()
+    elif how == "missing":
+        os.unlink(path)
+    else:  # random bytes where the index was
+        with open(path, "wb") as handle:
+            handle.write(bytes(range(256)) * 8)
+
+
+def _damage_last_checkpoint(model_dir: str, how: str) -> list[int]:
+    """Damage ckpt-40 as `how` says ("truncated .data", ...); returns the steps of the checkpoints there."""
+    checkpoints = os.path.join(model_dir, "checkpoints")
+    steps = sorted(int(n[5:-6]) for n in os.listdir(checkpoints) if n.startswith("ckpt-") and n.endswith(".index"))
+    assert steps[-1] == 40 and len(steps) == 2
+    damage, suffix = how.rsplit(" ", 1)
+    (name,) = [n for n in os.listdir(checkpoints) if n.startswith(f"ckpt-40{suffix}")]
+    _damage(os.path.join(checkpoints, name), damage)
+    return steps
+
+
+@pytest.mark.parametrize("how", ["truncated .data", "zero bytes .data", "missing .data", "random .index"])
+def test_every_kind_of_damaged_checkpoint_is_passed_over(model_copy, how):
+    from tfclm.training.checkpoints import newest_readable
+
+    steps = _damage_last_checkpoint(model_copy, how)
+    assert newest_readable(os.path.join(model_copy, "checkpoints")) == steps[0]
+
+
 def test_a_damaged_checkpoint_gives_way_to_the_one_before(model_copy):
     import json
 
     from conftest import TINY_BUILTIN
 
     expected = json.load(open(os.path.join(model_copy, "results.json")))["weights_sha256"]
-    checkpoints = os.path.join(model_copy, "checkpoints")
-    steps = sorted(int(n[5:-6]) for n in os.listdir(checkpoints) if n.startswith("ckpt-") and n.endswith(".index"))
-    assert steps[-1] == 40 and len(steps) == 2
-    (data,) = [n for n in os.listdir(checkpoints) if n.startswith("ckpt-40.data")]
-    with open(os.path.join(checkpoints, data), "r+b") as handle:
-        handle.truncate(100)  # a disk that filled up mid-write
+    steps = _damage_last_checkpoint(model_copy, "truncated .data")
     os.unlink(os.path.join(model_copy, "results.json"))  # as a run killed before it wrote its results
     result = run_cli(
         ["fit", "--config", DEFAULT_CONFIG, *TINY_BUILTIN, "--max-steps", "40", "--output-dir", model_copy]
@@ -315,3 +355,76 @@ def test_a_rerun_after_the_last_checkpoint_keeps_the_whole_run(model_copy):
     assert results["weights_sha256"] == original["weights_sha256"] and results["resumed_from_step"] == 40
     assert os.path.getsize(os.path.join(model_copy, "training_curves.png")) > 0
     assert not [name for name in os.listdir(model_copy) if name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize(
+    "setting, named",
+    [
+        ("data.block_size=512", "data.block_size: 512 is longer than the model's 256 positions"),
+        ("train.batch_size=4096", "train.batch_size: the training text makes"),
+    ],
+)
+def test_a_run_refused_after_reading_its_data_writes_nothing(tmp_path, setting, named):
+    """Refusals that need the data (and the trained tokenizer) still come before any file is written."""
+    line = error_line(
+        run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, *sets(setting), "--output-dir", f"{tmp_path}/new"])
+    )
+    assert named in line
+    assert os.listdir(tmp_path) == []  # no tokenizer or blocks cache, no new dir
+
+
+def test_overwrite_refused_after_reading_the_data_loses_nothing(model_copy):
+    from conftest import TINY_BUILTIN
+
+    before = tree(model_copy)
+    args = [*TINY_BUILTIN, *sets("data.block_size=512"), "--overwrite", "--output-dir", model_copy]
+    assert "data.block_size: 512 is longer" in error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *args]))
+    assert tree(model_copy) == before
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A filesystem of its own for the test: a 1 MiB tmpfs, mounted read-write (`small_disk("rw")`) or read-only."""
+    mounted = []
+
+    def mount(mode):
+        where = tmp_path / f"disk-{mode}"
+        where.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size=1m,{mode}", "tmpfs", str(where)], capture_output=True
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "--lazy", str(where)], check=True)  # lazy: a file a failed run left open
+
+
+def test_too_little_free_space_is_found_before_any_write(small_disk):
+    disk = small_disk("rw")
+    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", f"{disk}/run"]), code=1)
+    assert "output_dir:" in line and "MB free" in line and "free some disk space or choose another --output-dir" in line
+    assert os.listdir(disk) == []
+
+
+def test_a_full_disk_at_the_first_write_leaves_nothing(small_disk):
+    disk = small_disk("rw")
+    filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError, match="No space left"):  # the disk fills up to its last byte
+        while True:
+            os.write(filler, b"x" * 4096)
+    os.close(filler)
+    before = tree(disk)
+    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", f"{disk}/run"]), code=1)
+    assert "No space left on device" in line and "free some disk space" in line
+    assert tree(disk) == before and os.listdir(disk) == ["filler"]
+
+
+def test_a_read_only_output_dir_is_an_environment_failure(small_disk):
+    disk = small_disk("ro")
+    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", f"{disk}/run"]), code=1)
+    assert "Read-only file system" in line and "choose a directory on a writable filesystem" in line
+    assert os.listdir(disk) == []

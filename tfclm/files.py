@@ -104,9 +104,13 @@ class DirLock:
                 f"{self.directory!r} is in use by another tfclm run (PID {holder}); wait for it to end, "
                 "or choose another --output-dir",
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:  # a full disk: the lock file, and a dir made for it, must not stay behind
+            self.release(undo=True)
+            raise
         return self
 
     def release(self, undo: bool = False) -> None:

@@ -4,6 +4,8 @@ In memory (the default) the blocks are built once and cached in
 `OUTPUT_DIR/cache/`, keyed by the documents, the tokenizer, block_size and
 packing; a rerun with the same inputs skips tokenization and says so. With
 `data.streaming: true` nothing is built here: the pipeline packs on the fly.
+Nothing is written here: the cache is written by `PreparedData.write_cache`,
+once the run has checked everything else and goes ahead.
 """
 
 import hashlib
@@ -27,6 +29,12 @@ class PreparedData:
     train: Optional[Blocks] = None  # None when streaming
     validation: Optional[Blocks] = None
     facts: dict = field(default_factory=dict)  # counts for results.json
+    cache_writes: list = field(default_factory=list)  # what the cache lacks, written by write_cache
+
+    def write_cache(self) -> None:
+        for write in self.cache_writes:
+            write()
+        self.cache_writes.clear()
 
 
 def _in_validation(text: str, fraction: float, seed: int) -> bool:
@@ -52,13 +60,14 @@ def prepare(config: Config, cache_dir: str | None = None) -> PreparedData:
     data, seed = config.data, config.train.seed
     cache_dir = cache_dir or os.path.join(config.output_dir, "cache")
     if data.streaming:
-        tokenizer = load_tokenizer(config, stream_texts(data, seed, "train"), cache_dir)
+        tokenizer = load_tokenizer(config, stream_texts(data, seed, "train"), cache_dir)  # a stream's: not cached
         logger.info(f"data: streaming {data.dataset}; blocks of {data.block_size} are packed on the fly")
         return PreparedData(tokenizer, facts={"streaming": True})
 
     train_texts, eval_texts, how = sources.train_and_validation(data, seed)
     logger.info(f"data: {len(train_texts) + len(eval_texts):,} distinct documents from {data.dataset}; {how}")
-    tokenizer = load_tokenizer(config, train_texts, cache_dir)
+    writes = []
+    tokenizer = load_tokenizer(config, train_texts, cache_dir, writes)
     key = packing.blocks_key(train_texts, eval_texts, tokenizer, data.block_size, data.pack)
     cache = os.path.join(cache_dir, f"blocks-{key}.npz")
     if os.path.exists(cache):
@@ -70,7 +79,7 @@ def prepare(config: Config, cache_dir: str | None = None) -> PreparedData:
             "train": packing.build_blocks(train_texts, tokenizer, name="training", **build),
             "validation": packing.build_blocks(eval_texts, tokenizer, name="validation", keep_remainder=True, **build),
         }
-        packing.save_blocks(cache, blocks)
+        writes.append(lambda: packing.save_blocks(cache, blocks))
     train, validation = blocks["train"], blocks["validation"]
     logger.info(train.summary("train"))
     logger.info(validation.summary("validation"))
@@ -84,4 +93,4 @@ def prepare(config: Config, cache_dir: str | None = None) -> PreparedData:
         "validation_tokens_dropped": validation.dropped,
         "validation": how,
     }
-    return PreparedData(tokenizer, train, validation, facts)
+    return PreparedData(tokenizer, train, validation, facts, writes)

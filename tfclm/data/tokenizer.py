@@ -53,8 +53,12 @@ def _cache_key(texts: list[str], vocab_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def trained_tokenizer(texts: list[str], vocab_size: int, cache_root: str):
-    """Train a BPE on `texts`, or load the one an earlier run trained on the same text."""
+def trained_tokenizer(texts: list[str], vocab_size: int, cache_root: str, cache_writes: list | None = None):
+    """Train a BPE on `texts`, or load the one an earlier run trained on the same text.
+
+    With `cache_writes`, the new tokenizer's save is appended there for the caller to run once the run goes
+    ahead, rather than done now.
+    """
     from transformers import PreTrainedTokenizerFast
 
     cache_dir = os.path.join(cache_root, f"bpe-{vocab_size}-{_cache_key(texts, vocab_size)}")
@@ -62,14 +66,27 @@ def trained_tokenizer(texts: list[str], vocab_size: int, cache_root: str):
         logger.info(f"tokenizer: reusing the BPE cached in {cache_dir}")
         return PreTrainedTokenizerFast.from_pretrained(cache_dir)
     tokenizer = train_bpe(texts, vocab_size)
-    save_pretrained_atomic([tokenizer], cache_dir)
     logger.info(f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens, cached in {cache_dir}")
+    if cache_writes is None:
+        save_pretrained_atomic([tokenizer], cache_dir)
+    else:
+        cache_writes.append(lambda: save_pretrained_atomic([tokenizer], cache_dir))
     return tokenizer
+
+
+# The files a saved tokenizer is read from, one of which a local tokenizer dir must hold.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 def pretrained_tokenizer(name_or_path: str, trust_remote_code: bool, key: str):
     from transformers import AutoTokenizer
 
+    if os.path.isdir(name_or_path) and not any(os.path.exists(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
+        raise ConfigError(
+            key,
+            f"{name_or_path!r} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); save the tokenizer the model was "
+            "trained with beside it (tokenizer.save_pretrained)",
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors for one cause
@@ -88,7 +105,7 @@ def pretrained_tokenizer(name_or_path: str, trust_remote_code: bool, key: str):
     return tokenizer
 
 
-def load_tokenizer(config: Config, train_texts, cache_dir: str | None = None):
+def load_tokenizer(config: Config, train_texts, cache_dir: str | None = None, cache_writes: list | None = None):
     """The configured tokenizer, or a BPE trained on `train_texts` (a list, cached; or an iterator, streamed)."""
     if config.tokenizer.name_or_path:
         return pretrained_tokenizer(
@@ -104,5 +121,5 @@ def load_tokenizer(config: Config, train_texts, cache_dir: str | None = None):
         )
         return tokenizer
     return trained_tokenizer(
-        train_texts, config.tokenizer.vocab_size, cache_dir or os.path.join(config.output_dir, "cache")
+        train_texts, config.tokenizer.vocab_size, cache_dir or os.path.join(config.output_dir, "cache"), cache_writes
     )

@@ -20,6 +20,8 @@ def evaluate_dir(
 ) -> dict:
     """Perplexity of a saved model on a text file, or on the validation split its config describes."""
 
+    if config_path is not None and not os.path.isfile(config_path):
+        raise ConfigError("--config", f"{config_path!r} does not exist; pass the run's tfclm.yaml or leave it out")
     model, tokenizer = load_trained(model_dir)
     config_path = config_path or os.path.join(model_dir, config_lib.CONFIG_FILENAME)
     if text_file is None and not os.path.exists(config_path):

@@ -38,7 +38,7 @@ from tfclm.training.checkpoints import (
 from tfclm.training.curves import FILENAME, plot_training_curves
 from tfclm.training.distribute import WorkerDirs, make_strategy, shard_by_data
 from tfclm.training.optimizer import make_optimizer
-from tfclm.training.output_dir import check_output_dir
+from tfclm.training.output_dir import check_free_space, check_output_dir
 from tfclm.training.plan import plan_steps
 from tfclm.training.report import nan_message, set_decoding_defaults, versions, weights_digest
 from tfclm.training.run_callbacks import hub_callback, logging_callbacks, sample_options
@@ -113,6 +113,8 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         )
     )
     params = int(sum(v.shape.num_elements() for v in model.trainable_variables))
+    if chief:
+        check_free_space(out, int(sum(v.shape.num_elements() for v in model.weights)))
     logger.info(
         f"model: {type(model).__name__}, {params:,} parameters, {policy} precision; strategy {described}, global "
         f"batch {train.batch_size} x {replicas} = {batch_size}"
@@ -164,6 +166,7 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         files.atomic_write_text(os.path.join(out, config_lib.CONFIG_FILENAME), config_lib.to_yaml(config))
         files.remove_temporaries(out)
         remove_unfinished_saves(os.path.join(out, DIRNAME))
+    prepared.write_cache()
     if state is not None:
         before = state.before
     elif chief and config.evaluate.before_training and not start:
