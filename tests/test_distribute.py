@@ -13,7 +13,7 @@ import pytest
 from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli, sets
 
 QUIET = [
-    *sets("logging.sample_every_n_epochs=null", "logging.tensorboard=false", "generate.max_new_tokens=4"),
+    *sets("logging.sample_every_n_epochs=null", "logging.report_to=[none]", "generate.max_new_tokens=4"),
 ]
 
 

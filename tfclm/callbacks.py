@@ -8,6 +8,8 @@ live with the stage they belong to; this module is their public address.
 """
 
 from tfclm.hub.callback import PushToHubCallback
+from tfclm.tracking.mlflow_tracker import MLflowCallback
+from tfclm.tracking.wandb_tracker import WandbCallback
 from tfclm.training.callbacks import (
     PerplexityCallback,
     SampleTextCallback,
@@ -20,6 +22,7 @@ from tfclm.training.checkpoints import CheckpointCallback
 
 __all__ = [
     "CheckpointCallback",
+    "MLflowCallback",
     "PerplexityCallback",
     "PushToHubCallback",
     "SampleTextCallback",
@@ -27,4 +30,5 @@ __all__ = [
     "StopAfterSteps",
     "StopOnNonFiniteLoss",
     "ThroughputCallback",
+    "WandbCallback",
 ]

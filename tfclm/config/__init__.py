@@ -6,7 +6,7 @@ Imports nothing from the other stages.
 """
 
 from tfclm.config.checks import generation_problems, validate
-from tfclm.config.loading import from_dict, load_config, parse_override, read_yaml, to_yaml
+from tfclm.config.loading import flatten, from_dict, load_config, parse_override, read_yaml, to_yaml
 from tfclm.config.schema import (
     CONFIG_FILENAME,
     Config,
@@ -33,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "flatten",
     "from_dict",
     "generation_problems",
     "load_config",

@@ -121,6 +121,7 @@ def validate(config) -> None:
         "logging.sample_every_n_epochs",
         "must be at least 1, or null",
     )
+    _check_report_to(config.logging.report_to)
     hub = config.hub
     _require(
         hub.save_strategy != "steps" or (hub.save_steps or 0) >= 1,
@@ -135,3 +136,27 @@ def validate(config) -> None:
     )
     for key, message in generation_problems(gen):
         raise ConfigError(f"generate.{key}", message)
+
+
+REPORTERS = ("tensorboard", "mlflow", "wandb")
+
+
+def _check_report_to(report_to: list) -> None:
+    """Known reporters only, and each one's package installed: found here, not at the first metric."""
+    import importlib.util
+
+    unknown = [r for r in report_to if r not in (*REPORTERS, "none")]
+    _require(
+        not unknown, "logging.report_to", f"unknown reporter {unknown[:1]}; choose from {', '.join(REPORTERS)} or none"
+    )
+    _require(
+        "none" not in report_to or report_to == ["none"],
+        "logging.report_to",
+        "none means no reporter at all; write [none] alone, or list the reporters",
+    )
+    for name in ("mlflow", "wandb"):
+        _require(
+            name not in report_to or importlib.util.find_spec(name) is not None,
+            "logging.report_to",
+            f"{name} is not installed; pip install 'tfclm[{name}]', or leave {name} out",
+        )

@@ -184,3 +184,15 @@ def from_dict(raw: dict) -> Config:
 
 def to_yaml(config: Config) -> str:
     return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"batch_size": 16}} -> {"train.batch_size": 16}: a config as the keys `--set` takes."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):  # an empty one adds no key
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat

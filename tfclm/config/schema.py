@@ -162,7 +162,12 @@ class HubConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = setting(True, "scalars and samples in OUTPUT_DIR/logs")
+    report_to: list = setting(
+        ["tensorboard"], "where metrics go: any of tensorboard (OUTPUT_DIR/logs), mlflow, wandb; or [none]"
+    )
+    project: str = setting("tfclm", "the MLflow experiment or W&B project the run goes to")
+    run_name: Optional[str] = setting(None, "the run's name in MLflow and W&B; null: the output dir's name")
+    log_model: bool = setting(False, "also upload the saved model (not checkpoints or cache) to MLflow and W&B")
     every_n_steps: int = setting(10, "step-level scalars and curve points")
     sample_every_n_epochs: Optional[int] = setting(1, "sample generate.prompts during training; null: only at the end")
     curves: bool = setting(True, "draw OUTPUT_DIR/training_curves.png")
@@ -180,4 +185,4 @@ class Config:
     evaluate: EvaluateConfig = section(EvaluateConfig, "perplexity on the validation split")
     generate: GenerateConfig = section(GenerateConfig, "samples during and after training")
     hub: HubConfig = section(HubConfig, "pushing to the Hugging Face Hub")
-    logging: LoggingConfig = section(LoggingConfig, "TensorBoard, step logs and curves")
+    logging: LoggingConfig = section(LoggingConfig, "TensorBoard, MLflow and W&B, step logs and curves")

@@ -122,6 +122,7 @@ def newest_readable(checkpoint_dir: str) -> int | None:
 # What a run writes into its output dir: a dir holding only these (or nothing) is tfclm's to write into.
 RUN_FILES = {
     CONFIG_FILENAME, "results.json", DIRNAME, "cache", "logs", "training_curves.png", ".tfclm.lock", "README.md",
+    "mlflow.db", "mlruns", "wandb",
     "config.json", "generation_config.json", "tf_model.h5", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "vocab.json", "merges.txt",
 }  # fmt: skip
@@ -194,12 +195,15 @@ class CheckpointCallback(keras.callbacks.Callback):
     [3, 4, 6, 8]
     """
 
-    def __init__(self, checkpoints: Checkpoints, every_steps: int | None, steps_per_epoch: int | None, state=None):
+    def __init__(
+        self, checkpoints: Checkpoints, every_steps: int | None, steps_per_epoch: int | None, state=None, on_saved=()
+    ):
         super().__init__()
         self.checkpoints = checkpoints
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
         self.state = state  # step -> RunState to save beside each checkpoint, or None
+        self.on_saved = list(on_saved)  # called with the step once a checkpoint (or its new state) is on disk
         self.saved = []
 
     def on_train_batch_end(self, batch, logs=None):
@@ -221,6 +225,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         if step and self.saved and self.saved[-1] == step:
             if self.state is not None:
                 self.state(step).write(self.checkpoints.directory)  # the same weights, now at the next epoch's start
+            for call in self.on_saved:
+                call(step)
         elif step and (self.steps_per_epoch is None or step % self.steps_per_epoch == 0):
             self._save(step)
 
@@ -229,3 +235,5 @@ class CheckpointCallback(keras.callbacks.Callback):
             return  # never write a checkpoint a resume would start from NaN
         self.checkpoints.save(step, self.state(step) if self.state is not None else None)
         self.saved.append(step)
+        for call in self.on_saved:
+            call(step)

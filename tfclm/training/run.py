@@ -21,7 +21,6 @@ from tfclm.generation.generator import generate_samples
 from tfclm.model.loading import load_model
 from tfclm.training.callbacks import (
     PerplexityCallback,
-    StepHistory,
     StopAfterSteps,
     StopOnNonFiniteLoss,
     ThroughputCallback,
@@ -41,8 +40,14 @@ from tfclm.training.optimizer import make_optimizer
 from tfclm.training.output_dir import check_free_space, check_output_dir
 from tfclm.training.plan import plan_steps
 from tfclm.training.report import nan_message, set_decoding_defaults, versions, weights_digest
-from tfclm.training.run_callbacks import hub_callback, logging_callbacks, sample_options
-from tfclm.training.run_state import Position, RunState, agree_on_step, settings_of
+from tfclm.training.run_callbacks import (
+    hub_callback,
+    logging_callbacks,
+    report_to_trackers,
+    sample_options,
+    tracker_callbacks,
+)
+from tfclm.training.run_state import Position, RunState, agree_on_step, logs_so_far, settings_of
 from tfclm.training.schedule import extend, initial_segments, rate_at
 from tfclm.training.trainer import CausalLMTrainer, resolve_jit_compile, set_precision
 
@@ -211,30 +216,30 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
     position = Position(epoch, batches, lambda e: per_epoch if per_epoch is not None else pass_lengths.get(e))
 
     # The run's logs so far, carried over a resume: results and curves cover the whole run, not its last part.
-    epochs_logged = keras.callbacks.History()
-    epochs_logged.history = {key: list(values) for key, values in (state.history if state else {}).items()}
-    steps = StepHistory(config.logging.every_n_steps)
-    if state is not None and state.step_history:
-        steps.steps = list(state.step_history["steps"])
-        steps.history = {k: list(v) for k, v in state.step_history.items() if k != "steps"}
+    epochs_logged, steps = logs_so_far(state, config.logging.every_n_steps)
 
     def epoch_logs() -> dict:
         return {key: [float(v) for v in values] for key, values in epochs_logged.history.items()}
 
+    trackers = tracker_callbacks(config, state.trackers if state else {}) if chief else []
+
     def run_state(step: int) -> RunState:
         step_history = {"steps": list(steps.steps), **steps.history}
+        run_ids = {t.name: t.run_id for t in trackers if t.run_id}
         return RunState(
             step, position.epoch, position.batches, plan.total_steps, segments, settings, epoch_logs(), step_history,
-            before,
+            before, run_ids,
         )  # fmt: skip
 
     tokens_per_micro = batch_size * data.block_size
     throughput = ThroughputCallback(tokens_per_step=tokens_per_micro)
     # fp16's loss scaling skips steps by design while it finds its scale: leave stopping to it there.
     guard = StopOnNonFiniteLoss(None if train.precision == "fp16" else train.max_nonfinite_steps)
-    saver = CheckpointCallback(checkpoints, train.checkpoint_steps, None, state=run_state)
-    # Order matters: what adds to the logs comes before what records them, and both before the saver.
-    callbacks = [throughput, PerplexityCallback(), steps, guard, position, epochs_logged, saver]
+    saver = CheckpointCallback(
+        checkpoints, train.checkpoint_steps, None, state=run_state, on_saved=[t.flush for t in trackers]
+    )
+    # Order matters: what adds to the logs comes before what records or sends them, and all before the saver.
+    callbacks = [throughput, PerplexityCallback(), steps, guard, position, epochs_logged, *trackers, saver]
     if chief:
         callbacks += logging_callbacks(config, tokenizer)
     pusher = hub_callback(config, tokenizer) if chief else None
@@ -272,6 +277,8 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         run_state(optimizer_steps).write(checkpoints.directory)
     elif optimizer_steps:
         checkpoints.save(optimizer_steps, run_state(optimizer_steps))
+    for tracker in trackers:
+        tracker.flush(optimizer_steps)
 
     if not chief:
         # A worker's results are the chief's; this line lets a launcher check the replicas agree.
@@ -326,6 +333,7 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         "versions": versions(),
     }
     files.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
+    report_to_trackers(trackers, results, config)
     if pusher is not None:
         pusher.push_final(config=dataclasses.asdict(config), results=results, save=False)
         if pusher.failures:  # the run is complete on disk; the Hub copy is not

@@ -1,13 +1,20 @@
 """The callbacks a run adds for its `logging:` and `hub:` sections, beside the ones every run has."""
 
 import dataclasses
+import logging
 import os
 
 from tfclm import config as config_lib
+from tfclm import files
 from tfclm.backend import keras
 from tfclm.hub.callback import PushToHubCallback
 from tfclm.hub.uploads import DEFAULT_IGNORE, check_repo_id
+from tfclm.tracking.mlflow_tracker import MLflowCallback
+from tfclm.tracking.wandb_tracker import WandbCallback
 from tfclm.training.callbacks import SampleTextCallback
+from tfclm.training.report import versions
+
+logger = logging.getLogger(__name__)
 
 
 def sample_options(config: config_lib.Config) -> tuple[list, dict]:
@@ -24,7 +31,7 @@ def logging_callbacks(config: config_lib.Config, tokenizer) -> list:
     micro = config.train.gradient_accumulation_steps
 
     log = config.logging
-    log_dir = os.path.join(config.output_dir, "logs") if log.tensorboard else None
+    log_dir = os.path.join(config.output_dir, "logs") if "tensorboard" in log.report_to else None
     callbacks = []
     if log.sample_every_n_epochs:
         prompts, options = sample_options(config)
@@ -60,3 +67,45 @@ def hub_callback(config: config_lib.Config, tokenizer):
         push_at_train_end=False,
         ignore_patterns=ignore,
     )
+
+
+def tracker_callbacks(config: config_lib.Config, run_ids: dict) -> list:
+    """The MLflow and W&B callbacks `logging.report_to` asks for, continuing the runs of `run_ids` (a resume's).
+
+    They hold their points until a checkpoint is on disk (`flush`), so a resumed run sends each step once.
+    """
+    log, out = config.logging, config.output_dir
+    name = log.run_name or os.path.basename(os.path.abspath(out))
+    params = config_lib.flatten(dataclasses.asdict(config))
+    every = log.every_n_steps
+    trackers = []
+    if "mlflow" in log.report_to:
+        tags = {f"versions.{k}": v for k, v in versions().items()}
+        trackers.append(
+            MLflowCallback(
+                log.project, name, local_dir=out, config=params, tags=tags, every_n_steps=every, hold=True,
+                run_id=run_ids.get("mlflow"),
+            )
+        )  # fmt: skip
+    if "wandb" in log.report_to:
+        trackers.append(
+            WandbCallback(log.project, name, out, params, every_n_steps=every, hold=True, run_id=run_ids.get("wandb"))
+        )
+    return trackers
+
+
+def report_to_trackers(trackers: list, results: dict, config: config_lib.Config) -> None:
+    """The run's end for each tracker: the results, curves and config (and the model, with logging.log_model).
+
+    A tracker that failed is named in results.json (`tracking_failures`) and in one line; the run itself is
+    complete on disk, and fit exits 0: a tracker is a report of the run, not part of it.
+    """
+    out = config.output_dir
+    shown = [os.path.join(out, name) for name in ("training_curves.png", "results.json", config_lib.CONFIG_FILENAME)]
+    for tracker in trackers:
+        tracker.finish(results, shown, out if config.logging.log_model else None)
+    failures = [t.failure for t in trackers if t.failure]
+    if failures:
+        results["tracking_failures"] = failures
+        files.atomic_write_json(os.path.join(out, "results.json"), results)
+        logger.warning(f"tracking: not everything was reported ({'; '.join(failures)}); the run is complete in {out}")

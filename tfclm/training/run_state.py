@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 
+from tfclm import config as config_lib
 from tfclm.backend import keras, tf
 from tfclm.files import atomic_write_json
 
@@ -26,17 +27,8 @@ MAY_CHANGE = {"train.max_steps", "train.epochs", "train.checkpoint_steps", "trai
 
 def settings_of(config: dict) -> dict:
     """The flattened settings (`train.batch_size`: 16, ...) that a resumed run must share."""
-    flat = {}
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for key, child in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, child)
-        elif prefix not in MAY_CHANGE:
-            flat[prefix] = value
-
-    walk("", {k: config.get(k) for k in RUN_SECTIONS})
-    return flat
+    flat = config_lib.flatten({k: config.get(k) for k in RUN_SECTIONS})
+    return {key: value for key, value in flat.items() if key not in MAY_CHANGE}
 
 
 def changed_keys(saved: dict, current: dict) -> list[str]:
@@ -55,6 +47,7 @@ class RunState:
     history: dict = dataclasses.field(default_factory=dict)  # per epoch, as Keras' History keeps it
     step_history: dict = dataclasses.field(default_factory=dict)  # {"steps": [...], key: [...]} (StepHistory)
     before: dict | None = None  # the evaluation before training
+    trackers: dict = dataclasses.field(default_factory=dict)  # {"mlflow": run id, ...}: a resume continues them
 
     @staticmethod
     def path(checkpoint_dir: str, step: int) -> str:
@@ -70,6 +63,19 @@ class RunState:
                 return cls(**json.load(handle))
         except (OSError, ValueError, TypeError):
             return None
+
+
+def logs_so_far(state: RunState | None, every_n_steps: int):
+    """(Keras History, StepHistory) holding what a resumed run logged before, to go on recording into."""
+    from tfclm.training.callbacks import StepHistory
+
+    epochs = keras.callbacks.History()
+    epochs.history = {key: list(values) for key, values in (state.history if state else {}).items()}
+    steps = StepHistory(every_n_steps)
+    if state is not None and state.step_history:
+        steps.steps = list(state.step_history["steps"])
+        steps.history = {k: list(v) for k, v in state.step_history.items() if k != "steps"}
+    return epochs, steps
 
 
 class Position(keras.callbacks.Callback):

@@ -1,0 +1,135 @@
+"""What every tracker callback shares: the points it sends, when it sends them, and what happens when it fails."""
+
+import logging
+import os
+import time
+
+from tfclm.backend import keras
+from tfclm.errors import first_line
+from tfclm.training.callbacks import StepHistory
+from tfclm.training.steps import optimizer_steps
+
+logger = logging.getLogger(__name__)
+
+
+class TrackerCallback(keras.callbacks.Callback):
+    """Sends a run's metrics to an experiment tracker, by optimizer step.
+
+    Step metrics (the loss over the last `every_n_steps` steps, the learning
+    rate, tokens/s, ...) go every `every_n_steps` optimizer steps; epoch
+    metrics (`epoch_loss`, `epoch_val_loss`, `epoch_val_perplexity`, ...) at
+    each epoch's end, at its optimizer step. With `hold`, points wait until
+    `flush(step)` sends those up to `step`: tfclm's fit flushes at each
+    checkpoint, so a run killed and resumed sends every step exactly once.
+
+    A tracker that fails (a server down from the start or gone mid-run) is
+    reported once, in `failure`, and left behind: training goes on. A
+    subclass implements `start`, `send`, `finish_run` and sets `run_id`.
+    """
+
+    name = "tracker"
+
+    def __init__(self, every_n_steps: int = 10, hold: bool = False, run_id: str | None = None):
+        super().__init__()
+        self.every_n_steps = every_n_steps
+        self.hold = hold
+        self.run_id = run_id  # given: continue that run (a resumed fit); else set by start()
+        self.failure = None
+        self.pending = []  # [(step, {metric: value})], oldest first
+        self._steps = StepHistory(every_n_steps)
+        self._started = False
+
+    # What a tracker implements.
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def send(self, points: list) -> None:
+        raise NotImplementedError
+
+    def finish_run(self, results: dict | None, files: list[str], model_dir: str | None) -> None:
+        raise NotImplementedError
+
+    # Keras' hooks.
+    def set_model(self, model):
+        super().set_model(model)
+        self._steps.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self._steps.on_train_begin(logs)
+        if not self._started:
+            self._started = True
+            self._guard(self.start)
+
+    def on_train_batch_end(self, batch, logs=None):
+        seen = len(self._steps.steps)
+        self._steps.on_train_batch_end(batch, logs)
+        if len(self._steps.steps) > seen:
+            step = self._steps.steps[-1]
+            self._record(step, {key: values[-1] for key, values in self._steps.history.items()})
+
+    def on_epoch_end(self, epoch, logs=None):
+        numbers = {f"epoch_{k}": float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        self._record(optimizer_steps(self.model), numbers)
+
+    def on_train_end(self, logs=None):
+        if not self.hold:
+            self.flush()
+
+    # The run's side.
+    def flush(self, upto: int | None = None) -> None:
+        """Send the points of steps up to `upto` (all, when None)."""
+        ready = [p for p in self.pending if upto is None or p[0] <= upto]
+        self.pending = [p for p in self.pending if not (upto is None or p[0] <= upto)]
+        if ready:
+            self._guard(self.send, ready)
+
+    def finish(self, results: dict | None = None, files: list[str] = (), model_dir: str | None = None) -> None:
+        """At the run's end: what is left, the results as summary values, `files` and the model as artifacts."""
+        if not self._started:
+            self._started = True
+            self._guard(self.start)
+        self.flush()
+        self._guard(self.finish_run, results, list(files), model_dir)
+
+    def _record(self, step: int, metrics: dict) -> None:
+        if metrics:
+            self.pending.append((step, metrics))
+        if not self.hold:
+            self.flush()
+
+    def _guard(self, call, *args) -> None:
+        if self.failure is not None:
+            return
+        try:
+            call(*args)
+        except Exception as exc:  # a tracker's failure is a report's, never the run's
+            self.failure = f"{self.name}: {first_line(exc, 200)}"
+            self.pending = []
+            logger.warning(f"{self.failure}; nothing more is sent to {self.name} in this run, and training goes on")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) or (hasattr(value, "numpy") and getattr(value, "shape", None) == ())
+
+
+# The figures of results.json a tracker shows as the run's outcome.
+FINAL = (
+    "train_loss", "eval_loss", "perplexity", "eval_loss_before", "perplexity_before", "train_tokens",
+    "tokens_per_second", "train_seconds",
+)  # fmt: skip
+
+
+def final_metrics(results: dict) -> dict:
+    return {key: float(results[key]) for key in FINAL if results.get(key) is not None}
+
+
+def model_files(model_dir: str | None) -> list[str]:
+    """The saved model's files in an output dir: not its checkpoints, cache, logs or trackers' own files."""
+    if model_dir is None:
+        return []
+    names = (n for n in sorted(os.listdir(model_dir)) if not n.startswith(".") and n != "mlflow.db")
+    return [p for p in (os.path.join(model_dir, n) for n in names) if os.path.isfile(p)]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
