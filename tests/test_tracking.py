@@ -99,7 +99,7 @@ def test_a_killed_and_resumed_fit_is_one_mlflow_run_with_every_step_once(mlflow_
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": mlflow_server.url}
     out = str(tmp_path / "run")
-    track = sets("logging.report_to=[mlflow]", "logging.project=tests")
+    track = sets("logging.report_to=[mlflow]", "logging.project=tests", "logging.log_model=true")
     process = _fit_process(out, env, *track)
     index = os.path.join(out, "checkpoints", "checkpoint")
     deadline = time.monotonic() + 300
@@ -134,7 +134,10 @@ def test_a_killed_and_resumed_fit_is_one_mlflow_run_with_every_step_once(mlflow_
     assert [p.step for p in client.get_metric_history(run.info.run_id, "epoch_val_loss")] == [total // 2, total]
     assert run.data.metrics["eval_loss"] == results["eval_loss"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"training_curves.png", "results.json", "tfclm.yaml"} <= artifacts
+    assert {"training_curves.png", "results.json", "tfclm.yaml", "samples.txt", "model"} <= artifacts
+    model = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/tf_model.h5", "model/config.json", "model/tokenizer.json"} <= model
+    assert not any(p.startswith(("model/checkpoints", "model/cache", "model/logs")) for p in model)
     state = json.load(open(os.path.join(out, "checkpoints", f"ckpt-{total}.json")))
     assert state["trackers"] == {"mlflow": run.info.run_id}
 
@@ -242,3 +245,26 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     assert summary["eval_loss"] == results["eval_loss"]
     state = json.load(open(out / "checkpoints" / "ckpt-6.json"))
     assert state["trackers"] == {"wandb": run.run_id}
+
+
+def test_mlflow_without_a_server_keeps_its_runs_in_the_output_dir(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from tfclm.hub.uploads import DEFAULT_IGNORE, ignored
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing may land in the directory fit runs in
+    out = tmp_path / "run"
+    args = [*FIT, *sets("logging.report_to=[mlflow]"), "--max-steps", "3", "--output-dir", str(out)]
+    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *args])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("tfclm").experiment_id])
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    assert os.path.exists(out / "mlruns" / run.info.run_id / "artifacts" / "results.json")
+    # The trackers' stores are tfclm's own files: a rerun sees a finished run, not someone else's dir...
+    again = run_cli(["fit", "--config", DEFAULT_CONFIG, *args])
+    assert again.exit_code == 2 and "already holds a finished run" in again.output
+    # ...and a push leaves them out.
+    assert all(ignored(p, DEFAULT_IGNORE) for p in ("mlflow.db", f"mlruns/{run.info.run_id}/artifacts/x", "wandb/a"))

@@ -26,7 +26,10 @@ from tfclm.model.loading import check_model_dir
 logger = logging.getLogger(__name__)
 
 # What never goes to the Hub: tfclm's caches, temporary files, its run lock, and (unless asked) the checkpoints.
-DEFAULT_IGNORE = ("cache/*", "checkpoints/*", ".tmp-*", "*.tmp-*", ".tfclm.lock")
+# Never pushed: caches, checkpoints (unless hub.checkpoint), temporaries, the lock, and trackers' local stores.
+DEFAULT_IGNORE = (
+    "cache/*", "checkpoints/*", ".tmp-*", "*.tmp-*", ".tfclm.lock", "mlflow.db", "mlruns/*", "wandb/*",
+)  # fmt: skip
 
 
 def ignored(relative_path: str, patterns) -> bool:
