@@ -134,7 +134,7 @@ def test_a_killed_and_resumed_fit_is_one_mlflow_run_with_every_step_once(mlflow_
     assert [p.step for p in client.get_metric_history(run.info.run_id, "epoch_val_loss")] == [total // 2, total]
     assert run.data.metrics["eval_loss"] == results["eval_loss"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"training_curves.png", "results.json", "tfclm.yaml", "samples.txt", "model"} <= artifacts
+    assert {"training_curves.png", "results.json", "tfclm.yaml", "samples.txt", "README.md", "model"} <= artifacts
     model = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/tf_model.h5", "model/config.json", "model/tokenizer.json"} <= model
     assert not any(p.startswith(("model/checkpoints", "model/cache", "model/logs")) for p in model)
@@ -245,6 +245,8 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     assert summary["eval_loss"] == results["eval_loss"]
     state = json.load(open(out / "checkpoints" / "ckpt-6.json"))
     assert state["trackers"] == {"wandb": run.run_id}
+    card = open(os.path.join(os.path.dirname(path), "files", "README.md")).read()
+    assert card.startswith("---\n") and "perplexity" in card
 
 
 def test_mlflow_without_a_server_keeps_its_runs_in_the_output_dir(tmp_path, monkeypatch):

@@ -100,7 +100,7 @@ class MLflowCallback(TrackerCallback):
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
 
-    def finish_run(self, results: dict | None, files: list[str], model_dir: str | None) -> None:
+    def finish_run(self, results: dict | None, files: list[str], texts: dict, model_dir: str | None) -> None:
         if results:
             self.send([(int(results.get("train_steps", 0)), final_metrics(results))])
             samples = results.get("samples") or []
@@ -110,6 +110,8 @@ class MLflowCallback(TrackerCallback):
         for path in files:
             if os.path.isfile(path):
                 self.client.log_artifact(self.run_id, path)
+        for name, text in texts.items():
+            self.client.log_text(self.run_id, text, name)
         for path in model_files(model_dir):
             self.client.log_artifact(self.run_id, path, artifact_path="model")
         self.client.set_terminated(self.run_id, "FINISHED")

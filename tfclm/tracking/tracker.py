@@ -46,7 +46,7 @@ class TrackerCallback(keras.callbacks.Callback):
     def send(self, points: list) -> None:
         raise NotImplementedError
 
-    def finish_run(self, results: dict | None, files: list[str], model_dir: str | None) -> None:
+    def finish_run(self, results: dict | None, files: list[str], texts: dict, model_dir: str | None) -> None:
         raise NotImplementedError
 
     # Keras' hooks.
@@ -83,13 +83,20 @@ class TrackerCallback(keras.callbacks.Callback):
         if ready:
             self._guard(self.send, ready)
 
-    def finish(self, results: dict | None = None, files: list[str] = (), model_dir: str | None = None) -> None:
-        """At the run's end: what is left, the results as summary values, `files` and the model as artifacts."""
+    def finish(
+        self,
+        results: dict | None = None,
+        files: list[str] = (),
+        texts: dict | None = None,
+        model_dir: str | None = None,
+    ) -> None:
+        """At the run's end: what is left, the results as summary values, `files` and `texts` ({name: text},
+        such as the model card) as artifacts, and the files of `model_dir` (the saved model)."""
         if not self._started:
             self._started = True
             self._guard(self.start)
         self.flush()
-        self._guard(self.finish_run, results, list(files), model_dir)
+        self._guard(self.finish_run, results, list(files), dict(texts or {}), model_dir)
 
     def _record(self, step: int, metrics: dict) -> None:
         if metrics:

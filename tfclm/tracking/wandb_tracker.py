@@ -7,8 +7,8 @@ from tfclm.tracking.tracker import TrackerCallback, final_metrics, model_files
 
 class WandbCallback(TrackerCallback):
     """Sends a run to W&B: `config` once, step and epoch metrics by optimizer step, and at `finish()` the
-    results as summary values, the samples as a table, `files` (PNG images as images) and, optionally, the
-    model dir as an artifact.
+    results as summary values, the samples as a table, `files` (PNG images as images), `texts` as files of the
+    run and, optionally, the model dir as an artifact.
 
     W&B's own variables apply (`WANDB_MODE=offline`, `WANDB_DIR`, `WANDB_API_KEY`); tfclm never reads or
     writes the key. Runs go to `dir` unless `WANDB_DIR` says otherwise. With `run_id`, the callback
@@ -69,7 +69,7 @@ class WandbCallback(TrackerCallback):
         for step, values in points:
             self.run.log(dict(values), step=step)
 
-    def finish_run(self, results: dict | None, files: list[str], model_dir: str | None) -> None:
+    def finish_run(self, results: dict | None, files: list[str], texts: dict, model_dir: str | None) -> None:
         import wandb
 
         if results:
@@ -85,6 +85,9 @@ class WandbCallback(TrackerCallback):
                 self.run.log({os.path.basename(path)[: -len(".png")]: wandb.Image(path)})
             elif os.path.isfile(path):
                 self.run.save(path, base_path=os.path.dirname(path), policy="now")
+        for name, text in texts.items():  # the run's files folder is uploaded with the run
+            with open(os.path.join(self.run.dir, name), "w", encoding="utf-8") as handle:
+                handle.write(text)
         if model_dir is not None:
             artifact = wandb.Artifact(f"model-{self.run.id}", type="model")
             for path in model_files(model_dir):

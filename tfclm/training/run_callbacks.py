@@ -8,6 +8,7 @@ from tfclm import config as config_lib
 from tfclm import files
 from tfclm.backend import keras
 from tfclm.hub.callback import PushToHubCallback
+from tfclm.hub.modelcard import model_card
 from tfclm.hub.uploads import DEFAULT_IGNORE, check_repo_id
 from tfclm.tracking.mlflow_tracker import MLflowCallback
 from tfclm.tracking.wandb_tracker import WandbCallback
@@ -102,8 +103,10 @@ def report_to_trackers(trackers: list, results: dict, config: config_lib.Config)
     """
     out = config.output_dir
     shown = [os.path.join(out, name) for name in ("training_curves.png", "results.json", config_lib.CONFIG_FILENAME)]
+    name = config.hub.model_id or os.path.basename(os.path.abspath(out))
+    card = model_card(name, dataclasses.asdict(config), results)
     for tracker in trackers:
-        tracker.finish(results, shown, out if config.logging.log_model else None)
+        tracker.finish(results, shown, {"README.md": card}, out if config.logging.log_model else None)
     failures = [t.failure for t in trackers if t.failure]
     if failures:
         results["tracking_failures"] = failures
