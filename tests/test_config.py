@@ -140,3 +140,15 @@ def test_a_leading_tilde_is_the_home_directory(tmp_path, monkeypatch):
     assert f"model.name_or_path                 {tmp_path}/m " in shown.stdout
     missing = run_cli(["evaluate", "--model", "~/no-such-model"])
     assert missing.exit_code == 2 and f"{tmp_path}/no-such-model" in missing.output
+
+
+@pytest.mark.parametrize("tensorboard, report_to", [(True, ["tensorboard"]), (False, ["none"])])
+def test_a_config_of_an_earlier_version_still_loads(tmp_path, tensorboard, report_to):
+    from tfclm.config import load_config
+
+    path = tmp_path / "tfclm.yaml"  # as tfclm wrote it before logging.report_to
+    path.write_text(
+        f"output_dir: {tmp_path}/run\nmodel:\n  name_or_path: {tmp_path}/model\n"
+        f"logging:\n  tensorboard: {str(tensorboard).lower()}\n"
+    )
+    assert load_config(str(path)).logging.report_to == report_to

@@ -90,6 +90,8 @@ def test_generate_bad_input(model_copy, tmp_path, args, named):
         (["--text-file", "EMPTY"], "--text-file: "),
         (["--block-size", "1024"], "--block-size: 1024 is longer than the model's 256 positions"),
         (["--config", "/no/such/run.yaml"], "--config: '/no/such/run.yaml' does not exist"),
+        (["--stride", "300"], "--stride: 300 is longer than the window of 256 tokens; pass 256 or less"),
+        (["--stride", "8", "--max-length", "512"], "--max-length: 512 is longer than the model's 256 positions"),
         (["--config", "/no/such/run.yaml", "--text-file", "EMPTY"], "--config: '/no/such/run.yaml' does not exist"),
     ],
 )

@@ -1,8 +1,11 @@
 """The seed recipe's own inference code, word for word, on a tfclm output dir.
 
 It runs in a clean process in the test venv (which has PyTorch), and in one
-where PyTorch is hidden, as in the venv `make install` creates: with
-`sys.modules["torch"] = None`, transformers' check for torch finds nothing.
+where PyTorch is hidden, as in the venv `make install` creates: every import
+finder is wrapped so that none finds torch, so `import torch` fails and
+transformers' check for torch finds nothing, as where it is not installed.
+(`sys.modules["torch"] = None` is not the same: SciPy, which MLflow brings,
+then takes the None for a loaded torch and fails.)
 """
 
 import json
@@ -12,6 +15,30 @@ import sys
 import pytest
 
 from conftest import ROOT
+
+HIDE_TORCH = """
+import sys
+
+
+class _Hidden:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def find_distributions(self, *args, **kwargs):
+        found = getattr(self.finder, "find_distributions", lambda *a, **k: [])(*args, **kwargs)
+        return (d for d in found if (d.metadata["Name"] or "").lower() != "torch")
+
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+
+
+sys.meta_path[:] = [_Hidden(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
+"""
 
 # From the transformers causal-LM tutorial (TensorFlow tab), with the Hub id replaced by the output dir.
 SEED_CLIENT = """
@@ -38,7 +65,7 @@ decoded = tokenizer.batch_decode(outputs, skip_special_tokens=True)
 @pytest.mark.parametrize("torch", [True, False], ids=["with-torch", "without-torch"])
 def test_seed_inference_code_runs_unchanged(trained_dir, torch):
     out, _ = trained_dir
-    hide = "" if torch else 'import sys\nsys.modules["torch"] = None\n'
+    hide = "" if torch else HIDE_TORCH
     report = """
 import json, transformers
 print(json.dumps({"torch": transformers.is_torch_available(), "framework": generator.framework,

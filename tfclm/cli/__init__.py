@@ -107,26 +107,43 @@ def fit_command(ctx, config_path, overrides, overwrite, **_):
     "--batch-size", type=click.IntRange(min=1), help="Blocks per evaluation batch (default: evaluate.batch_size)."
 )
 @click.option("--block-size", type=click.IntRange(min=2), help="Tokens per block (default: data.block_size).")
+@click.option(
+    "--stride",
+    type=click.IntRange(min=1),
+    help="Score through sliding windows that start every N tokens, each token once with up to the window's "
+    "context (evaluate.stride; default: blocks).",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=2),
+    help="Tokens in a sliding window (evaluate.max_length; default: the model's positions).",
+)
+@click.option(
+    "--per-document/--one-stream",
+    default=None,
+    help="Slide over each document on its own, or over all as one stream (evaluate.per_document).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @domain_errors
-def evaluate_command(model_dir, config_path, text_file, batch_size, block_size, as_json):
-    """Print the eval loss and perplexity of a saved model, counting every token.
+def evaluate_command(
+    model_dir, config_path, text_file, batch_size, block_size, stride, max_length, per_document, as_json
+):
+    """Print the eval loss, perplexity and bits per byte of a saved model, counting every token.
 
     \b
     Example:
         python -m tfclm evaluate --model runs/default
         python -m tfclm evaluate --model runs/default --text-file notes.txt
+        python -m tfclm evaluate --model runs/default --stride 128
     """
     from tfclm.evaluation.model_dir import evaluate_dir
+    from tfclm.evaluation.perplexity import eval_line
 
-    result = evaluate_dir(model_dir, config_path, text_file, batch_size, block_size)
+    result = evaluate_dir(model_dir, config_path, text_file, batch_size, block_size, stride, max_length, per_document)
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(
-            f"{result['source']}: {result['tokens']:,} tokens, eval loss {result['loss']:.4f}, perplexity "
-            f"{result['perplexity']:,.2f}"
-        )
+        click.echo(f"{result['source']} ({result['method']}): {result['tokens']:,} tokens, {eval_line(result)}")
 
 
 def _read_prompts(prompts: tuple, prompt_file) -> list[str]:

@@ -121,6 +121,13 @@ def validate(config) -> None:
         "logging.sample_every_n_epochs",
         "must be at least 1, or null",
     )
+    ev = config.evaluate
+    _require(ev.stride is None or ev.stride >= 1, "evaluate.stride", f"must be at least 1, or null, got {ev.stride}")
+    _require(
+        ev.max_length is None or ev.max_length >= 2,
+        "evaluate.max_length",
+        f"must be at least 2, or null, got {ev.max_length}",
+    )
     _check_report_to(config.logging.report_to)
     hub = config.hub
     _require(

@@ -139,6 +139,15 @@ def read_yaml(path: str) -> dict:
             "--config",
             f"{path!r} must hold a mapping of sections (data:, model:, train: ...), not {type(raw).__name__}",
         )
+    return _upgrade(raw)
+
+
+def _upgrade(raw: dict) -> dict:
+    """Keys that earlier tfclm versions wrote into tfclm.yaml, in today's terms: their runs still load."""
+    logging_section = raw.get("logging")
+    if isinstance(logging_section, dict) and "tensorboard" in logging_section:
+        tensorboard = logging_section.pop("tensorboard")  # replaced by logging.report_to
+        logging_section.setdefault("report_to", ["tensorboard"] if tensorboard else ["none"])
     return raw
 
 

@@ -116,6 +116,13 @@ class TrainConfig:
 class EvaluateConfig:
     batch_size: int = setting(16, "blocks per evaluation batch")
     before_training: bool = setting(True, "also measure the untrained model's perplexity")
+    stride: Optional[int] = setting(
+        None, "tfclm evaluate: score through sliding windows that start every N tokens; null: blocks"
+    )
+    max_length: Optional[int] = setting(
+        None, "tfclm evaluate: the sliding window's tokens; null: the model's positions"
+    )
+    per_document: bool = setting(False, "tfclm evaluate: slide over each document on its own, not one stream")
 
 
 @dataclass

@@ -3,11 +3,14 @@
 import dataclasses
 import os
 
+import numpy as np
+
 from tfclm import config as config_lib
 from tfclm.data import packing, sources
 from tfclm.data.pipeline import fast_dataset, stream_dataset
 from tfclm.errors import ConfigError
 from tfclm.evaluation.perplexity import evaluate_loss
+from tfclm.evaluation.strided import strided_loss, token_bytes
 from tfclm.model.loading import load_trained, n_positions
 
 
@@ -17,8 +20,12 @@ def evaluate_dir(
     text_file: str | None = None,
     batch_size: int | None = None,
     block_size: int | None = None,
+    stride: int | None = None,
+    max_length: int | None = None,
+    per_document: bool | None = None,
 ) -> dict:
-    """Perplexity of a saved model on a text file, or on the validation split its config describes."""
+    """Perplexity and bits per byte of a saved model on a text file, or on the validation split its config
+    describes: over blocks, or (with a stride) through sliding windows."""
 
     if config_path is not None and not os.path.isfile(config_path):
         raise ConfigError("--config", f"{config_path!r} does not exist; pass the run's tfclm.yaml or leave it out")
@@ -36,40 +43,77 @@ def evaluate_dir(
             "--block-size", f"{block_size} is longer than the model's {limit} positions; pass {limit} or less"
         )
     block = block_size or min(config.data.block_size, limit or config.data.block_size)
+    ev = config.evaluate
+    stride = stride or ev.stride
+    window = max_length or ev.max_length or limit or 1024
+    per_document = ev.per_document if per_document is None else per_document
+    batch = batch_size or ev.batch_size
+    if stride is not None:
+        _check_window(stride, window, limit, "--max-length" if max_length else "evaluate.max_length")
+    byte_table = token_bytes(tokenizer)
     if text_file is not None:
-        try:
-            with open(text_file, encoding="utf-8") as handle:
-                texts, source = [handle.read()], text_file
-            if not texts[0].strip():
-                raise ConfigError("--text-file", f"{text_file!r} holds no text; pass a file with text to evaluate on")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                "--text-file",
-                f"cannot read {text_file!r} as UTF-8 text ({type(exc).__name__}); pass a readable UTF-8 text file",
-            ) from None
-        blocks = packing.build_blocks(texts, tokenizer, block, 1, "evaluation", keep_remainder=True)
-        dataset = fast_dataset(blocks, batch_size or config.evaluate.batch_size, shuffle=False)
+        texts, source = [_read_text(text_file)], text_file
     elif config.data.streaming:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, block_size=block))
-        dataset = stream_dataset(
-            config, tokenizer, "validation", batch_size or config.evaluate.batch_size, shuffle=False
-        )
-        source = f"the validation stream of {config.data.dataset}"
+        texts = None
     else:
         texts = sources.train_and_validation(config.data, config.train.seed)[1]
         source = f"the validation split of {config.data.dataset}"
-        blocks = packing.build_blocks(
-            texts,
-            tokenizer,
-            block,
-            config.data.num_proc,
-            "evaluation",
-            keep_remainder=True,
-            pack_documents=config.data.pack,
-        )
-        dataset = fast_dataset(blocks, batch_size or config.evaluate.batch_size, shuffle=False)
-    result = evaluate_loss(model, dataset)
+    if stride is not None:
+        if texts is None:
+            raise ConfigError("--stride", "works on a text file or an in-memory validation split; pass --text-file")
+        streams = token_streams(texts, tokenizer, per_document)
+        result = strided_loss(model, streams, window, stride, batch, byte_table)
+        result["method"] = f"windows of {window} tokens every {stride}{', per document' if per_document else ''}"
+    else:
+        pack = config.data.pack or text_file is not None  # one file is one long document: always packed
+        result = _block_loss(model, tokenizer, config, texts, block, batch, byte_table, pack)
+        result["method"] = f"blocks of {block} tokens"
+        if texts is None:
+            source = f"the validation stream of {config.data.dataset}"
     if not result["tokens"]:
         raise ConfigError("--model", f"{source} gave no token to evaluate; pass --text-file with more text")
     result["source"] = source
     return result
+
+
+def _read_text(text_file: str) -> str:
+    try:
+        with open(text_file, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            "--text-file",
+            f"cannot read {text_file!r} as UTF-8 text ({type(exc).__name__}); pass a readable UTF-8 text file",
+        ) from None
+    if not text.strip():
+        raise ConfigError("--text-file", f"{text_file!r} holds no text; pass a file with text to evaluate on")
+    return text
+
+
+def _check_window(stride: int, window: int, limit: int | None, key: str) -> None:
+    if limit and window > limit:
+        raise ConfigError(key, f"{window} is longer than the model's {limit} positions; pass {limit} or less")
+    if stride > window:
+        raise ConfigError("--stride", f"{stride} is longer than the window of {window} tokens; pass {window} or less")
+
+
+def token_streams(texts: list[str], tokenizer, per_document: bool) -> list[np.ndarray]:
+    """What the windows slide over: an end-of-text token, then each document followed by end-of-text (as training
+    lays them out), as one stream or one per document."""
+    eos = tokenizer.eos_token_id
+    documents = packing.encode_documents(tokenizer, texts)
+    if per_document:
+        return [np.asarray([eos, *doc], np.int32) for doc in documents]
+    return [np.asarray([eos, *(token for doc in documents for token in doc)], np.int32)]
+
+
+def _block_loss(model, tokenizer, config, texts, block: int, batch: int, byte_table, pack: bool) -> dict:
+    if texts is None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, block_size=block))
+        dataset = stream_dataset(config, tokenizer, "validation", batch, shuffle=False)
+    else:
+        blocks = packing.build_blocks(
+            texts, tokenizer, block, config.data.num_proc, "evaluation", keep_remainder=True, pack_documents=pack
+        )
+        dataset = fast_dataset(blocks, batch, shuffle=False)
+    return evaluate_loss(model, dataset, byte_table)

@@ -17,7 +17,8 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 709.0 else math.inf
 
 
-def _sum_and_count(model):
+def sum_and_count(model):
+    """A compiled step: (sum of token losses, tokens scored) of one batch, in float32."""
     spec = tf.TensorSpec([None, None], tf.int32)
 
     # One trace for every batch shape: the last batch is usually shorter.
@@ -29,15 +30,36 @@ def _sum_and_count(model):
     return step
 
 
-def evaluate_loss(model, dataset) -> dict:
-    """{"loss", "perplexity", "tokens"} of `model` over every batch of `dataset`."""
-    step = _sum_and_count(model)
-    total, count = 0.0, 0.0
+def loss_figures(total: float, count: float, n_bytes: float | None = None) -> dict:
+    """{"loss", "perplexity", "tokens"} from a sum of token losses (in nats) and its count; with the scored
+    tokens' UTF-8 bytes, also "bytes" and "bits_per_byte"."""
+    if count == 0:
+        figures = {"loss": math.nan, "perplexity": math.nan, "tokens": 0}
+    else:
+        loss = total / count
+        figures = {"loss": loss, "perplexity": perplexity(loss), "tokens": int(count)}
+    if n_bytes is not None:
+        figures["bytes"] = int(n_bytes)
+        figures["bits_per_byte"] = total / math.log(2) / n_bytes if n_bytes else math.nan
+    return figures
+
+
+def evaluate_loss(model, dataset, byte_table=None) -> dict:
+    """{"loss", "perplexity", "tokens"} of `model` over every batch of `dataset`; with `byte_table` (each token
+    id's UTF-8 bytes, `strided.token_bytes`), also the bits per byte of the scored tokens."""
+    step = sum_and_count(model)
+    total, count, n_bytes = 0.0, 0.0, 0
     for batch in dataset:
         batch_sum, batch_count = step(batch)
         total += float(batch_sum)
         count += float(batch_count)
-    if count == 0:
-        return {"loss": math.nan, "perplexity": math.nan, "tokens": 0}
-    loss = total / count
-    return {"loss": loss, "perplexity": perplexity(loss), "tokens": int(count)}
+        if byte_table is not None:
+            labels = batch["labels"].numpy()[:, 1:]  # the model's shift: position 0 is never predicted
+            n_bytes += int(byte_table[labels[labels != -100]].sum())
+    return loss_figures(total, count, n_bytes if byte_table is not None else None)
+
+
+def eval_line(figures: dict) -> str:
+    """ "eval loss 5.6466, perplexity 283.32, 3.5039 bits per byte"."""
+    line = f"eval loss {figures['loss']:.4f}, perplexity {figures['perplexity']:,.2f}"
+    return line + (f", {figures['bits_per_byte']:.4f} bits per byte" if "bits_per_byte" in figures else "")

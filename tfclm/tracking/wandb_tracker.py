@@ -10,19 +10,20 @@ class WandbCallback(TrackerCallback):
     results as summary values, the samples as a table, `files` (PNG images as images), `texts` as files of the
     run and, optionally, the model dir as an artifact.
 
-    W&B's own variables apply (`WANDB_MODE=offline`, `WANDB_DIR`, `WANDB_API_KEY`); tfclm never reads or
-    writes the key. Runs go to `dir` unless `WANDB_DIR` says otherwise. With `run_id`, the callback
-    continues that run (a resumed fit).
+    W&B's own variables apply (`WANDB_MODE=offline`, `WANDB_DIR`, `WANDB_API_KEY`); `mode` ("offline",
+    "online", "disabled") wins over `WANDB_MODE`. tfclm never reads or writes the key. Runs go to `dir`
+    unless `WANDB_DIR` says otherwise. With `run_id`, the callback continues that run (a resumed fit).
 
     Example:
 
-    >>> import os, tempfile, numpy as np, tfclm, tf_keras as keras
+    >>> import tempfile, numpy as np, tfclm, tf_keras as keras
     >>> from transformers import GPT2Config, TFGPT2LMHeadModel
-    >>> os.environ["WANDB_MODE"] = "offline"
     >>> model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
     >>> ids = np.random.default_rng(0).integers(0, 50, (16, 16)).astype("int32")
     >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    >>> tracker = tfclm.callbacks.WandbCallback(project="demo", dir=tempfile.mkdtemp(), config={"lr": 1e-3})
+    >>> tracker = tfclm.callbacks.WandbCallback(
+    ...     project="demo", dir=tempfile.mkdtemp(), config={"lr": 1e-3}, mode="offline"
+    ... )
     >>> _ = model.fit({"input_ids": ids, "labels": ids}, batch_size=4, epochs=2, verbose=0, callbacks=[tracker])
     >>> tracker.finish()
     >>> tracker.failure is None and tracker.run_id is not None
@@ -40,8 +41,10 @@ class WandbCallback(TrackerCallback):
         every_n_steps: int = 10,
         hold: bool = False,
         run_id: str | None = None,
+        mode: str | None = None,
     ):
         super().__init__(every_n_steps, hold, run_id)
+        self.mode = mode
         self.project = project
         self.run_name = run_name
         self.dir = dir
@@ -61,6 +64,8 @@ class WandbCallback(TrackerCallback):
             id=self.run_id,
             resume="allow" if self.run_id else None,
             reinit="create_new",
+            # Read now: wandb reads its variables once per process, and a second run may see other values.
+            mode=self.mode or os.environ.get("WANDB_MODE"),
             settings=wandb.Settings(silent=True, console="off"),
         )
         self.run_id = self.run.id

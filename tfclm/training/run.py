@@ -16,7 +16,8 @@ from tfclm.backend import keras
 from tfclm.data.pipeline import make_dataset, stream_dataset
 from tfclm.data.prepare import prepare
 from tfclm.errors import ConfigError, TfclmError
-from tfclm.evaluation.perplexity import evaluate_loss
+from tfclm.evaluation.perplexity import eval_line, evaluate_loss
+from tfclm.evaluation.strided import token_bytes
 from tfclm.generation.generator import generate_samples
 from tfclm.model.loading import load_model
 from tfclm.training.callbacks import (
@@ -175,8 +176,8 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
     if state is not None:
         before = state.before
     elif chief and config.evaluate.before_training and not start:
-        before = evaluate_loss(model, eval_ds)
-        logger.info(f"before training: eval loss {before['loss']:.4f}, perplexity {before['perplexity']:,.2f}")
+        before = evaluate_loss(model, eval_ds, token_bytes(tokenizer))
+        logger.info(f"before training: {eval_line(before)}")
     else:
         before = None
 
@@ -285,8 +286,8 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         digest = weights_digest(model)
         logger.info(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {digest}")
         return {"train_steps": optimizer_steps, "weights_sha256": digest}
-    after = evaluate_loss(model, eval_ds)
-    logger.info(f"after training: eval loss {after['loss']:.4f}, perplexity {after['perplexity']:,.2f}")
+    after = evaluate_loss(model, eval_ds, token_bytes(tokenizer))
+    logger.info(f"after training: {eval_line(after)}")
     # Saved before sampling: whatever happens next, the trained model is on disk.
     files.save_pretrained_atomic([model, tokenizer], out)
 
@@ -311,6 +312,7 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         "train_loss": float(logged["loss"][-1]) if logged.get("loss") else None,
         "eval_loss": after["loss"],
         "perplexity": after["perplexity"],
+        "bits_per_byte": after["bits_per_byte"],
         "eval_loss_before": before["loss"] if before else None,
         "perplexity_before": before["perplexity"] if before else None,
         "eval_tokens": after["tokens"],
