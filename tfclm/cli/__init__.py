@@ -123,22 +123,57 @@ def fit_command(ctx, config_path, overrides, overwrite, **_):
     default=None,
     help="Slide over each document on its own, or over all as one stream (evaluate.per_document).",
 )
+@click.option(
+    "--tasks",
+    metavar="NAMES",
+    help="Run lm-evaluation-harness tasks (comma-separated) instead of perplexity; needs tfclm[eval].",
+)
+@click.option(
+    "--include-path",
+    metavar="DIR",
+    callback=expand_user,
+    help="A folder of your own harness task YAML files, for --tasks.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N documents of each task, for --tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @domain_errors
 def evaluate_command(
-    model_dir, config_path, text_file, batch_size, block_size, stride, max_length, per_document, as_json
+    model_dir,
+    config_path,
+    text_file,
+    batch_size,
+    block_size,
+    stride,
+    max_length,
+    per_document,
+    tasks,
+    include_path,
+    limit,
+    as_json,
 ):
-    """Print the eval loss, perplexity and bits per byte of a saved model, counting every token.
+    """Print the eval loss, perplexity and bits per byte of a saved model, counting every token; or, with
+    --tasks, its scores on lm-evaluation-harness tasks.
 
     \b
     Example:
         python -m tfclm evaluate --model runs/default
         python -m tfclm evaluate --model runs/default --text-file notes.txt
         python -m tfclm evaluate --model runs/default --stride 128
+        python -m tfclm evaluate --model runs/default --tasks lambada_openai --limit 100
     """
     from tfclm.evaluation.model_dir import evaluate_dir
     from tfclm.evaluation.perplexity import eval_line
 
+    if tasks:
+        from tfclm.evaluation.tasks import run_tasks
+
+        scores = run_tasks(model_dir, tasks, include_path, limit, batch_size, max_length)
+        if as_json:
+            click.echo(json.dumps(scores))
+        else:
+            for task, metrics in scores.items():
+                click.echo(f"{task}: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+        return
     result = evaluate_dir(model_dir, config_path, text_file, batch_size, block_size, stride, max_length, per_document)
     if as_json:
         click.echo(json.dumps(result))

@@ -1,0 +1,156 @@
+"""EleutherAI's lm-evaluation-harness on tfclm's TF models: the `tfclm` model type.
+
+Importing this module registers the type (the harness finds models only by
+import). `tfclm evaluate --tasks` and `python -m tfclm.evaluation.harness`
+(the harness's own command line, with the type registered) use it:
+
+    python -m tfclm.evaluation.harness --model tfclm --model_args pretrained=runs/default --tasks lambada_openai
+
+Log-likelihoods are scored in batches through one compiled step (a batch
+shape traces once), in float32; rolling log-likelihoods use the harness's
+own windows of the model's positions; generation is tfclm's greedy decoding,
+with XLA's length buckets so a new request length inside a bucket does not
+compile again, cut at the task's stop sequences.
+"""
+
+import numpy as np
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from tfclm.backend import tf
+from tfclm.generation.generator import Generator
+from tfclm.model.loading import load_trained, n_positions
+
+
+@register_model("tfclm")
+class TfclmLM(TemplateLM):
+    """A tfclm output dir (or any save_pretrained folder of a TF causal LM) as a harness model.
+
+    `pretrained` is the folder; `batch_size` the requests scored at once; `max_length` the tokens a request
+    may use (default: the model's positions); `max_gen_toks` the default new tokens for generation; `xla`
+    compiles generation (default true).
+    """
+
+    def __init__(
+        self,
+        pretrained: str,
+        batch_size: int | str = 8,
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        xla: bool | str = True,
+        **kwargs,
+    ):
+        super().__init__()
+        self.model, self.tokenizer = load_trained(pretrained, key="pretrained")
+        self.batch_size = int(batch_size)
+        self._max_length = int(max_length) if max_length else n_positions(self.model) or 1024
+        self._max_gen_toks = int(max_gen_toks)
+        self.generator = Generator(self.model, self.tokenizer, xla=str(xla).lower() not in ("false", "0", "no"))
+        self._score = _scorer(self.model)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """(log P(continuation | context), whether greedy decoding gives the continuation), per request."""
+        rows = []
+        for _, context, continuation in requests:
+            whole = (list(context) + list(continuation))[-(self.max_length + 1) :]
+            rows.append((whole[:-1], whole[-len(continuation) :]))
+        results = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            width = max(len(inputs) for inputs, _ in batch)
+            ids = np.zeros((len(batch), width), np.int32)
+            mask = np.zeros_like(ids)
+            targets = np.full_like(ids, -1)
+            for i, (inputs, continuation) in enumerate(batch):
+                ids[i, : len(inputs)] = inputs
+                mask[i, : len(inputs)] = 1
+                # The logits at position t predict token t + 1: the continuation's are the last ones.
+                targets[i, len(inputs) - len(continuation) : len(inputs)] = continuation
+            totals, greedy = self._score(ids, mask, targets)
+            results.extend(zip(totals.numpy().astype(float).tolist(), greedy.numpy().tolist()))
+        return [(float(total), bool(is_greedy)) for total, is_greedy in results]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """The whole text's log-likelihood, through the harness's windows of `max_length` tokens."""
+        totals = []
+        for (text,) in (request.args for request in requests):
+            windows = get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            )
+            scored = self._loglikelihood_tokens([(None, *make_disjoint_window(w)) for w in windows])
+            totals.append(sum(total for total, _ in scored))
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy (or sampled, where a task asks) text after each context, cut at the first stop sequence."""
+        outputs = []
+        eos = self.tokenizer.decode([self.eot_token_id])
+        for context, gen_kwargs in (request.args for request in requests):
+            options = normalize_gen_kwargs(dict(gen_kwargs), self._max_gen_toks)
+            until = handle_stop_sequences(options.pop("until", None), eos=eos)
+            new_tokens = options.pop("max_gen_toks")
+            room = self.max_length - new_tokens
+            ids = self.tok_encode(context)
+            if len(ids) > room:  # keep the end of a long context, as the harness's own models do
+                context = self.tokenizer.decode(ids[-room:])
+            do_sample = bool(options.get("do_sample")) and float(options.get("temperature", 0.0) or 0.0) > 0
+            (sample,) = self.generator(
+                [context],
+                max_new_tokens=new_tokens,
+                do_sample=do_sample,
+                temperature=float(options.get("temperature", 1.0) or 1.0),
+                seed=0,
+            )
+            text = sample.completion
+            for stop in until:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            outputs.append(text)
+        return outputs
+
+
+def _scorer(model):
+    spec = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[spec, spec, spec])
+    def score(ids, mask, targets):
+        logits = tf.cast(model(input_ids=ids, attention_mask=mask, training=False).logits, tf.float32)
+        log_probs = tf.nn.log_softmax(logits)
+        scored = targets >= 0
+        picked = tf.gather(log_probs, tf.maximum(targets, 0), batch_dims=2)
+        total = tf.reduce_sum(tf.where(scored, picked, 0.0), axis=1)
+        matches = tf.argmax(logits, axis=-1, output_type=tf.int32) == targets
+        return total, tf.reduce_all(tf.logical_or(tf.logical_not(scored), matches), axis=1)
+
+    return score
+
+
+def main() -> None:
+    """The harness's command line, with the `tfclm` model type registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
