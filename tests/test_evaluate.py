@@ -136,3 +136,18 @@ def test_evaluate_command_with_a_stride(trained_dir, tmp_path):
     assert blocks.exit_code == 0 and "(blocks of 128 tokens)" in blocks.output and "bits per byte" in blocks.output
     results = json.load(open(f"{out}/results.json"))
     assert 0 < results["bits_per_byte"] < 16
+
+
+def test_a_second_evaluation_traces_nothing_new():
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    from tfclm.data.pipeline import fast_dataset
+    from tfclm.evaluation.perplexity import evaluate_loss, sum_and_count
+
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, n_positions=16))
+    ids = np.random.default_rng(0).integers(1, 40, (5, 8)).astype(np.int32)
+    blocks = Blocks(ids, 5, 40, 0, np.ones_like(ids))
+    first = evaluate_loss(model, fast_dataset(blocks, batch_size=2, shuffle=False))
+    traced = sum_and_count(model).experimental_get_tracing_count()
+    assert evaluate_loss(model, fast_dataset(blocks, batch_size=2, shuffle=False)) == first
+    assert sum_and_count(model).experimental_get_tracing_count() == traced

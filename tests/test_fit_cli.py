@@ -126,3 +126,19 @@ def test_help_shows_examples():
     for command in ("fit", "evaluate", "generate"):
         result = run_cli([command, "--help"])
         assert result.exit_code == 0 and "Example:" in result.output and "python -m tfclm " + command in result.output
+
+
+def test_each_line_is_printed_once_when_a_library_set_up_root_logging(tmp_path):
+    import logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # as logging.basicConfig() from a library would print: INFO:tfclm...:line
+    logging.getLogger().addHandler(handler)
+    try:
+        result = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--max-steps", "2", "--output-dir", str(tmp_path)])
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("done: ")]
+    assert not [record for record in seen if record.name.startswith("tfclm")]

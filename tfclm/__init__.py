@@ -41,6 +41,8 @@ def show_logs(level: int = logging.INFO) -> None:
     if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
         logger.addHandler(_StdoutHandler())
     logger.setLevel(level)
+    # Shown here, once: not again by a handler on the root logger that some library added along the way.
+    logger.propagate = False
 
 
 def _show_logs_unless_configured() -> None:

@@ -7,6 +7,7 @@ sum of token losses over the count of tokens, computed in float32.
 """
 
 import math
+import weakref
 
 from tfclm.backend import tf
 from tfclm.model.loss import token_loss_sums
@@ -17,8 +18,15 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 709.0 else math.inf
 
 
+# One compiled step per model, kept as long as the model lives: a second evaluation (every epoch's, the final
+# one, evaluate_loss called again) traces nothing new.
+_STEPS = weakref.WeakKeyDictionary()
+
+
 def sum_and_count(model):
     """A compiled step: (sum of token losses, tokens scored) of one batch, in float32."""
+    if model in _STEPS:
+        return _STEPS[model]
     spec = tf.TensorSpec([None, None], tf.int32)
 
     # One trace for every batch shape: the last batch is usually shorter.
@@ -27,6 +35,7 @@ def sum_and_count(model):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], training=False).logits
         return token_loss_sums(batch["labels"], logits)
 
+    _STEPS[model] = step
     return step
 
 
