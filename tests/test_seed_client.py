@@ -2,8 +2,9 @@
 
 It runs in a clean process in the test venv (which has PyTorch), and in one
 where PyTorch is hidden, as in the venv `make install` creates: every import
-finder is wrapped so that none finds torch, so `import torch` fails and
-transformers' check for torch finds nothing, as where it is not installed.
+finder is wrapped so that none finds torch (or accelerate and peft, which
+need it), so `import torch` fails and transformers' check for torch finds
+nothing, as where it is not installed.
 (`sys.modules["torch"] = None` is not the same: SciPy, which MLflow brings,
 then takes the None for a loaded torch and fails.)
 """
@@ -19,19 +20,22 @@ from conftest import ROOT
 HIDE_TORCH = """
 import sys
 
+# torch, and what cannot be installed without it (the test venv has them for the harness's hf type).
+HIDDEN = {"torch", "accelerate", "peft"}
+
 
 class _Hidden:
     def __init__(self, finder):
         self.finder = finder
 
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
+        if name.split(".")[0] in HIDDEN:
             return None
         return self.finder.find_spec(name, path, target)
 
     def find_distributions(self, *args, **kwargs):
         found = getattr(self.finder, "find_distributions", lambda *a, **k: [])(*args, **kwargs)
-        return (d for d in found if (d.metadata["Name"] or "").lower() != "torch")
+        return (d for d in found if (d.metadata["Name"] or "").lower() not in HIDDEN)
 
     def __getattr__(self, name):
         return getattr(self.finder, name)

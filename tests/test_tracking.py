@@ -270,3 +270,27 @@ def test_mlflow_without_a_server_keeps_its_runs_in_the_output_dir(tmp_path, monk
     assert again.exit_code == 2 and "already holds a finished run" in again.output
     # ...and a push leaves them out.
     assert all(ignored(p, DEFAULT_IGNORE) for p in ("mlflow.db", f"mlruns/{run.info.run_id}/artifacts/x", "wandb/a"))
+
+
+def test_a_continued_mlflow_run_gets_no_step_twice(tmp_path):
+    """Killed after sending steps its checkpoint does not hold, a run resumes before them and trains them again:
+    the continued tracker run takes each step once."""
+    import numpy as np
+    import tf_keras as keras
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    import tfclm
+
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+    ids = np.random.default_rng(0).integers(0, 50, (16, 16)).astype("int32")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    first = tfclm.callbacks.MLflowCallback(local_dir=str(tmp_path), every_n_steps=1)
+    model.fit({"input_ids": ids, "labels": ids}, batch_size=4, epochs=2, verbose=0, callbacks=[first])  # steps 1-8
+    model.optimizer.iterations.assign(5)  # the resume: from a checkpoint at step 5, so steps 6-8 come again
+    again = tfclm.callbacks.MLflowCallback(local_dir=str(tmp_path), every_n_steps=1, run_id=first.run_id)
+    model.fit({"input_ids": ids, "labels": ids}, batch_size=4, epochs=3, verbose=0, callbacks=[again])  # steps 6-17
+    again.finish()
+    assert again.failure is None
+    steps = [p.step for p in again.client.get_metric_history(first.run_id, "loss")]
+    assert sorted(steps) == list(range(1, 18))
+    assert [p.step for p in again.client.get_metric_history(first.run_id, "epoch_loss")] == [4, 8, 9, 13, 17]

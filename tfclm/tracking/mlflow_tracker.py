@@ -85,6 +85,10 @@ class MLflowCallback(TrackerCallback):
         self.run_id = run.info.run_id
         self._log_params()
 
+    def last_steps(self) -> dict:
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
+
     def _log_params(self) -> None:
         from mlflow.entities import Param
 

@@ -19,12 +19,17 @@ class TrackerCallback(keras.callbacks.Callback):
     rate, tokens/s, ...) go every `every_n_steps` optimizer steps; epoch
     metrics (`epoch_loss`, `epoch_val_loss`, `epoch_val_perplexity`, ...) at
     each epoch's end, at its optimizer step. With `hold`, points wait until
-    `flush(step)` sends those up to `step`: tfclm's fit flushes at each
-    checkpoint, so a run killed and resumed sends every step exactly once.
+    `flush(step)` sends those up to `step`: tfclm's fit flushes just before
+    each checkpoint is written. A run that continues a tracker run (`run_id`)
+    first asks the tracker for the last step of each metric it holds and
+    sends nothing at or before it: a run killed between a flush and its
+    checkpoint repeats those steps after the resume, and the tracker gets
+    them once.
 
     A tracker that fails (a server down from the start or gone mid-run) is
     reported once, in `failure`, and left behind: training goes on. A
-    subclass implements `start`, `send`, `finish_run` and sets `run_id`.
+    subclass implements `start`, `send`, `finish_run` and `last_steps`, and
+    sets `run_id`.
     """
 
     name = "tracker"
@@ -36,6 +41,7 @@ class TrackerCallback(keras.callbacks.Callback):
         self.run_id = run_id  # given: continue that run (a resumed fit); else set by start()
         self.failure = None
         self.pending = []  # [(step, {metric: value})], oldest first
+        self.sent = {}  # metric (or "*": every metric) -> the last step the continued tracker run holds
         self._steps = StepHistory(every_n_steps)
         self._started = False
 
@@ -49,6 +55,10 @@ class TrackerCallback(keras.callbacks.Callback):
     def finish_run(self, results: dict | None, files: list[str], texts: dict, model_dir: str | None) -> None:
         raise NotImplementedError
 
+    def last_steps(self) -> dict:
+        """{metric: its last step} in the tracker run being continued."""
+        raise NotImplementedError
+
     # Keras' hooks.
     def set_model(self, model):
         super().set_model(model)
@@ -57,8 +67,7 @@ class TrackerCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._steps.on_train_begin(logs)
         if not self._started:
-            self._started = True
-            self._guard(self.start)
+            self._start()
 
     def on_train_batch_end(self, batch, logs=None):
         seen = len(self._steps.steps)
@@ -80,6 +89,10 @@ class TrackerCallback(keras.callbacks.Callback):
         """Send the points of steps up to `upto` (all, when None)."""
         ready = [p for p in self.pending if upto is None or p[0] <= upto]
         self.pending = [p for p in self.pending if not (upto is None or p[0] <= upto)]
+        # What the continued run already holds goes no second time.
+        held = lambda key: self.sent.get(key, self.sent.get("*", -1))  # noqa: E731
+        ready = [(step, {k: v for k, v in values.items() if step > held(k)}) for step, values in ready]
+        ready = [(step, values) for step, values in ready if values]
         if ready:
             self._guard(self.send, ready)
 
@@ -93,10 +106,16 @@ class TrackerCallback(keras.callbacks.Callback):
         """At the run's end: what is left, the results as summary values, `files` and `texts` ({name: text},
         such as the model card) as artifacts, and the files of `model_dir` (the saved model)."""
         if not self._started:
-            self._started = True
-            self._guard(self.start)
+            self._start()
         self.flush()
         self._guard(self.finish_run, results, list(files), dict(texts or {}), model_dir)
+
+    def _start(self) -> None:
+        self._started = True
+        continued = self.run_id is not None
+        self._guard(self.start)
+        if continued and self.failure is None:
+            self._guard(lambda: self.sent.update(self.last_steps()))
 
     def _record(self, step: int, metrics: dict) -> None:
         if metrics:

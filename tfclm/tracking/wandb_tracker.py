@@ -70,6 +70,11 @@ class WandbCallback(TrackerCallback):
         )
         self.run_id = self.run.id
 
+    def last_steps(self) -> dict:
+        # W&B keeps one step for the whole run: a resumed run's next step is run.step, and every metric before it
+        # is there.
+        return {"*": int(self.run.step) - 1}
+
     def send(self, points: list) -> None:
         for step, values in points:
             self.run.log(dict(values), step=step)

@@ -196,14 +196,14 @@ class CheckpointCallback(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, checkpoints: Checkpoints, every_steps: int | None, steps_per_epoch: int | None, state=None, on_saved=()
+        self, checkpoints: Checkpoints, every_steps: int | None, steps_per_epoch: int | None, state=None, before_save=()
     ):
         super().__init__()
         self.checkpoints = checkpoints
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
         self.state = state  # step -> RunState to save beside each checkpoint, or None
-        self.on_saved = list(on_saved)  # called with the step once a checkpoint (or its new state) is on disk
+        self.before_save = list(before_save)  # called with the step just before a checkpoint (or its state) is written
         self.saved = []
 
     def on_train_batch_end(self, batch, logs=None):
@@ -223,17 +223,17 @@ class CheckpointCallback(keras.callbacks.Callback):
             return  # stopped early: the run saves its last step itself, or must not (a skipped one)
         step = int(self.checkpoints.optimizer.iterations.numpy())
         if step and self.saved and self.saved[-1] == step:
+            for call in self.before_save:
+                call(step)
             if self.state is not None:
                 self.state(step).write(self.checkpoints.directory)  # the same weights, now at the next epoch's start
-            for call in self.on_saved:
-                call(step)
         elif step and (self.steps_per_epoch is None or step % self.steps_per_epoch == 0):
             self._save(step)
 
     def _save(self, step: int) -> None:
         if not self.checkpoints.weights_finite():
             return  # never write a checkpoint a resume would start from NaN
+        for call in self.before_save:
+            call(step)
         self.checkpoints.save(step, self.state(step) if self.state is not None else None)
         self.saved.append(step)
-        for call in self.on_saved:
-            call(step)

@@ -237,7 +237,7 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
     # fp16's loss scaling skips steps by design while it finds its scale: leave stopping to it there.
     guard = StopOnNonFiniteLoss(None if train.precision == "fp16" else train.max_nonfinite_steps)
     saver = CheckpointCallback(
-        checkpoints, train.checkpoint_steps, None, state=run_state, on_saved=[t.flush for t in trackers]
+        checkpoints, train.checkpoint_steps, None, state=run_state, before_save=[t.flush for t in trackers]
     )
     # Order matters: what adds to the logs comes before what records or sends them, and all before the saver.
     callbacks = [throughput, PerplexityCallback(), steps, guard, position, epochs_logged, *trackers, saver]
@@ -274,12 +274,12 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
             nan_message(guard.stopped_at, guard.patience, config, [start, *saver.saved] if start else saver.saved)
         )
     # The finish line, so that a rerun knows this run is done, or an extension where to go on from.
+    for tracker in trackers:
+        tracker.flush(optimizer_steps)
     if saver.saved and saver.saved[-1] == optimizer_steps:
         run_state(optimizer_steps).write(checkpoints.directory)
     elif optimizer_steps:
         checkpoints.save(optimizer_steps, run_state(optimizer_steps))
-    for tracker in trackers:
-        tracker.flush(optimizer_steps)
 
     if not chief:
         # A worker's results are the chief's; this line lets a launcher check the replicas agree.
