@@ -102,31 +102,48 @@ class TfclmLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy (or sampled, where a task asks) text after each context, cut at the first stop sequence."""
-        outputs = []
+        """Greedy (or sampled, where a task asks) text after each context, cut at the first stop sequence.
+
+        Requests with the same generation settings go in batches of `batch_size`; tfclm's generator gives each
+        prompt of a batch the text it would get alone.
+        """
         eos = self.tokenizer.decode([self.eot_token_id])
-        for context, gen_kwargs in (request.args for request in requests):
+        groups = {}  # settings -> [(request index, context)]
+        for index, (context, gen_kwargs) in enumerate(request.args for request in requests):
             options = normalize_gen_kwargs(dict(gen_kwargs), self._max_gen_toks)
-            until = handle_stop_sequences(options.pop("until", None), eos=eos)
-            new_tokens = options.pop("max_gen_toks")
+            until = tuple(handle_stop_sequences(options.pop("until", None), eos=eos))
+            new_tokens = int(options.pop("max_gen_toks"))
+            temperature = float(options.get("temperature", 0.0) or 0.0)
+            do_sample = bool(options.get("do_sample")) and temperature > 0
+            groups.setdefault((until, new_tokens, do_sample, temperature), []).append((index, context))
+        outputs = [None] * len(requests)
+        for (until, new_tokens, do_sample, temperature), items in groups.items():
             room = self.max_length - new_tokens
-            ids = self.tok_encode(context)
-            if len(ids) > room:  # keep the end of a long context, as the harness's own models do
-                context = self.tokenizer.decode(ids[-room:])
-            do_sample = bool(options.get("do_sample")) and float(options.get("temperature", 0.0) or 0.0) > 0
-            (sample,) = self.generator(
-                [context],
-                max_new_tokens=new_tokens,
-                do_sample=do_sample,
-                temperature=float(options.get("temperature", 1.0) or 1.0),
-                seed=0,
-            )
-            text = sample.completion
-            for stop in until:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
-            outputs.append(text)
+            for start in range(0, len(items), self.batch_size):
+                batch = items[start : start + self.batch_size]
+                contexts = [self._fit_context(context, room) for _, context in batch]
+                samples = self.generator(
+                    contexts,
+                    max_new_tokens=new_tokens,
+                    do_sample=do_sample,
+                    temperature=temperature if do_sample else 1.0,
+                    seed=0,
+                )
+                for (index, _), sample in zip(batch, samples):
+                    outputs[index] = _cut(sample.completion, until)
         return outputs
+
+    def _fit_context(self, context: str, room: int) -> str:
+        """The end of a context too long for the window, as the harness's own models keep it."""
+        ids = self.tok_encode(context)
+        return self.tokenizer.decode(ids[-room:]) if len(ids) > room else context
+
+
+def _cut(text: str, stops) -> str:
+    for stop in stops:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    return text
 
 
 def _scorer(model):
