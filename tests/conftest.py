@@ -106,6 +106,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def kill_after_checkpoint(process, out: str, step: int, timeout: float = 300) -> None:
+    """SIGKILL a fit's process group once OUTPUT_DIR/checkpoints lists ckpt-`step`: a crash mid-run."""
+    import signal
+    import time
+
+    index = os.path.join(out, "checkpoints", "checkpoint")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if os.path.exists(index) and f"ckpt-{step}" in open(index).read():
+                break
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
 def tree(folder) -> dict:
     """Every file under `folder` with its bytes' sha256: equal before and after means nothing was touched."""
     found = {}

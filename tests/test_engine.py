@@ -2,15 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, TINY_BUILTIN, run_cli, sets
+from conftest import DEFAULT_CONFIG, ROOT, TINY, TINY_BUILTIN, kill_after_checkpoint, run_cli, sets
 
 
 def tiny_lm(seed=0):
@@ -310,18 +308,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path, kind):
         cwd=ROOT,
         start_new_session=True,
     )
-    index = os.path.join(out, "checkpoints", "checkpoint")
-    deadline = time.monotonic() + 300
-    try:
-        # Kill once a checkpoint inside the first epoch is on disk, and before the epoch's end.
-        while time.monotonic() < deadline and process.poll() is None:
-            if os.path.exists(index) and "ckpt-10" in open(index).read():
-                break
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    kill_after_checkpoint(process, out, 10)  # a checkpoint inside the first epoch is on disk, before its end
     assert not os.path.exists(os.path.join(out, "results.json"))
 
     resumed = subprocess.run(_fit_command(out, kind), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)

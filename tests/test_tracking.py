@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli, sets
+from conftest import DEFAULT_CONFIG, ROOT, TINY, kill_after_checkpoint, run_cli, sets
 
 # 10 documents in batches of 4: 2 epochs of a few dozen steps, a checkpoint every 5, every step sent.
 FIT = [
@@ -100,18 +100,7 @@ def test_a_killed_and_resumed_fit_is_one_mlflow_run_with_every_step_once(mlflow_
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": mlflow_server.url}
     out = str(tmp_path / "run")
     track = sets("logging.report_to=[mlflow]", "logging.project=tests", "logging.log_model=true")
-    process = _fit_process(out, env, *track)
-    index = os.path.join(out, "checkpoints", "checkpoint")
-    deadline = time.monotonic() + 300
-    try:  # killed once a checkpoint is on disk, with steps after it already trained
-        while time.monotonic() < deadline and process.poll() is None:
-            if os.path.exists(index) and "ckpt-10" in open(index).read():
-                break
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    kill_after_checkpoint(_fit_process(out, env, *track), out, 10)
 
     resumed = _fit_process(out, env, *track)
     output, _ = resumed.communicate(timeout=600)

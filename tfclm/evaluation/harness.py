@@ -20,6 +20,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from tfclm.backend import tf
+from tfclm.evaluation.strided import right_padded
 from tfclm.generation.generator import Generator
 from tfclm.model.loading import load_trained, n_positions
 
@@ -74,13 +75,9 @@ class TfclmLM(TemplateLM):
         results = []
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
-            width = max(len(inputs) for inputs, _ in batch)
-            ids = np.zeros((len(batch), width), np.int32)
-            mask = np.zeros_like(ids)
+            ids, mask = right_padded([inputs for inputs, _ in batch])
             targets = np.full_like(ids, -1)
             for i, (inputs, continuation) in enumerate(batch):
-                ids[i, : len(inputs)] = inputs
-                mask[i, : len(inputs)] = 1
                 # The logits at position t predict token t + 1: the continuation's are the last ones.
                 targets[i, len(inputs) - len(continuation) : len(inputs)] = continuation
             totals, greedy = self._score(ids, mask, targets)

@@ -33,6 +33,17 @@ def token_bytes(tokenizer) -> np.ndarray:
     return table
 
 
+def right_padded(rows) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention mask) of token rows of any lengths, padded on the right to the longest."""
+    width = max(len(row) for row in rows)
+    ids = np.zeros((len(rows), width), np.int32)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
 def windows(ids: np.ndarray, max_length: int, stride: int):
     """(window ids, number of scored tokens at its end) for one token stream, as the transformers guide cuts it."""
     previous_end = 0
@@ -55,13 +66,9 @@ def strided_loss(
     batch = []
 
     def run(batch):
-        width = max(len(w) for w, _ in batch)
-        ids = np.zeros((len(batch), width), np.int32)
-        mask = np.zeros_like(ids)
+        ids, mask = right_padded([window for window, _ in batch])
         labels = np.full_like(ids, -100)
         for row, (window, targets) in enumerate(batch):
-            ids[row, : len(window)] = window
-            mask[row, : len(window)] = 1
             labels[row, len(window) - targets : len(window)] = window[len(window) - targets :]
         batch_sum, batch_count = step({"input_ids": ids, "attention_mask": mask, "labels": labels})
         scored = labels[:, 1:][labels[:, 1:] != -100]  # the model's shift: position 0 is never predicted
