@@ -128,6 +128,7 @@ def test_help_shows_examples():
         assert result.exit_code == 0 and "Example:" in result.output and "python -m tfclm " + command in result.output
 
 
+@pytest.mark.slow
 def test_each_line_is_printed_once_when_a_library_set_up_root_logging(tmp_path):
     import logging
 

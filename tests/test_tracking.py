@@ -15,6 +15,9 @@ import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY, kill_after_checkpoint, run_cli, sets
 
+# Every test here runs a fit, a server or a tracker's own service process.
+pytestmark = pytest.mark.slow
+
 # 10 documents in batches of 4: 2 epochs of a few dozen steps, a checkpoint every 5, every step sent.
 FIT = [
     *TINY,
@@ -91,7 +94,6 @@ def _fit_process(out, env, *extra):
     )
 
 
-@pytest.mark.slow
 def test_a_killed_and_resumed_fit_is_one_mlflow_run_with_every_step_once(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
