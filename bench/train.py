@@ -5,8 +5,8 @@ The distilgpt2 architecture (GPT2Config(n_layer=6), random weights) at batch
 `DataCollatorForLanguageModeling`, `AdamWeightDecay(2e-5, 0.01)`,
 `compile()` with the model's own loss. tfclm: the fast `tf.data` pipeline and
 `CausalLMTrainer` in fp32, fp32 + XLA, and bf16. Also this machine's matmul
-peak in float32 and bfloat16, and model FLOPs utilisation
-(6 x parameters x tokens/s over the float32 peak).
+peak in float32 and bfloat16, and model FLOPs utilisation: FLOPs per token
+(6N + 12 L H Q T, `tfclm.training.flops`) x tokens/s over the float32 peak.
 
     .venv/bin/python bench/train.py [--steps 6] [--warmup 2]
 """
@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from tfclm.backend import keras, tf
+from tfclm.training.flops import flops_per_token
 
 from common import VOCAB, distilgpt2, id_tokenizer
 
@@ -100,7 +101,10 @@ def main():
     blocks = (
         np.random.default_rng(0).integers(0, VOCAB - 1, (BATCH * (args.steps + args.warmup), BLOCK)).astype(np.int32)
     )
-    params = sum(v.shape.num_elements() for v in distilgpt2().trainable_variables)
+    model = distilgpt2()
+    model.build_in_name_scope()
+    params = sum(v.shape.num_elements() for v in model.trainable_variables)
+    per_token = flops_per_token(model, BLOCK)
     peak32, peak16 = matmul_peak(tf.float32), matmul_peak(tf.bfloat16)
     rows = [("recipe as written (fp32)", recipe(blocks, args.steps, args.warmup))]
     rows.append(("tfclm fast pipeline, fp32", tfclm_engine(blocks, args.steps, args.warmup, "fp32", False)))
@@ -118,7 +122,7 @@ def main():
     base = rows[0][1]
     print(f"{'variant':<34} {'tokens/s':>9} {'vs recipe':>10} {'MFU (fp32 peak)':>16}")
     for name, tps in rows:
-        print(f"{name:<34} {tps:>9.1f} {tps / base:>9.2f}x {6 * params * tps / peak32:>15.0%}")
+        print(f"{name:<34} {tps:>9.1f} {tps / base:>9.2f}x {per_token * tps / peak32:>15.0%}")
 
 
 if __name__ == "__main__":

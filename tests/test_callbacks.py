@@ -101,3 +101,18 @@ def test_fit_writes_tensorboard_and_curves(trained_dir):
     assert len(data["train_loss"]) == len(data["val_loss"]) == epochs == len(results["history"]["loss"])
     assert data["train_loss"] == results["history"]["loss"] and data["val_loss"] == results["history"]["val_loss"]
     assert data["steps"] == [10, 20, 30, 40] and len(data["step_loss"]) == 4  # logging.every_n_steps: 10 of 40 steps
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    """6N + 12 L d T, with N counted by hand from GPT-2's layer shapes, position embeddings left out."""
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    from tfclm.training.flops import flops_per_token
+
+    d, layers, vocab, positions, T = 32, 2, 50, 16, 16
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=d, n_head=4, vocab_size=vocab, n_positions=positions))
+    model.build_in_name_scope()
+    per_layer = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    n = vocab * d + layers * per_layer + 2 * d  # token embeddings (tied head), the blocks, ln_f; not wpe
+    assert flops_per_token(model, T) == 6 * n + 12 * layers * d * T
+    assert flops_per_token(model, None) == 6 * n

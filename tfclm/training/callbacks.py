@@ -10,6 +10,7 @@ import time
 from tfclm.backend import keras, tf
 from tfclm.evaluation.perplexity import evaluate_loss, perplexity
 from tfclm.generation.generator import Generator
+from tfclm.training.flops import flops_per_token
 from tfclm.training.steps import StepClock, optimizer_steps
 
 
@@ -73,7 +74,9 @@ class ThroughputCallback(keras.callbacks.Callback):
 
     `tokens_per_step` is the global batch size times the sequence length.
     With `peak_flops` (the hardware's peak, FLOP/s) it also logs `mfu`, the
-    model FLOPs utilisation: 6 x parameters x tokens/s over the peak.
+    model FLOPs utilisation: FLOPs per token x tokens/s over the peak, with
+    FLOPs per token = 6N + 12 L H Q T (`tfclm.training.flops`: N without the
+    position embeddings; the attention term needs `sequence_length`).
 
     Example:
 
@@ -82,20 +85,22 @@ class ThroughputCallback(keras.callbacks.Callback):
     >>> model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
     >>> ids = np.random.default_rng(0).integers(0, 50, (8, 16)).astype("int32")
     >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    >>> throughput = tfclm.callbacks.ThroughputCallback(tokens_per_step=4 * 16, peak_flops=200e9)
+    >>> throughput = tfclm.callbacks.ThroughputCallback(tokens_per_step=4 * 16, peak_flops=200e9, sequence_length=16)
     >>> logs = model.fit({"input_ids": ids, "labels": ids}, batch_size=4, verbose=0, callbacks=[throughput]).history
     >>> throughput.tokens, throughput.steps, logs["tokens_per_second"][0] > 0, 0 < logs["mfu"][0] < 1
     (128, 2, True, True)
     """
 
-    def __init__(self, tokens_per_step: int, peak_flops: float | None = None):
+    def __init__(self, tokens_per_step: int, peak_flops: float | None = None, sequence_length: int | None = None):
         super().__init__()
         self.tokens_per_step = tokens_per_step
         self.peak_flops = peak_flops
+        self.sequence_length = sequence_length
         self.steps = 0
         self.tokens = 0
         self.seconds = 0.0
         self.parameters = None
+        self.flops_per_token = None
         self._started = None
 
     @property
@@ -104,9 +109,9 @@ class ThroughputCallback(keras.callbacks.Callback):
 
     @property
     def mfu(self) -> float | None:
-        if not self.peak_flops or not self.parameters:
+        if not self.peak_flops or not self.flops_per_token:
             return None
-        return 6 * self.parameters * self.tokens_per_second / self.peak_flops
+        return self.flops_per_token * self.tokens_per_second / self.peak_flops
 
     def on_train_batch_begin(self, batch, logs=None):
         self._started = time.perf_counter()
@@ -124,7 +129,9 @@ class ThroughputCallback(keras.callbacks.Callback):
         self.steps += 1
         self.tokens += self.tokens_per_step
         if self.parameters is None:  # a subclassed model has weights only after its first step
-            self.parameters = int(sum(v.shape.num_elements() for v in _lm(self.model).trainable_variables))
+            lm = _lm(self.model)
+            self.parameters = int(sum(v.shape.num_elements() for v in lm.trainable_variables))
+            self.flops_per_token = flops_per_token(lm, self.sequence_length)
         self._log(logs)
 
     def on_epoch_end(self, epoch, logs=None):

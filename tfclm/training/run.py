@@ -233,7 +233,7 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         )  # fmt: skip
 
     tokens_per_micro = batch_size * data.block_size
-    throughput = ThroughputCallback(tokens_per_step=tokens_per_micro)
+    throughput = ThroughputCallback(tokens_per_step=tokens_per_micro, sequence_length=data.block_size)
     # fp16's loss scaling skips steps by design while it finds its scale: leave stopping to it there.
     guard = StopOnNonFiniteLoss(None if train.precision == "fp16" else train.max_nonfinite_steps)
     saver = CheckpointCallback(
