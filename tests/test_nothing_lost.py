@@ -430,3 +430,23 @@ def test_a_read_only_output_dir_is_an_environment_failure(small_disk):
     line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", f"{disk}/run"]), code=1)
     assert "Read-only file system" in line and "choose a directory on a writable filesystem" in line
     assert os.listdir(disk) == []
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_sample_still_trains_and_saves(tmp_path):
+    """TF RoFormer's causal LM trains but cannot generate: the samples fail, and the run, its model and its
+    results do not."""
+    import json
+
+    roformer = (
+        "{model_type: roformer, is_decoder: true, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+        "intermediate_size: 64, max_position_embeddings: 256}"
+    )
+    out = tmp_path / "run"
+    args = [*TINY, *sets(f"model.config={roformer}"), "--max-steps", "6", "--output-dir", str(out)]
+    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *args])
+    assert result.exit_code == 0, result.output
+    during = [line for line in result.output.splitlines() if line.startswith("sample: failed (")]
+    assert len(during) == 2 and "training goes on" in during[0] and "the model is saved" in during[1]
+    results = json.load(open(out / "results.json"))
+    assert results["train_steps"] == 6 and results["samples"] == [] and (out / "tf_model.h5").exists()

@@ -8,6 +8,7 @@ import math
 import time
 
 from tfclm.backend import keras, tf
+from tfclm.errors import first_line
 from tfclm.evaluation.perplexity import evaluate_loss, perplexity
 from tfclm.generation.generator import Generator
 from tfclm.training.flops import flops_per_token
@@ -232,8 +233,18 @@ class SampleTextCallback(keras.callbacks.Callback):
         self.printer = printer
         self.generate_options = {"max_new_tokens": 50, **generate_options}
         self.samples = []
+        self.failure = None  # why sampling failed, once it has: a report never stops training
         self._clock = StepClock()
         self._writer = None
+
+    def _sample_as_a_report(self):
+        if self.failure is not None:
+            return
+        try:
+            self.sample()
+        except Exception as exc:  # a model that cannot generate still trains; the run's end says so too
+            self.failure = first_line(exc, 200)
+            self.printer(f"sample: failed ({self.failure}); no more samples in this run, and training goes on")
 
     def sample(self):
         texts = [
@@ -260,11 +271,11 @@ class SampleTextCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = self._clock.tick(self.model)
         if step and self.every_n_steps and step % self.every_n_steps == 0:
-            self.sample()
+            self._sample_as_a_report()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
-            self.sample()
+            self._sample_as_a_report()
 
 
 class StopAfterSteps(keras.callbacks.Callback):

@@ -50,6 +50,8 @@ def set_decoding_defaults(model, config: config_lib.Config, tokenizer) -> None:
     """The generate: section becomes the saved generation_config.json: `pipeline(...)(prompt)` and a bare
     `model.generate(...)` then decode as tfclm does, not with transformers' default max_length of 20."""
     gen, generation_config = config.generate, model.generation_config
+    if generation_config is None:
+        return  # a model class that cannot generate (RoFormer's TF causal LM) has no decoding to save
     generation_config.max_new_tokens = gen.max_new_tokens
     generation_config.do_sample = gen.do_sample
     if gen.do_sample:

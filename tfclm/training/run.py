@@ -18,7 +18,6 @@ from tfclm.data.prepare import prepare
 from tfclm.errors import ConfigError, TfclmError
 from tfclm.evaluation.perplexity import eval_line, evaluate_loss
 from tfclm.evaluation.strided import token_bytes
-from tfclm.generation.generator import generate_samples
 from tfclm.model.loading import load_model
 from tfclm.training.callbacks import (
     PerplexityCallback,
@@ -42,10 +41,10 @@ from tfclm.training.output_dir import check_free_space, check_output_dir
 from tfclm.training.plan import plan_steps
 from tfclm.training.report import nan_message, set_decoding_defaults, versions, weights_digest
 from tfclm.training.run_callbacks import (
+    final_samples,
     hub_callback,
     logging_callbacks,
     report_to_trackers,
-    sample_options,
     tracker_callbacks,
 )
 from tfclm.training.run_state import Position, RunState, agree_on_step, logs_so_far, settings_of
@@ -291,14 +290,7 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
     # Saved before sampling: whatever happens next, the trained model is on disk.
     files.save_pretrained_atomic([model, tokenizer], out)
 
-    prompts, options = sample_options(config)
-    # One call: compiling it with XLA would cost more than it saves.
-    samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
-    for sample in samples:
-        logger.info(
-            f"sample ({sample.new_tokens} new tokens{', ended at EOS' if sample.stopped_at_eos else ''}): "
-            f"{sample.text!r}"
-        )
+    samples = final_samples(model, tokenizer, config)
 
     if config.logging.curves and logged.get("loss"):
         plot_training_curves(

@@ -7,6 +7,8 @@ import os
 from tfclm import config as config_lib
 from tfclm import files
 from tfclm.backend import keras
+from tfclm.errors import first_line
+from tfclm.generation.generator import generate_samples
 from tfclm.hub.callback import PushToHubCallback
 from tfclm.hub.modelcard import model_card
 from tfclm.hub.uploads import DEFAULT_IGNORE, check_repo_id
@@ -24,6 +26,24 @@ def sample_options(config: config_lib.Config) -> tuple[list, dict]:
     prompts = options.pop("prompts")
     options["seed"] = options["seed"] if options["seed"] is not None else config.train.seed
     return prompts, options
+
+
+def final_samples(model, tokenizer, config: config_lib.Config) -> list:
+    """The samples of `generate.prompts` at the run's end, logged; none, and one warning, where sampling fails:
+    a report never costs the saved model or its results."""
+    prompts, options = sample_options(config)
+    try:
+        # One call: compiling it with XLA would cost more than it saves.
+        samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
+    except Exception as exc:
+        logger.warning(f"sample: failed ({first_line(exc, 200)}); the model is saved, and the results follow")
+        return []
+    for sample in samples:
+        logger.info(
+            f"sample ({sample.new_tokens} new tokens{', ended at EOS' if sample.stopped_at_eos else ''}): "
+            f"{sample.text!r}"
+        )
+    return samples
 
 
 def logging_callbacks(config: config_lib.Config, tokenizer) -> list:
