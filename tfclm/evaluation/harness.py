@@ -29,7 +29,7 @@ from tfclm.model.loading import load_trained, n_positions
 class TfclmLM(TemplateLM):
     """A tfclm output dir (or any save_pretrained folder of a TF causal LM) as a harness model.
 
-    `pretrained` is the folder; `batch_size` the requests scored at once; `max_length` the tokens a request
+    `pretrained` is the folder; `batch_size` the requests scored at once (8 for "auto"); `max_length` the tokens a request
     may use (default: the model's positions); `max_gen_toks` the default new tokens for generation; `xla`
     compiles generation (default true).
     """
@@ -45,7 +45,8 @@ class TfclmLM(TemplateLM):
     ):
         super().__init__()
         self.model, self.tokenizer = load_trained(pretrained, key="pretrained")
-        self.batch_size = int(batch_size)
+        # The harness's "auto" probes device memory, which TF does not expose the same way: a fixed batch then.
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self._max_length = int(max_length) if max_length else n_positions(self.model) or 1024
         self._max_gen_toks = int(max_gen_toks)
         self.generator = Generator(self.model, self.tokenizer, xla=str(xla).lower() not in ("false", "0", "no"))

@@ -87,14 +87,21 @@ class TrackerCallback(keras.callbacks.Callback):
     # The run's side.
     def flush(self, upto: int | None = None) -> None:
         """Send the points of steps up to `upto` (all, when None)."""
-        ready = [p for p in self.pending if upto is None or p[0] <= upto]
-        self.pending = [p for p in self.pending if not (upto is None or p[0] <= upto)]
-        # What the continued run already holds goes no second time.
-        held = lambda key: self.sent.get(key, self.sent.get("*", -1))  # noqa: E731
-        ready = [(step, {k: v for k, v in values.items() if step > held(k)}) for step, values in ready]
-        ready = [(step, values) for step, values in ready if values]
-        if ready:
-            self._guard(self.send, ready)
+        ready, waiting = [], []
+        for step, values in self.pending:
+            (ready if upto is None or step <= upto else waiting).append((step, values))
+        self.pending = waiting
+        fresh = []
+        for step, values in ready:
+            new = {key: value for key, value in values.items() if step > self._held(key)}
+            if new:
+                fresh.append((step, new))
+        if fresh:
+            self._guard(self.send, fresh)
+
+    def _held(self, metric: str) -> int:
+        """The last step of `metric` that the continued tracker run holds already: nothing goes twice."""
+        return self.sent.get(metric, self.sent.get("*", -1))
 
     def finish(
         self,
@@ -140,8 +147,8 @@ def _is_number(value) -> bool:
 
 # The figures of results.json a tracker shows as the run's outcome.
 FINAL = (
-    "train_loss", "eval_loss", "perplexity", "eval_loss_before", "perplexity_before", "train_tokens",
-    "tokens_per_second", "train_seconds",
+    "train_loss", "eval_loss", "perplexity", "bits_per_byte", "eval_loss_before", "perplexity_before",
+    "train_tokens", "tokens_per_second", "train_seconds",
 )  # fmt: skip
 
 

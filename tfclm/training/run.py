@@ -172,10 +172,11 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         files.remove_temporaries(out)
         remove_unfinished_saves(os.path.join(out, DIRNAME))
     prepared.write_cache()
+    byte_table = token_bytes(tokenizer) if chief else None  # bits per byte, before and after
     if state is not None:
         before = state.before
     elif chief and config.evaluate.before_training and not start:
-        before = evaluate_loss(model, eval_ds, token_bytes(tokenizer))
+        before = evaluate_loss(model, eval_ds, byte_table)
         logger.info(f"before training: {eval_line(before)}")
     else:
         before = None
@@ -285,7 +286,7 @@ def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: s
         digest = weights_digest(model)
         logger.info(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {digest}")
         return {"train_steps": optimizer_steps, "weights_sha256": digest}
-    after = evaluate_loss(model, eval_ds, token_bytes(tokenizer))
+    after = evaluate_loss(model, eval_ds, byte_table)
     logger.info(f"after training: {eval_line(after)}")
     # Saved before sampling: whatever happens next, the trained model is on disk.
     files.save_pretrained_atomic([model, tokenizer], out)
