@@ -29,9 +29,9 @@ from tfclm.model.loading import load_trained, n_positions
 class TfclmLM(TemplateLM):
     """A tfclm output dir (or any save_pretrained folder of a TF causal LM) as a harness model.
 
-    `pretrained` is the folder; `batch_size` the requests scored at once (8 for "auto"); `max_length` the tokens a request
-    may use (default: the model's positions); `max_gen_toks` the default new tokens for generation; `xla`
-    compiles generation (default true).
+    `pretrained` is the folder; `batch_size` the requests scored at once (8 for "auto"); `max_length` the
+    tokens a request may use (default: the model's positions); `max_gen_toks` the default new tokens for
+    generation; `xla` compiles generation (default true).
     """
 
     def __init__(
