@@ -26,6 +26,7 @@ def test_callbacks_in_a_users_own_keras_fit(tmp_path, capsys):
 
     from tfclm.callbacks import PerplexityCallback, SampleTextCallback, StepHistory, ThroughputCallback
     from tfclm.data.tokenizer import train_bpe
+    from tfclm.training.flops import flops_per_token
 
     keras.utils.set_random_seed(0)
     tokenizer = train_bpe(["the list type holds items in order; a dict maps keys to values"] * 20, 300)
@@ -63,7 +64,10 @@ def test_callbacks_in_a_users_own_keras_fit(tmp_path, capsys):
         r["perplexity"] for _, r in perplexity.evaluations
     ]
     assert throughput.steps == 10 and throughput.tokens == 640 and history["tokens_per_second"][-1] > 0
-    assert math.isclose(history["mfu"][-1], 6 * throughput.parameters * history["tokens_per_second"][-1] / 1e12)
+    # No sequence length given: FLOPs per token are 6 x the parameters without the position embeddings.
+    wpe = model.config.n_positions * model.config.n_embd
+    assert throughput.flops_per_token == 6 * (throughput.parameters - wpe) == flops_per_token(model, None)
+    assert math.isclose(history["mfu"][-1], throughput.flops_per_token * history["tokens_per_second"][-1] / 1e12)
     printed = capsys.readouterr().out
     assert [step for step, _ in sampler.samples] == [5, 10]
     for step, (text_out,) in sampler.samples:
