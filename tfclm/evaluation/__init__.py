@@ -1,4 +1,5 @@
-"""Evaluation: token-weighted loss and perplexity, of a model in memory or a saved one.
+"""Evaluation: token-weighted loss, perplexity and bits per byte over blocks or sliding windows (`strided`), of a
+model in memory or a saved one (`model_dir`), and lm-evaluation-harness tasks (`harness`, `tasks`).
 
-May import data and model; never training, generation or the Hub.
+May import data, model and generation (the harness's generation tasks); never training or the Hub.
 """
