@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -52,6 +53,11 @@ TINY = sets(
 
 # The tiny run on the built-in corpus itself: the settings of the `trained_dir` fit.
 TINY_BUILTIN = [*TINY, *sets("data.dataset=builtin:pydoc")]
+
+
+def fit_command(*args: str) -> list[str]:
+    """`python -m tfclm fit --config configs/default.yaml ARGS...`, for a subprocess: the command a user types."""
+    return [sys.executable, "-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *args]
 
 
 def run_cli(args):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli, sets
+from conftest import DEFAULT_CONFIG, ROOT, TINY, fit_command, run_cli, sets
 
 QUIET = [
     *sets("logging.sample_every_n_epochs=null", "logging.report_to=[none]", "generate.max_new_tokens=4"),
@@ -104,13 +104,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
     out = str(tmp_path / "out")
 
     def command(max_steps):
-        return [
-            sys.executable,
-            "-m",
-            "tfclm",
-            "fit",
-            "--config",
-            DEFAULT_CONFIG,
+        return fit_command(
             *TINY,
             *QUIET,
             *sets("train.strategy=multiworker", "evaluate.before_training=false"),
@@ -120,7 +114,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
             str(max_steps),
             "--output-dir",
             out,
-        ]
+        )
 
     codes, outputs = run_workers(command(3), tmp_path, "first")
     assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]

@@ -3,12 +3,11 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, TINY_BUILTIN, kill_after_checkpoint, run_cli, sets
+from conftest import DEFAULT_CONFIG, ROOT, TINY, TINY_BUILTIN, fit_command, kill_after_checkpoint, run_cli, sets
 
 
 def tiny_lm(seed=0):
@@ -271,13 +270,7 @@ KINDS = {
 
 
 def _fit_command(out, kind="plain"):
-    return [
-        sys.executable,
-        "-m",
-        "tfclm",
-        "fit",
-        "--config",
-        DEFAULT_CONFIG,
+    return fit_command(
         *TINY,
         *sets("evaluate.before_training=false", "train.checkpoint_steps=5", "train.epochs=2", "data.max_documents=10"),
         "--batch-size",
@@ -285,7 +278,7 @@ def _fit_command(out, kind="plain"):
         "--output-dir",
         out,
         *KINDS[kind],
-    ]
+    )
 
 
 @pytest.mark.slow

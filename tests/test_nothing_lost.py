@@ -7,12 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, run_cli, sets, tree
+from conftest import DEFAULT_CONFIG, ROOT, TINY, fit_command, run_cli, sets, tree
 
 
 def error_line(result, code=2) -> str:
@@ -129,7 +128,7 @@ def test_a_model_dir_without_its_tokenizer(model_copy, tmp_path):
 
 
 def _fit_process(out, *extra, preexec=None):
-    command = [sys.executable, "-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *TINY, "--output-dir", out, *extra]
+    command = fit_command(*TINY, "--output-dir", out, *extra)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, preexec_fn=preexec

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, kill_after_checkpoint, run_cli, sets
+from conftest import DEFAULT_CONFIG, ROOT, TINY, fit_command, kill_after_checkpoint, run_cli, sets
 
 # Every test here runs a fit, a server or a tracker's own service process.
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def mlflow_server(tmp_path):
 
 
 def _fit_process(out, env, *extra):
-    command = [sys.executable, "-m", "tfclm", "fit", "--config", DEFAULT_CONFIG, *FIT, "--output-dir", out, *extra]
+    command = fit_command(*FIT, "--output-dir", out, *extra)
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True
     )
