@@ -152,3 +152,16 @@ def test_a_config_of_an_earlier_version_still_loads(tmp_path, tensorboard, repor
         f"logging:\n  tensorboard: {str(tensorboard).lower()}\n"
     )
     assert load_config(str(path)).logging.report_to == report_to
+
+
+@pytest.mark.parametrize(
+    "report_to, message",
+    [
+        ("[tensorbored]", "logging.report_to: unknown reporter 'tensorbored'; choose from tensorboard, mlflow, wandb"),
+        ("[none, mlflow]", "logging.report_to: none means no reporter at all; write [none] alone"),
+    ],
+)
+def test_report_to_names_only_known_reporters(tmp_path, report_to, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(DEFAULT_CONFIG, [f"logging.report_to={report_to}", f"output_dir={tmp_path}/run"])
+    assert str(caught.value).startswith(message)

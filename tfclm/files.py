@@ -68,7 +68,10 @@ def remove_temporaries(directory: str) -> None:
     for name in os.listdir(directory):
         if name.startswith(TEMP_PREFIX):
             path = os.path.join(directory, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
 
 
 class DirLock:

@@ -154,7 +154,9 @@ def _check_report_to(report_to: list) -> None:
 
     unknown = [r for r in report_to if r not in (*REPORTERS, "none")]
     _require(
-        not unknown, "logging.report_to", f"unknown reporter {unknown[:1]}; choose from {', '.join(REPORTERS)} or none"
+        not unknown,
+        "logging.report_to",
+        f"unknown reporter {unknown[0] if unknown else ''!r}; choose from {', '.join(REPORTERS)}, or [none]",
     )
     _require(
         "none" not in report_to or report_to == ["none"],

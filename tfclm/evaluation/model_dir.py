@@ -59,8 +59,10 @@ def evaluate_dir(
         texts = sources.train_and_validation(config.data, config.train.seed)[1]
         source = f"the validation split of {config.data.dataset}"
     if stride is not None:
-        if texts is None:
-            raise ConfigError("--stride", "works on a text file or an in-memory validation split; pass --text-file")
+        if texts is None:  # a stream has no end to slide up to without reading it whole
+            raise ConfigError(
+                "--stride", "works on a text file or an in-memory validation split, not a stream; pass --text-file"
+            )
         streams = token_streams(texts, tokenizer, per_document)
         result = strided_loss(model, streams, window, stride, batch, byte_table)
         result["method"] = f"windows of {window} tokens every {stride}{', per document' if per_document else ''}"
