@@ -185,21 +185,12 @@ def test_export_bad_input(trained_dir, tmp_path):
         assert result.exit_code == 2 and "Traceback" not in result.output and named in result.output, result.output
 
 
-def test_unsupported_architecture_is_named():
-    from transformers import OPTConfig, TFAutoModelForCausalLM
+def test_a_family_xla_cannot_serve_is_pointed_to_pytorch():
+    from transformers import BertConfig, TFAutoModelForCausalLM
 
     from tfclm.errors import ConfigError
-    from tfclm.generation.export import _check_architecture
+    from tfclm.generation.export import _check_serving
 
-    model = TFAutoModelForCausalLM.from_config(
-        OPTConfig(
-            num_hidden_layers=1,
-            hidden_size=16,
-            num_attention_heads=2,
-            ffn_dim=32,
-            vocab_size=40,
-            word_embed_proj_dim=16,
-        )
-    )
-    with pytest.raises(ConfigError, match="exporting 'opt' models is not supported yet; supported: gpt2"):
-        _check_architecture(model)
+    config = BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, vocab_size=40, is_decoder=True)
+    with pytest.raises(ConfigError, match=r"^--to: .* which BERT cannot .*; export it with --to pytorch$"):
+        _check_serving(TFAutoModelForCausalLM.from_config(config))

@@ -114,7 +114,7 @@ def test_tensorflow_is_loaded_in_one_place():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["config"]])
+@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["config"], ["families"]])
 def test_help_does_not_import_tensorflow(args):
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "tfclm", *args],

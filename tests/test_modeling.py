@@ -82,13 +82,13 @@ def test_scratch_model_takes_the_tokenizer_vocab_and_checks_block_size():
 
 
 def test_model_dir_errors(tmp_path):
-    from tfclm.model.loading import from_pretrained
+    from tfclm.model.loading import pretrained_config
 
     with pytest.raises(ConfigError, match="does not exist"):
-        from_pretrained(str(tmp_path / "missing"))
+        pretrained_config(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no model weights"):
-        from_pretrained(str(tmp_path / "empty"))
+        pretrained_config(str(tmp_path / "empty"))
 
 
 def test_tokenizer_gives_no_token_type_ids():

@@ -3,6 +3,7 @@
 Each case hashes the directories it touches before and after.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -431,21 +432,64 @@ def test_a_read_only_output_dir_is_an_environment_failure(small_disk):
     assert os.listdir(disk) == []
 
 
+REMOTE_CONFIG = """
+from transformers import GPT2Config
+
+
+class CannotSampleConfig(GPT2Config):
+    model_type = "cannot-sample"
+"""
+REMOTE_MODEL = """
+from transformers import TFGPT2LMHeadModel
+
+from .configuration_cannot_sample import CannotSampleConfig
+
+
+class TFCannotSampleLM(TFGPT2LMHeadModel):
+    config_class = CannotSampleConfig
+
+    def generate(self, *args, **kwargs):
+        raise RuntimeError("this model cannot generate")
+"""
+
+
+def model_with_its_own_code(folder) -> str:
+    """A GPT-2 whose own code (trust_remote_code) trains but cannot generate."""
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    from tfclm.data.tokenizer import train_bpe
+
+    tokenizer = train_bpe(["The list type holds items in order. Return the value."] * 20, 300)
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=256, vocab_size=len(tokenizer))
+    model = TFGPT2LMHeadModel(config)
+    model.build_in_name_scope()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "configuration_cannot_sample.py").write_text(REMOTE_CONFIG)
+    (folder / "modeling_cannot_sample.py").write_text(REMOTE_MODEL)
+    saved = json.loads((folder / "config.json").read_text())
+    saved["model_type"] = "cannot-sample"
+    saved["auto_map"] = {
+        "AutoConfig": "configuration_cannot_sample.CannotSampleConfig",
+        "TFAutoModelForCausalLM": "modeling_cannot_sample.TFCannotSampleLM",
+    }
+    (folder / "config.json").write_text(json.dumps(saved))
+    return str(folder)
+
+
 @pytest.mark.slow
 def test_a_model_that_cannot_sample_still_trains_and_saves(tmp_path):
-    """TF RoFormer's causal LM trains but cannot generate: the samples fail, and the run, its model and its
-    results do not."""
-    import json
-
-    roformer = (
-        "{model_type: roformer, is_decoder: true, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
-        "intermediate_size: 64, max_position_embeddings: 256}"
-    )
+    """A model with its own code (trust_remote_code) that trains but cannot generate: the samples fail, and the
+    run, its model and its results do not."""
+    model = model_with_its_own_code(tmp_path / "model")
+    remote = sets("model.config=null", f"model.name_or_path={model}", "model.trust_remote_code=true")
     out = tmp_path / "run"
-    args = [*TINY, *sets(f"model.config={roformer}"), "--max-steps", "6", "--output-dir", str(out)]
+    args = [*TINY, *remote, "--max-steps", "6", "--output-dir", str(out)]
     result = run_cli(["fit", "--config", DEFAULT_CONFIG, *args])
     assert result.exit_code == 0, result.output
     during = [line for line in result.output.splitlines() if line.startswith("sample: failed (")]
     assert len(during) == 2 and "training goes on" in during[0] and "the model is saved" in during[1]
     results = json.load(open(out / "results.json"))
     assert results["train_steps"] == 6 and results["samples"] == [] and (out / "tf_model.h5").exists()
+    refused = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, *remote[:-2], "--output-dir", str(tmp_path / "x")])
+    assert "model.trust_remote_code: true" in error_line(refused) and not (tmp_path / "x").exists()

@@ -322,6 +322,21 @@ def config_command(config_path, overrides, markdown):
         click.echo(render_text(config), nl=False)
 
 
+@cli.command("families")
+@click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
+def families_command(markdown):
+    """Print what tfclm does with each transformers TF causal-LM family: precision, batched generation,
+    export, LoRA targets, and why a family is refused.
+
+    \b
+    Example:
+        python -m tfclm families
+    """
+    from tfclm.model.families import render_markdown, render_text
+
+    click.echo(render_markdown() if markdown else render_text(), nl=False)
+
+
 def main():
     signal.signal(signal.SIGTERM, raise_interrupted)
     cli(prog_name="python -m tfclm")

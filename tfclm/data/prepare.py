@@ -55,19 +55,22 @@ def stream_texts(data: DataConfig, seed: int, side: str) -> Iterator[str]:
             yield text
 
 
-def prepare(config: Config, cache_dir: str | None = None) -> PreparedData:
-    """`cache_dir` defaults to OUTPUT_DIR/cache; non-chief workers keep theirs elsewhere."""
+def prepare(config: Config, cache_dir: str | None = None, own_pad: bool = False) -> PreparedData:
+    """`cache_dir` defaults to OUTPUT_DIR/cache; non-chief workers keep theirs elsewhere. `own_pad`: see
+    `load_tokenizer`."""
     data, seed = config.data, config.train.seed
     cache_dir = cache_dir or os.path.join(config.output_dir, "cache")
     if data.streaming:
-        tokenizer = load_tokenizer(config, stream_texts(data, seed, "train"), cache_dir)  # a stream's: not cached
+        tokenizer = load_tokenizer(
+            config, stream_texts(data, seed, "train"), cache_dir, own_pad=own_pad
+        )  # a stream's: not cached
         logger.info(f"data: streaming {data.dataset}; blocks of {data.block_size} are packed on the fly")
         return PreparedData(tokenizer, facts={"streaming": True})
 
     train_texts, eval_texts, how = sources.train_and_validation(data, seed)
     logger.info(f"data: {len(train_texts) + len(eval_texts):,} distinct documents from {data.dataset}; {how}")
     writes = []
-    tokenizer = load_tokenizer(config, train_texts, cache_dir, writes)
+    tokenizer = load_tokenizer(config, train_texts, cache_dir, writes, own_pad)
     key = packing.blocks_key(train_texts, eval_texts, tokenizer, data.block_size, data.pack)
     cache = os.path.join(cache_dir, f"blocks-{key}.npz")
     if os.path.exists(cache):

@@ -15,13 +15,15 @@ from tfclm.files import save_pretrained_atomic
 logger = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
+# A pad token of its own, right after EOS (id 1), for models that take id 1 as padding whatever their config says.
+PAD = "<|pad|>"
 # GPT-2 takes no token_type_ids; a PreTrainedTokenizerFast returns them
 # unless told which inputs the model has.
 MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
-def train_bpe(texts, vocab_size: int):
-    """A GPT-2 style byte-level BPE over `texts`, wrapped for transformers."""
+def train_bpe(texts, vocab_size: int, own_pad: bool = False):
+    """A GPT-2 style byte-level BPE over `texts`, wrapped for transformers; it pads with EOS unless `own_pad`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -30,7 +32,7 @@ def train_bpe(texts, vocab_size: int):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS],
+        special_tokens=[EOS, PAD] if own_pad else [EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -40,20 +42,22 @@ def train_bpe(texts, vocab_size: int):
         bos_token=EOS,
         eos_token=EOS,
         unk_token=EOS,
-        pad_token=EOS,
+        pad_token=PAD if own_pad else EOS,
         model_input_names=MODEL_INPUT_NAMES,
     )
 
 
-def _cache_key(texts: list[str], vocab_size: int) -> str:
-    digest = hashlib.sha256(f"bpe-v1|{vocab_size}|{len(texts)}".encode())
+def _cache_key(texts: list[str], vocab_size: int, own_pad: bool) -> str:
+    digest = hashlib.sha256(f"bpe-v1|{vocab_size}|{len(texts)}{'|pad' if own_pad else ''}".encode())
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     return digest.hexdigest()[:16]
 
 
-def trained_tokenizer(texts: list[str], vocab_size: int, cache_root: str, cache_writes: list | None = None):
+def trained_tokenizer(
+    texts: list[str], vocab_size: int, cache_root: str, cache_writes: list | None = None, own_pad: bool = False
+):
     """Train a BPE on `texts`, or load the one an earlier run trained on the same text.
 
     With `cache_writes`, the new tokenizer's save is appended there for the caller to run once the run goes
@@ -61,11 +65,11 @@ def trained_tokenizer(texts: list[str], vocab_size: int, cache_root: str, cache_
     """
     from transformers import PreTrainedTokenizerFast
 
-    cache_dir = os.path.join(cache_root, f"bpe-{vocab_size}-{_cache_key(texts, vocab_size)}")
+    cache_dir = os.path.join(cache_root, f"bpe-{vocab_size}-{_cache_key(texts, vocab_size, own_pad)}")
     if os.path.exists(os.path.join(cache_dir, "tokenizer.json")):
         logger.info(f"tokenizer: reusing the BPE cached in {cache_dir}")
         return PreTrainedTokenizerFast.from_pretrained(cache_dir)
-    tokenizer = train_bpe(texts, vocab_size)
+    tokenizer = train_bpe(texts, vocab_size, own_pad)
     logger.info(f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens, cached in {cache_dir}")
     if cache_writes is None:
         save_pretrained_atomic([tokenizer], cache_dir)
@@ -105,8 +109,13 @@ def pretrained_tokenizer(name_or_path: str, trust_remote_code: bool, key: str):
     return tokenizer
 
 
-def load_tokenizer(config: Config, train_texts, cache_dir: str | None = None, cache_writes: list | None = None):
-    """The configured tokenizer, or a BPE trained on `train_texts` (a list, cached; or an iterator, streamed)."""
+def load_tokenizer(
+    config: Config, train_texts, cache_dir: str | None = None, cache_writes: list | None = None, own_pad: bool = False
+):
+    """The configured tokenizer, or a BPE trained on `train_texts` (a list, cached; or an iterator, streamed).
+
+    `own_pad` gives a trained BPE a pad token of its own at id 1.
+    """
     if config.tokenizer.name_or_path:
         return pretrained_tokenizer(
             config.tokenizer.name_or_path, config.model.trust_remote_code, "tokenizer.name_or_path"
@@ -114,12 +123,16 @@ def load_tokenizer(config: Config, train_texts, cache_dir: str | None = None, ca
     if config.model.name_or_path:
         return pretrained_tokenizer(config.model.name_or_path, config.model.trust_remote_code, "model.name_or_path")
     if not isinstance(train_texts, list):
-        tokenizer = train_bpe(train_texts, config.tokenizer.vocab_size)
+        tokenizer = train_bpe(train_texts, config.tokenizer.vocab_size, own_pad)
         logger.info(
             f"tokenizer: trained a byte-level BPE of {len(tokenizer)} tokens on the stream (not cached: a stream has "
             f"no fingerprint short of reading it)"
         )
         return tokenizer
     return trained_tokenizer(
-        train_texts, config.tokenizer.vocab_size, cache_dir or os.path.join(config.output_dir, "cache"), cache_writes
+        train_texts,
+        config.tokenizer.vocab_size,
+        cache_dir or os.path.join(config.output_dir, "cache"),
+        cache_writes,
+        own_pad,
     )

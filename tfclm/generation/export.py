@@ -11,18 +11,18 @@ Neither touches the model directory it reads.
 
 import json
 import os
-import re
 import shutil
 import tempfile
 
 import numpy as np
+from transformers.modeling_tf_pytorch_utils import TransposeType, convert_tf_weight_name_to_pt_weight_name
 
 from tfclm.backend import tf
 from tfclm.errors import ConfigError
 from tfclm.generation.sampling import SamplingLogitsProcessor
+from tfclm.model.families import family
 from tfclm.model.loading import load_trained, n_positions
 
-SUPPORTED = ("gpt2",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
 
@@ -38,11 +38,13 @@ def _check_output(output: str, force: bool, model_dir: str) -> None:
         raise ConfigError("--output", f"{output!r} already exists; choose a new path, or pass --force to replace it")
 
 
-def _check_architecture(model) -> None:
-    if model.config.model_type not in SUPPORTED:
+def _check_serving(model) -> None:
+    found = family(model.config)
+    if not found.saved_model:
         raise ConfigError(
-            "--model",
-            f"exporting {model.config.model_type!r} models is not supported yet; supported: {', '.join(SUPPORTED)}",
+            "--to",
+            f"the SavedModel serves left-padded prompts through XLA and logits for any length, which {found.name} "
+            f"cannot ({found.note}); export it with --to pytorch",
         )
 
 
@@ -60,21 +62,23 @@ def _copy_tokenizer(model_dir: str, target: str) -> None:
 
 
 def pytorch_state_dict(model) -> dict:
-    """GPT-2 TF variables -> PyTorch GPT2LMHeadModel parameter names and layouts.
+    """TF variables -> the PyTorch class's parameter names and layouts, by transformers' own naming rule.
 
-    TF names read like `tfgpt2lm_head_model/transformer/h_._3/attn/c_attn/weight:0`.
-    GPT-2's Conv1D keeps (in, out) weights in both frameworks; its biases are
-    (1, n) in TF and (n,) in PyTorch; layer norms' gamma/beta are weight/bias.
-    The LM head is tied to `wte` in both, so it is not stored.
+    TF names read like `tfopt_for_causal_lm/model/decoder/layers.0/fc1/kernel:0`:
+    the model's own scope goes, `_._` and `/` become `.`, `kernel`/`gamma`/
+    `embeddings` become `weight`, `beta` becomes `bias`, and `a___b` scopes
+    keep `b`. Dense kernels are (in, out) in TF and (out, in) in PyTorch;
+    GPT-2's Conv1D keeps (in, out) in both and is not called a kernel. Biases
+    kept as (1, n) in TF are (n,) in PyTorch. A tied LM head has no variable of
+    its own in TF, so PyTorch ties it again from the config.
     """
     state = {}
     for variable in model.weights:
-        name = variable.name.split("/", 1)[1].removesuffix(":0")  # drop the model's own scope
-        name = re.sub(r"h_\._(\d+)", r"h.\1", name).replace("/", ".")
-        name = re.sub(r"\.(gamma|embeddings)$", ".weight", name)
-        name = re.sub(r"\.beta$", ".bias", name)
+        name, transpose = convert_tf_weight_name_to_pt_weight_name(variable.name, tf_weight_shape=variable.shape)
         value = variable.numpy().astype(np.float32)
-        if name.endswith(".bias") and value.ndim == 2:
+        if transpose is TransposeType.SIMPLE:
+            value = value.T
+        if name.endswith("bias") and value.ndim == 2 and value.shape[0] == 1:
             value = value.reshape(-1)
         state[name] = np.ascontiguousarray(value)
     return state
@@ -85,15 +89,17 @@ def to_pytorch(model_dir: str, output: str, force: bool = False) -> str:
 
     _check_output(output, force, model_dir)
     model, _ = load_trained(model_dir)
-    _check_architecture(model)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
     try:
-        save_file(pytorch_state_dict(model), os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
+        state = pytorch_state_dict(model)
+        save_file(state, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
         config = model.config.to_dict()
-        config["architectures"] = ["GPT2LMHeadModel"]
-        config["tie_word_embeddings"] = True
+        config["architectures"] = [type(model).__name__.removeprefix("TF")]
+        if "lm_head.weight" in state:
+            # TF XGLM keeps a head of its own while its config says tied: PyTorch would tie it back to the embeddings.
+            config["tie_word_embeddings"] = False
         config.pop("transformers_version", None)
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
@@ -212,7 +218,7 @@ def to_saved_model(
 ) -> str:
     _check_output(output, force, model_dir)
     model, tokenizer = load_trained(model_dir)
-    _check_architecture(model)
+    _check_serving(model)
     limit = n_positions(model)
     if limit is not None and prompt_length + max_new_tokens > limit:
         raise ConfigError(

@@ -24,6 +24,7 @@ from tfclm.backend import tf
 from tfclm.config import GenerationOptions
 from tfclm.errors import ConfigError
 from tfclm.generation.sampling import SamplingLogitsProcessor
+from tfclm.model.families import family
 from tfclm.model.loading import WEIGHT_FILES, load_trained, n_positions
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class Generator:
     def __init__(self, model, tokenizer, xla: bool = True, length_buckets=LENGTH_BUCKETS, log=None):
         self.model = model
         self.tokenizer = tokenizer
-        self.xla = xla
+        self.family = family(model.config)
+        # Where transformers' XLA generation differs from its eager one, decode eagerly.
+        self.xla = xla and self.family.xla_generate
         self.length_buckets = tuple(length_buckets)
         self.log = log or logger.info
         self.traces = 0
@@ -140,6 +143,27 @@ class Generator:
         finally:
             hf_logging.set_verbosity(verbosity)
 
+    def _decode(self, encoded: list[list[int]], opts: GenerationOptions, seed: int) -> list[list[int]]:
+        """The new tokens of each row of `encoded`, decoded as one left-padded batch."""
+        width = max(len(row) for row in encoded)
+        ids = np.array([[self.pad_id] * (width - len(row)) + row for row in encoded], dtype=np.int32)
+        mask = np.array([[0] * (width - len(row)) + [1] * len(row) for row in encoded], dtype=np.int32)
+        if self.xla:
+            limit = n_positions(self.model) or 10**9
+            # A family that counts padding as positions gets no bucket padding: its answer would change.
+            bucket = _bucket(width, self.length_buckets) if self.family.left_padding else width
+            length = max(width, min(bucket, limit - opts.max_new_tokens))
+            batch = _bucket(len(encoded), [2**i for i in range(16)])
+            ids = np.pad(ids, ((0, 0), (length - width, 0)), constant_values=self.pad_id)
+            mask = np.pad(mask, ((0, 0), (length - width, 0)))
+            # Filler rows repeat the first prompt: their output is dropped, and a row
+            # of padding alone would make transformers warn of right-padding.
+            filler = np.zeros(batch - len(encoded), dtype=np.int64)
+            ids, mask = np.concatenate([ids, ids[filler]]), np.concatenate([mask, mask[filler]])
+        output = self._run(tf.constant(ids), tf.constant(mask), tf.constant([seed, 0], tf.int32), opts)
+        per_row = opts.num_return_sequences // (opts.num_return_sequences if self._own_sampling(opts) else 1)
+        return [[int(t) for t in row[ids.shape[1] :]] for row in output.numpy()[: len(encoded) * per_row]]
+
     def __call__(self, prompts: list[str], **options) -> list[Sample]:
         opts = GenerationOptions(**options)
         opts.validate()
@@ -150,33 +174,32 @@ class Generator:
         rows = [prompt for prompt in prompts for _ in range(copies)]  # own sampling draws each sample as a row
         encoded = tok(rows, add_special_tokens=False)["input_ids"]
         width = max(len(row) for row in encoded)
-        ids = np.array([[self.pad_id] * (width - len(row)) + row for row in encoded], dtype=np.int32)
-        mask = np.array([[0] * (width - len(row)) + [1] * len(row) for row in encoded], dtype=np.int32)
         limit = n_positions(self.model) or 10**9
-        if ids.shape[1] + opts.max_new_tokens > limit:
+        if width + opts.max_new_tokens > limit:
             raise ConfigError(
                 "max_new_tokens",
-                f"the prompt ({ids.shape[1]} tokens) plus {opts.max_new_tokens} new tokens exceed the model's "
+                f"the prompt ({width} tokens) plus {opts.max_new_tokens} new tokens exceed the model's "
                 f"{limit} positions; lower max_new_tokens or shorten the prompt",
             )
-        if self.xla:
-            length = max(ids.shape[1], min(_bucket(ids.shape[1], self.length_buckets), limit - opts.max_new_tokens))
-            batch = _bucket(len(rows), [2**i for i in range(16)])
-            ids = np.pad(ids, ((0, 0), (length - ids.shape[1], 0)), constant_values=self.pad_id)
-            mask = np.pad(mask, ((0, 0), (length - mask.shape[1], 0)))
-            # Filler rows repeat the first prompt: their output is dropped, and a row
-            # of padding alone would make transformers warn of right-padding.
-            filler = np.zeros(batch - len(rows), dtype=np.int64)
-            ids, mask = np.concatenate([ids, ids[filler]]), np.concatenate([mask, mask[filler]])
         seed = opts.seed if opts.seed is not None else int(np.random.randint(0, 2**31 - 1))
+        # Where padding would shift positions, prompts of one length make a batch of their own.
+        groups = {0: list(range(len(rows)))}
+        if not self.family.left_padding:
+            groups = {}
+            for row, tokens in enumerate(encoded):
+                groups.setdefault(len(tokens), []).append(row)
+        per_output = opts.num_return_sequences // copies  # sequences transformers returns for each row
+        new_tokens = [None] * (len(rows) * per_output)
         started = time.perf_counter()
-        output = self._run(tf.constant(ids), tf.constant(mask), tf.constant([seed, 0], tf.int32), opts)
-        output = output.numpy()[: len(prompts) * opts.num_return_sequences]
+        for members in groups.values():
+            decoded = self._decode([encoded[row] for row in members], opts, seed)
+            for position, row in enumerate(members):
+                for k in range(per_output):
+                    new_tokens[row * per_output + k] = decoded[position * per_output + k]
         seconds = time.perf_counter() - started
         samples = []
-        for row, sequence in enumerate(output):
+        for row, new in enumerate(new_tokens):
             prompt_index = row // opts.num_return_sequences
-            new = [int(t) for t in sequence[ids.shape[1] :]]
             stopped = tok.eos_token_id in new
             if stopped:
                 new = new[: new.index(tok.eos_token_id) + 1]

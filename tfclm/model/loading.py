@@ -7,10 +7,12 @@ import os
 
 from transformers import AutoConfig, TFAutoModelForCausalLM
 
+from tfclm.backend import tf
 from tfclm.config import ModelConfig
 from tfclm.data.tokenizer import pretrained_tokenizer
 from tfclm.errors import ConfigError, first_line
 from tfclm.files import looks_local
+from tfclm.model import families
 
 WEIGHT_FILES = (
     "tf_model.h5",
@@ -36,37 +38,92 @@ def check_model_dir(path: str, key: str) -> None:
         )
 
 
-def from_pretrained(name_or_path: str, trust_remote_code: bool = False, key: str = "model.name_or_path"):
+def pretrained_config(name_or_path: str, trust_remote_code: bool = False, key: str = "model.name_or_path"):
     if looks_local(name_or_path):
         check_model_dir(name_or_path, key)
     try:
-        return TFAutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # OSError, ValueError, HTTP errors: all mean "could not load this model"
+        if "custom code" in str(exc) and not trust_remote_code:
+            raise ConfigError(
+                "model.trust_remote_code",
+                f"{name_or_path!r} comes with its own model code; set model.trust_remote_code: true if you trust it",
+            ) from None
+        raise ConfigError(
+            key, f"could not load {name_or_path!r}: {first_line(exc)}; check the id or directory"
+        ) from None
+
+
+def from_pretrained(name_or_path: str, config, trust_remote_code: bool = False, key: str = "model.name_or_path"):
+    try:
+        return TFAutoModelForCausalLM.from_pretrained(name_or_path, config=config, trust_remote_code=trust_remote_code)
+    except Exception as exc:
         raise ConfigError(
             key, f"could not load {name_or_path!r}: {first_line(exc)}; check the id or directory"
         ) from None
 
 
 def n_positions(model) -> int | None:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    """How many positions the model can take, by its family's rule; None: no limit."""
+    return families.family(model.config).positions_limit(model.config)
 
 
-def load_model(model_config: ModelConfig, tokenizer, block_size: int):
+def check_family(model_config: ModelConfig, precision: str) -> families.Family:
+    """Before any data is read: the configured model's family, known to train at `precision`."""
     if model_config.name_or_path:
-        model = from_pretrained(model_config.name_or_path, model_config.trust_remote_code)
+        config = pretrained_config(model_config.name_or_path, model_config.trust_remote_code)
+        return families.check(config.model_type, "model.name_or_path", precision, model_config.trust_remote_code)
+    return families.check(model_config.config["model_type"], "model.config.model_type", precision)
+
+
+def _match_tokenizer(config, tokenizer, scratch: bool) -> None:
+    """A scratch model takes the tokenizer's special ids; a pretrained one keeps its own and fills what it lacks.
+
+    The model's pad id is not cosmetic: the RoBERTa-likes skip it when they
+    number positions, and OPT's TF embeddings are drawn with it.
+    """
+    pad_id = families.family(config).pad_id
+    if pad_id is not None and tokenizer.pad_token_id != pad_id:
+        raise ConfigError(
+            "tokenizer.name_or_path",
+            f"{config.model_type}'s TF class takes id {pad_id} as padding and skips it when it numbers positions, but "
+            f"this tokenizer pads with id {tokenizer.pad_token_id} ({tokenizer.pad_token!r}); use the model's own "
+            f"tokenizer, or let tfclm train one",
+        )
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name)
+        if value is not None and (scratch or getattr(config, name, None) is None):
+            setattr(config, name, value)
+
+
+def _draw_scratch_embeddings(model, std: float) -> None:
+    embeddings = model.get_input_embeddings().weights[0]
+    embeddings.assign(tf.random.normal(embeddings.shape, stddev=std, dtype=embeddings.dtype))
+
+
+def load_model(model_config: ModelConfig, tokenizer, block_size: int, precision: str = "fp32"):
+    if model_config.name_or_path:
+        config = pretrained_config(model_config.name_or_path, model_config.trust_remote_code)
+        family = families.check(config.model_type, "model.name_or_path", precision, model_config.trust_remote_code)
+        for name, value in family.causal_settings.items():
+            setattr(config, name, value)
+        _match_tokenizer(config, tokenizer, scratch=False)
+        model = from_pretrained(model_config.name_or_path, config, model_config.trust_remote_code)
+        model.build_in_name_scope()
     else:
         fields = dict(model_config.config)
         model_type = fields.pop("model_type")
-        fields.update(
-            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-        )
+        family = families.check(model_type, "model.config.model_type", precision)
+        fields.update(vocab_size=len(tokenizer), **family.causal_settings)
         try:
             config = AutoConfig.for_model(model_type, **fields)
         except ValueError as exc:
             raise ConfigError("model.config.model_type", f"{exc}") from None
+        _match_tokenizer(config, tokenizer, scratch=True)
         model = TFAutoModelForCausalLM.from_config(config)
-    model.build_in_name_scope()
+        model.build_in_name_scope()
+        if family.scratch_embeddings_std:
+            _draw_scratch_embeddings(model, getattr(config, family.scratch_embeddings_std))
     if len(tokenizer) > model.config.vocab_size:
         model.resize_token_embeddings(len(tokenizer))
     limit = n_positions(model)
@@ -81,7 +138,9 @@ def load_model(model_config: ModelConfig, tokenizer, block_size: int):
 def load_trained(model_dir: str, key: str = "--model"):
     """(model, tokenizer) from a tfclm output dir or any save_pretrained folder."""
     check_model_dir(model_dir, key)
-    model, tokenizer = from_pretrained(model_dir, key=key), pretrained_tokenizer(model_dir, False, key)
+    config = pretrained_config(model_dir, key=key)
+    families.lookup(config.model_type, key)
+    model, tokenizer = from_pretrained(model_dir, config, key=key), pretrained_tokenizer(model_dir, False, key)
     if len(tokenizer) > model.config.vocab_size:
         # Ids past the embedding table are an error without XLA and silent garbage under it.
         raise ConfigError(

@@ -52,6 +52,10 @@ def set_decoding_defaults(model, config: config_lib.Config, tokenizer) -> None:
     gen, generation_config = config.generate, model.generation_config
     if generation_config is None:
         return  # a model class that cannot generate (RoFormer's TF causal LM) has no decoding to save
+    # Not "from the model config" any more: transformers' generate replaces such a config, if unchanged since it
+    # was loaded, with one rebuilt from config.json, which holds none of these settings. A fine-tune of a tfclm
+    # dir loads exactly these values, so nothing else would mark them as changed.
+    generation_config._from_model_config = False
     generation_config.max_new_tokens = gen.max_new_tokens
     generation_config.do_sample = gen.do_sample
     if gen.do_sample:

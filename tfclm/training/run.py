@@ -18,7 +18,7 @@ from tfclm.data.prepare import prepare
 from tfclm.errors import ConfigError, TfclmError
 from tfclm.evaluation.perplexity import eval_line, evaluate_loss
 from tfclm.evaluation.strided import token_bytes
-from tfclm.model.loading import load_model
+from tfclm.model.loading import check_family, load_model
 from tfclm.training.callbacks import (
     PerplexityCallback,
     StopAfterSteps,
@@ -64,6 +64,7 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
     """
 
     config_lib.validate(config)
+    family = check_family(config.model, config.train.precision)
     # Multi-worker strategies must exist before any other TensorFlow work.
     strategy, described = make_strategy(config.train.strategy, config.train.tpu)
     if strategy.num_replicas_in_sync > 1 and config.train.gradient_accumulation_steps > 1:
@@ -84,7 +85,7 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
         callers_policy = keras.mixed_precision.global_policy()
         policy = set_precision(config.train.precision)
         try:
-            return _fit(config, verbose, policy, strategy, described, dirs, overwrite)
+            return _fit(config, verbose, policy, strategy, described, dirs, overwrite, family)
         finally:
             keras.mixed_precision.set_global_policy(callers_policy)  # process-wide: leave the caller's
             dirs.cleanup()
@@ -98,16 +99,17 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
             lock.release()
 
 
-def _fit(config: config_lib.Config, verbose, policy: str, strategy, described: str, dirs, overwrite: bool) -> dict:
+def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, dirs, overwrite: bool, family) -> dict:
 
     out, data, train = config.output_dir, config.data, config.train
     chief = dirs.chief
     replicas = strategy.num_replicas_in_sync
     batch_size = train.batch_size * replicas  # Keras splits each global batch among the replicas
-    prepared = prepare(config, os.path.join(dirs.work_dir, "cache"))
+    # A family that takes a fixed id as padding gets a trained tokenizer with its pad token there.
+    prepared = prepare(config, os.path.join(dirs.work_dir, "cache"), own_pad=family.pad_id is not None)
     tokenizer = prepared.tokenizer
     with strategy.scope():
-        model = load_model(config.model, tokenizer, data.block_size)
+        model = load_model(config.model, tokenizer, data.block_size, config.train.precision)
     set_decoding_defaults(model, config, tokenizer)
     plan = plan_steps(None if data.streaming else len(prepared.train.input_ids), config, replicas)
     eval_ds = shard_by_data(
