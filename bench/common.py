@@ -10,13 +10,13 @@ import tfclm  # noqa: E402,F401  - sets TF_USE_LEGACY_KERAS before TensorFlow lo
 VOCAB = 50257
 
 
-def distilgpt2(seed: int = 0):
-    """GPT2Config(n_layer=6): distilgpt2's shape, 82M parameters, no download."""
+def distilgpt2(seed: int = 0, dropout: float = 0.1):
+    """GPT2Config(n_layer=6): distilgpt2's shape, 82M parameters, no download; GPT-2's dropout unless told."""
     import tf_keras as keras
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
     keras.utils.set_random_seed(seed)
-    model = TFGPT2LMHeadModel(GPT2Config(n_layer=6))
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=6, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout))
     model.build_in_name_scope()
     return model
 

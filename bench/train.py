@@ -1,18 +1,31 @@
-"""Training speed: the recipe as written against tfclm's engine, side by side in one run.
+"""Training speed and memory: the recipe as written against tfclm's engine, side by side in one run.
 
 The distilgpt2 architecture (GPT2Config(n_layer=6), random weights) at batch
 16 x 128 on random token blocks. The recipe: `prepare_tf_dataset` with
 `DataCollatorForLanguageModeling`, `AdamWeightDecay(2e-5, 0.01)`,
 `compile()` with the model's own loss. tfclm: the fast `tf.data` pipeline and
-`CausalLMTrainer` in fp32, fp32 + XLA, and bf16. Also this machine's matmul
-peak in float32 and bfloat16, and model FLOPs utilisation: FLOPs per token
-(6N + 12 L H Q T, `tfclm.training.flops`) x tokens/s over the float32 peak.
+`CausalLMTrainer` in fp32, bf16, bf16 + XLA, and bf16 with the chunked
+LM-head loss (`train.loss_chunk_tokens`). Also this machine's matmul peak in
+float32 and bfloat16 (repeated matmuls at the model's head shape), and model
+FLOPs utilisation: FLOPs per token (6N + 12 L H Q T, `tfclm.training.flops`)
+x tokens/s over the float32 peak.
 
-    .venv/bin/python bench/train.py [--steps 6] [--warmup 2]
+Each variant runs in a process of its own, so its peak resident memory is its
+own; the variants take turns, `--rounds` times, and each row prints the
+median tokens/s and the spread (max - min over the median) of its rounds.
+Then memory at block 1,024: the peak of one step at batch 1 and at batch 2
+for the recipe and tfclm's bf16 variants, and the largest batch within
+`--memory-budget-gb` extrapolated along the line through those two points.
+
+    .venv/bin/python bench/train.py [--steps 8] [--warmup 2] [--rounds 3] [--only speed|memory]
 """
 
 import argparse
+import json
 import os
+import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -25,22 +38,24 @@ from common import VOCAB, distilgpt2, id_tokenizer
 BATCH, BLOCK = 16, 128
 
 
-def matmul_peak(dtype, n=2048, repeats=20) -> float:
-    a = tf.random.normal((n, n), dtype=tf.float32)
-    a = tf.cast(a, dtype)
-    step = tf.function(lambda x: tf.matmul(x, x))
-    step(a).numpy()
-    started = time.perf_counter()
+def matmul_peak(dtype, rows=BATCH * BLOCK, width=768, out=8192, repeats=10) -> float:
+    """The best of `repeats` timings of the LM head's matmul shape (tokens x width x vocabulary slice)."""
+    a = tf.cast(tf.random.normal((rows, width)), dtype)
+    b = tf.cast(tf.random.normal((width, out)), dtype)
+    step = tf.function(lambda x, y: tf.matmul(x, y))
+    step(a, b).numpy()
+    best = float("inf")
     for _ in range(repeats):
-        out = step(a)
-    out.numpy()
-    return 2 * n**3 * repeats / (time.perf_counter() - started)
+        started = time.perf_counter()
+        step(a, b).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * rows * width * out / best
 
 
 class StepTimer(keras.callbacks.Callback):
-    def __init__(self, warmup):
+    def __init__(self, warmup, tokens_per_step):
         super().__init__()
-        self.warmup, self.times, self._t = warmup, [], None
+        self.warmup, self.tokens_per_step, self.times, self._t = warmup, tokens_per_step, [], None
 
     def on_train_batch_begin(self, batch, logs=None):
         self._t = time.perf_counter()
@@ -49,11 +64,11 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._t)
 
     def tokens_per_second(self):
-        measured = self.times[self.warmup :]
-        return BATCH * BLOCK * len(measured) / sum(measured)
+        measured = self.times[self.warmup :] or self.times
+        return self.tokens_per_step * len(measured) / sum(measured)
 
 
-def recipe(blocks, steps, warmup):
+def recipe(blocks, steps, warmup, batch):
     import datasets
     from transformers import AdamWeightDecay, DataCollatorForLanguageModeling
 
@@ -62,15 +77,15 @@ def recipe(blocks, steps, warmup):
         {"input_ids": blocks, "attention_mask": np.ones_like(blocks), "labels": blocks}
     )
     data_collator = DataCollatorForLanguageModeling(tokenizer=id_tokenizer(), mlm=False, return_tensors="tf")
-    tf_train_set = model.prepare_tf_dataset(lm_dataset, shuffle=True, batch_size=BATCH, collate_fn=data_collator)
+    tf_train_set = model.prepare_tf_dataset(lm_dataset, shuffle=True, batch_size=batch, collate_fn=data_collator)
     optimizer = AdamWeightDecay(learning_rate=2e-5, weight_decay_rate=0.01)
     model.compile(optimizer=optimizer)
-    timer = StepTimer(warmup)
+    timer = StepTimer(warmup, batch * blocks.shape[1])
     model.fit(x=tf_train_set, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
     return timer.tokens_per_second()
 
 
-def tfclm_engine(blocks, steps, warmup, precision, jit):
+def tfclm_engine(blocks, steps, warmup, batch, precision, jit, chunk=0, recompute=False):
     from tfclm.config import TrainConfig
     from tfclm.data.packing import Blocks
     from tfclm.data.pipeline import fast_dataset
@@ -79,50 +94,120 @@ def tfclm_engine(blocks, steps, warmup, precision, jit):
 
     set_precision(precision)
     try:
-        model = distilgpt2()
-        trainer = CausalLMTrainer(model)
+        model = distilgpt2(dropout=0.0 if recompute else 0.1)  # a recomputed block must not drop out
+        trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk, recompute=recompute)
         trainer.compile(
             optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, warmup + steps),
             jit_compile=jit,
         )
-        timer = StepTimer(warmup)
-        data = fast_dataset(Blocks(blocks, len(blocks), blocks.size, 0), BATCH, shuffle=True, seed=0)
+        timer = StepTimer(warmup, batch * blocks.shape[1])
+        data = fast_dataset(Blocks(blocks, len(blocks), blocks.size, 0), batch, shuffle=True, seed=0)
         trainer.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
         return timer.tokens_per_second()
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
+VARIANTS = {
+    "recipe as written (fp32)": lambda *run: recipe(*run),
+    "tfclm fp32": lambda *run: tfclm_engine(*run, "fp32", False),
+    "tfclm bf16": lambda *run: tfclm_engine(*run, "bf16", False),
+    "tfclm bf16 + XLA": lambda *run: tfclm_engine(*run, "bf16", True),
+    "tfclm bf16 + chunked loss 512": lambda *run: tfclm_engine(*run, "bf16", False, chunk=512),
+    "tfclm bf16 + chunked + recompute": lambda *run: tfclm_engine(*run, "bf16", False, chunk=512, recompute=True),
+}
+# Memory at block 1,024: the variants that differ in what a step keeps.
+MEMORY_VARIANTS = (
+    "recipe as written (fp32)",
+    "tfclm bf16",
+    "tfclm bf16 + chunked loss 512",
+    "tfclm bf16 + chunked + recompute",
+)
+
+
+def run_variant(name, steps, warmup, batch, block):
+    """In a process of its own: tokens/s and the process's peak resident memory, as one JSON line."""
+    shape = (batch * (steps + warmup), block)
+    blocks = np.random.default_rng(0).integers(0, VOCAB - 1, shape).astype(np.int32)
+    tps = VARIANTS[name](blocks, steps, warmup, batch)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+    print(json.dumps({"tokens_per_second": tps, "peak_mb": peak_mb}))
+
+
+def measured(name, steps, warmup, batch=BATCH, block=BLOCK) -> dict:
+    command = [sys.executable, __file__, "--variant", name, "--steps", str(steps), "--warmup", str(warmup)]
+    command += ["--batch", str(batch), "--block", str(block)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_at_long_blocks(budget_mb: float, block: int = 1024) -> None:
+    """Peak memory of one step at batch 1 and 2 x `block`; the largest batch within `budget_mb` is extrapolated
+    along that line (an estimate from two measured points, printed as one)."""
+    print(f"\npeak resident memory of one training step at block {block:,} (its own process each):")
+    print(f"{'variant':<34} {'batch 1 MB':>10} {'batch 2 MB':>10} {'MB/sequence':>12} {'est. batch in budget':>21}")
+    largest = {}
+    for name in MEMORY_VARIANTS:
+        one, two = (measured(name, 1, 0, batch, block)["peak_mb"] for batch in (1, 2))
+        slope = max(two - one, 1.0)
+        largest[name] = max(0, int(1 + (budget_mb - one) // slope))
+        print(f"{name:<34} {one:>10.0f} {two:>10.0f} {slope:>12.0f} {largest[name]:>21}")
+    base = largest["recipe as written (fp32)"] or 1
+    best = largest["tfclm bf16 + chunked + recompute"]
+    print(
+        f"estimated largest batch within {budget_mb / 1024:.0f} GB: bf16 + chunked + recompute {best}, recipe "
+        f"{largest['recipe as written (fp32)']} ({best / base:.1f}x)"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory-budget-gb", type=float, default=8.0)
+    parser.add_argument("--only", choices=["speed", "memory"], help="run one of the two parts")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
+    parser.add_argument("--block", type=int, default=BLOCK, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    blocks = (
-        np.random.default_rng(0).integers(0, VOCAB - 1, (BATCH * (args.steps + args.warmup), BLOCK)).astype(np.int32)
-    )
+    if args.variant:
+        return run_variant(args.variant, args.steps, args.warmup, args.batch, args.block)
+    if args.only != "memory":
+        speed(args)
+    if args.only != "speed":
+        memory_at_long_blocks(args.memory_budget_gb * 1024)
+
+
+def speed(args):
     model = distilgpt2()
-    model.build_in_name_scope()
     params = sum(v.shape.num_elements() for v in model.trainable_variables)
     per_token = flops_per_token(model, BLOCK)
     peak32, peak16 = matmul_peak(tf.float32), matmul_peak(tf.bfloat16)
-    rows = [("recipe as written (fp32)", recipe(blocks, args.steps, args.warmup))]
-    rows.append(("tfclm fast pipeline, fp32", tfclm_engine(blocks, args.steps, args.warmup, "fp32", False)))
-    rows.append(("tfclm fast pipeline, fp32 + XLA", tfclm_engine(blocks, args.steps, args.warmup, "fp32", True)))
-    rows.append(("tfclm fast pipeline, bf16", tfclm_engine(blocks, args.steps, args.warmup, "bf16", False)))
+    runs = {name: [] for name in VARIANTS}
+    for _ in range(args.rounds):  # interleaved, so a slow minute of the machine falls on every variant alike
+        for name in VARIANTS:
+            runs[name].append(measured(name, args.steps, args.warmup))
     device = tf.config.list_physical_devices()[-1].device_type
     print(
         f"device: {device}, {os.cpu_count()} cores; distilgpt2 architecture ({params / 1e6:.1f}M parameters), batch "
-        f"{BATCH} x {BLOCK}; "
-        f"{args.steps} timed steps after {args.warmup} warm-up steps"
+        f"{BATCH} x {BLOCK}; {args.steps} timed steps after {args.warmup} warm-up steps, {args.rounds} rounds"
     )
     print(
         f"matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s, bfloat16 {peak16 / 1e9:.0f} GFLOP/s ({peak16 / peak32:.2f}x)"
     )
-    base = rows[0][1]
-    print(f"{'variant':<34} {'tokens/s':>9} {'vs recipe':>10} {'MFU (fp32 peak)':>16}")
-    for name, tps in rows:
-        print(f"{name:<34} {tps:>9.1f} {tps / base:>9.2f}x {per_token * tps / peak32:>15.0%}")
+    medians = {name: float(np.median([r["tokens_per_second"] for r in found])) for name, found in runs.items()}
+    base, base_mb = medians["recipe as written (fp32)"], max(r["peak_mb"] for r in runs["recipe as written (fp32)"])
+    print(
+        f"{'variant':<32} {'tokens/s':>9} {'spread':>7} {'vs recipe':>10} {'MFU':>5} {'peak MB':>8} {'vs recipe':>10}"
+    )
+    for name, found in runs.items():
+        tps, speeds = medians[name], [r["tokens_per_second"] for r in found]
+        peak_mb = max(r["peak_mb"] for r in found)
+        print(
+            f"{name:<32} {tps:>9.1f} {(max(speeds) - min(speeds)) / tps:>7.1%} {tps / base:>9.2f}x "
+            f"{per_token * tps / peak32:>5.0%} {peak_mb:>8.0f} {peak_mb / base_mb:>9.0%}"
+        )
 
 
 if __name__ == "__main__":

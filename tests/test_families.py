@@ -125,6 +125,7 @@ def greedy_alone(model, tokenizer, prompt, steps):
     return tokenizer.decode(ids[-steps:])
 
 
+@pytest.mark.slow  # an XLA compile per family
 @pytest.mark.parametrize("model_type", TRAINED)
 def test_a_batch_decodes_as_each_prompt_alone_eager_and_xla(model_type, tokenizer):
     """Left padding and XLA's bucket padding shifted positions in OpenAI GPT and the BERT-likes."""

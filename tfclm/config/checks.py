@@ -96,6 +96,11 @@ def validate(config) -> None:
         "must be at least 1, or null to never stop on skipped steps",
     )
     _require(
+        train.loss_chunk_tokens >= 0,
+        "train.loss_chunk_tokens",
+        f"must be 0 (off) or a number of tokens such as 1024, got {train.loss_chunk_tokens}",
+    )
+    _require(
         train.gradient_accumulation_steps >= 1,
         "train.gradient_accumulation_steps",
         f"must be at least 1, got {train.gradient_accumulation_steps}",

@@ -91,6 +91,16 @@ class TrainConfig:
         "fp32",
         "fp32, bf16 (mixed bfloat16: CPUs with bf16, GPUs, TPUs) or fp16 (mixed float16 with loss scaling, GPUs)",
     )
+    loss_chunk_tokens: int = setting(
+        0,
+        "compute the LM head and its loss this many tokens at a time, recomputed in the backward pass, so the "
+        "batch x length x vocabulary logits never exist at once (0: all at once)",
+    )
+    recompute: Literal["none", "blocks"] = setting(
+        "none",
+        "blocks: keep only each transformer block's input for the backward pass and run the block again there "
+        "(less memory, about a third more compute); the model's dropout must be 0",
+    )
     jit_compile: Union[bool, Literal["auto"]] = setting(
         "auto", "XLA for the train step: true, false, or auto (on GPU/TPU only)"
     )

@@ -10,6 +10,7 @@ import math
 import weakref
 
 from tfclm.backend import tf
+from tfclm.model.chunked_loss import chunked_token_loss_sums, head_and_body
 from tfclm.model.loss import token_loss_sums
 
 
@@ -23,19 +24,26 @@ def perplexity(loss: float) -> float:
 _STEPS = weakref.WeakKeyDictionary()
 
 
-def sum_and_count(model):
-    """A compiled step: (sum of token losses, tokens scored) of one batch, in float32."""
-    if model in _STEPS:
-        return _STEPS[model]
+def sum_and_count(model, chunk_tokens: int = 0):
+    """A compiled step: (sum of token losses, tokens scored) of one batch, in float32; with `chunk_tokens`, the
+    head's logits exist for that many tokens at a time (`chunked_token_loss_sums`)."""
+    steps = _STEPS.setdefault(model, {})
+    if chunk_tokens in steps:
+        return steps[chunk_tokens]
     spec = tf.TensorSpec([None, None], tf.int32)
+    if chunk_tokens:
+        body, head = head_and_body(model)
 
     # One trace for every batch shape: the last batch is usually shorter.
     @tf.function(input_signature=[{"input_ids": spec, "attention_mask": spec, "labels": spec}])
     def step(batch):
+        if chunk_tokens:
+            hidden = body(batch["input_ids"], batch["attention_mask"], training=False)
+            return chunked_token_loss_sums(hidden, batch["labels"], head, chunk_tokens, with_gradients=False)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], training=False).logits
         return token_loss_sums(batch["labels"], logits)
 
-    _STEPS[model] = step
+    steps[chunk_tokens] = step
     return step
 
 
@@ -53,10 +61,10 @@ def loss_figures(total: float, count: float, n_bytes: float | None = None) -> di
     return figures
 
 
-def evaluate_loss(model, dataset, byte_table=None) -> dict:
+def evaluate_loss(model, dataset, byte_table=None, chunk_tokens: int = 0) -> dict:
     """{"loss", "perplexity", "tokens"} of `model` over every batch of `dataset`; with `byte_table` (each token
     id's UTF-8 bytes, `strided.token_bytes`), also the bits per byte of the scored tokens."""
-    step = sum_and_count(model)
+    step = sum_and_count(model, chunk_tokens)
     total, count, n_bytes = 0.0, 0.0, 0
     for batch in dataset:
         batch_sum, batch_count = step(batch)

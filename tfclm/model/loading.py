@@ -68,12 +68,21 @@ def n_positions(model) -> int | None:
     return families.family(model.config).positions_limit(model.config)
 
 
-def check_family(model_config: ModelConfig, precision: str) -> families.Family:
-    """Before any data is read: the configured model's family, known to train at `precision`."""
+def check_family(model_config: ModelConfig, train) -> families.Family:
+    """Before any data is read: the configured model's family, known to train as `train` (a TrainConfig) asks."""
     if model_config.name_or_path:
         config = pretrained_config(model_config.name_or_path, model_config.trust_remote_code)
-        return families.check(config.model_type, "model.name_or_path", precision, model_config.trust_remote_code)
-    return families.check(model_config.config["model_type"], "model.config.model_type", precision)
+        model_type, key = config.model_type, "model.name_or_path"
+    else:
+        model_type, key = model_config.config["model_type"], "model.config.model_type"
+    return families.check(
+        model_type,
+        key,
+        train.precision,
+        model_config.trust_remote_code,
+        chunked_loss=train.loss_chunk_tokens > 0,
+        recompute=train.recompute == "blocks",
+    )
 
 
 def _match_tokenizer(config, tokenizer, scratch: bool) -> None:

@@ -64,7 +64,7 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
     """
 
     config_lib.validate(config)
-    family = check_family(config.model, config.train.precision)
+    family = check_family(config.model, config.train)
     # Multi-worker strategies must exist before any other TensorFlow work.
     strategy, described = make_strategy(config.train.strategy, config.train.tpu)
     if strategy.num_replicas_in_sync > 1 and config.train.gradient_accumulation_steps > 1:
@@ -146,7 +146,7 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
     elif state is not None:
         segments = state.schedule
     with strategy.scope():
-        trainer = CausalLMTrainer(model, accumulation_steps=plan.accumulation)
+        trainer = CausalLMTrainer(model, plan.accumulation, train.loss_chunk_tokens, train.recompute == "blocks")
         trainer.compile(optimizer=make_optimizer(train, model, segments=segments), jit_compile=jit)
     checkpoints = Checkpoints(dirs.work_dir, model, trainer.optimizer, restore_dir=out)
     start = checkpoints.restore(start_step) if start_step >= 0 else 0
@@ -178,7 +178,7 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
     if state is not None:
         before = state.before
     elif chief and config.evaluate.before_training and not start:
-        before = evaluate_loss(model, eval_ds, byte_table)
+        before = evaluate_loss(model, eval_ds, byte_table, train.loss_chunk_tokens)
         logger.info(f"before training: {eval_line(before)}")
     else:
         before = None
@@ -288,7 +288,7 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
         digest = weights_digest(model)
         logger.info(f"worker done: {optimizer_steps:,} optimizer steps; weights sha256 {digest}")
         return {"train_steps": optimizer_steps, "weights_sha256": digest}
-    after = evaluate_loss(model, eval_ds, byte_table)
+    after = evaluate_loss(model, eval_ds, byte_table, train.loss_chunk_tokens)
     logger.info(f"after training: {eval_line(after)}")
     # Saved before sampling: whatever happens next, the trained model is on disk.
     files.save_pretrained_atomic([model, tokenizer], out)

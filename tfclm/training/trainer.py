@@ -4,14 +4,21 @@
 `train_step` computes the loss in float32 from the logits (under mixed
 precision the model's own loss would sum token losses in 16 bits), averages
 gradients over `accumulation_steps` micro-batches before one optimizer step,
-and scales the loss under fp16. The wrapped model is the one that is saved.
+and scales the loss under fp16. With `loss_chunk_tokens` the train and
+eval steps take the LM head and its loss that many tokens at a time
+(`tfclm.model.chunked_loss`), so the full logits never exist; with
+`recompute` each transformer block is recomputed in the backward pass
+(`tfclm.model.recompute`). The wrapped model is the one that is saved.
 """
 
+import contextlib
 import logging
 
 from tfclm.backend import keras, tf
 from tfclm.errors import ConfigError
+from tfclm.model.chunked_loss import chunked_token_loss_sums, head_and_body
 from tfclm.model.loss import token_loss_sums
+from tfclm.model.recompute import recompute_blocks, recomputing
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +66,15 @@ class CausalLMTrainer(keras.Model):
     `nonfinite_streak` those in a row, for a callback to stop on.
     """
 
-    def __init__(self, lm, accumulation_steps: int = 1, **kwargs):
+    def __init__(self, lm, accumulation_steps: int = 1, loss_chunk_tokens: int = 0, recompute: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.lm = lm
         self.accumulation_steps = accumulation_steps
+        self.loss_chunk_tokens = loss_chunk_tokens
+        self._body, self._head = head_and_body(lm) if loss_chunk_tokens else (None, None)
+        self.recompute = recompute
+        if recompute:
+            recompute_blocks(lm)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         counter = dict(dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.skipped_steps = tf.Variable(0, **counter)
@@ -73,6 +85,13 @@ class CausalLMTrainer(keras.Model):
 
     def call(self, batch, training=False):
         return self.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], training=training).logits
+
+    def loss_sums(self, batch, training: bool):
+        """(sum of token losses, tokens scored), from the full logits or `loss_chunk_tokens` tokens at a time."""
+        if not self.loss_chunk_tokens:
+            return token_loss_sums(batch["labels"], self(batch, training=training))
+        hidden = self._body(batch["input_ids"], batch["attention_mask"], training)
+        return chunked_token_loss_sums(hidden, batch["labels"], self._head, self.loss_chunk_tokens, training)
 
     @property
     def metrics(self):
@@ -114,7 +133,8 @@ class CausalLMTrainer(keras.Model):
     def train_step(self, batch):
         variables = self.lm.trainable_variables
         with tf.GradientTape() as tape:
-            total, count = token_loss_sums(batch["labels"], self(batch, training=True))
+            with recomputing() if self.recompute else contextlib.nullcontext():
+                total, count = self.loss_sums(batch, training=True)
             loss = total / tf.maximum(count, 1.0)
             # Replicas' gradients are summed when applied: each contributes its share of the mean.
             objective = loss / tf.distribute.get_strategy().num_replicas_in_sync
@@ -151,7 +171,7 @@ class CausalLMTrainer(keras.Model):
         }
 
     def test_step(self, batch):
-        total, count = token_loss_sums(batch["labels"], self(batch, training=False))
+        total, count = self.loss_sums(batch, training=False)
         self.loss_tracker.update_state(total / tf.maximum(count, 1.0), sample_weight=count)
         return {"loss": self.loss_tracker.result()}
 

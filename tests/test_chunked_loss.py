@@ -1,0 +1,213 @@
+"""The chunked LM-head loss gives the plain step's loss and gradients, without the full logits tensor."""
+
+import numpy as np
+import pytest
+from test_families import TINY_CONFIGS
+
+from tfclm.model.families import FAMILIES, TRAINED
+
+CHUNKED = [t for t in TRAINED if FAMILIES[t].body]
+
+
+def tiny(model_type, vocab=96):
+    from transformers import AutoConfig, TFAutoModelForCausalLM
+
+    from tfclm.backend import keras
+
+    keras.utils.set_random_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=vocab, pad_token_id=1, **TINY_CONFIGS[model_type])
+    model = TFAutoModelForCausalLM.from_config(config)
+    model.build_in_name_scope()
+    return model
+
+
+def loss_and_gradients(model, batch, chunk_tokens, graph=False):
+    from tfclm.backend import tf
+    from tfclm.model.chunked_loss import chunked_token_loss_sums, head_and_body
+    from tfclm.model.loss import token_loss_sums
+
+    def compute(batch):
+        with tf.GradientTape() as tape:
+            if chunk_tokens:
+                body, head = head_and_body(model)
+                hidden = body(batch["input_ids"], batch["attention_mask"], training=False)
+                total, count = chunked_token_loss_sums(hidden, batch["labels"], head, chunk_tokens)
+            else:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                total, count = token_loss_sums(batch["labels"], logits)
+            loss = total / count
+        return loss, count, [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+
+    loss, count, grads = (tf.function(compute) if graph else compute)(batch)
+    return float(loss), float(count), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("model_type", CHUNKED)
+def test_chunked_loss_and_gradients_equal_the_plain_step(model_type):
+    model = tiny(model_type)
+    ids = np.random.default_rng(0).integers(2, 96, size=(3, 20)).astype(np.int32)
+    labels = ids.copy()
+    labels[0, 15:] = -100  # masked tokens count in neither
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels}
+    plain_loss, plain_count, plain_grads = loss_and_gradients(model, batch, 0)
+    # Chunks that split rows, divide nothing, and hold every token; eagerly and traced, as Keras' fit runs it.
+    for chunk, graph in ((7, False), (16, True), (57, False), (200, True)):
+        loss, count, grads = loss_and_gradients(model, batch, chunk, graph)
+        assert count == plain_count == 3 * 19 - 5
+        assert loss == pytest.approx(plain_loss, rel=1e-6, abs=1e-6)
+        for plain, chunked in zip(plain_grads, grads):
+            np.testing.assert_allclose(chunked, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_that_transforms_first_is_refused():
+    from tfclm.errors import ConfigError
+    from tfclm.model.chunked_loss import head_and_body
+
+    with pytest.raises(
+        ConfigError, match=r"^train.loss_chunk_tokens: BERT's LM head transforms .*; set train.loss_chunk_tokens to 0$"
+    ):
+        head_and_body(tiny("bert"))
+
+
+def one_batch(batch):
+    from tfclm.backend import tf
+
+    return tf.data.Dataset.from_tensors(batch)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "mistral"])
+def test_a_trainer_step_with_the_chunked_loss_updates_as_the_plain_one(model_type):
+    from tfclm.backend import keras
+    from tfclm.training.trainer import CausalLMTrainer
+
+    ids = np.random.default_rng(1).integers(2, 96, size=(4, 16)).astype(np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+    weights, losses = [], []
+    for chunk in (0, 24):
+        model = tiny(model_type)
+        trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk)
+        # SGD moves each weight by its gradient; Adam's first step is about its sign, rounding noise included.
+        trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=0.5))
+        history = trainer.fit(one_batch(batch), epochs=1, verbose=0)  # traced, as fit runs it
+        losses.append(history.history["loss"][0])
+        losses.append(trainer.evaluate(one_batch(batch), verbose=0))
+        weights.append([v.numpy() for v in model.trainable_variables])
+    assert losses[0] == pytest.approx(losses[2], rel=1e-6) and losses[1] == pytest.approx(losses[3], rel=1e-6)
+    for plain, chunked in zip(*weights):
+        np.testing.assert_allclose(chunked, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_the_chunked_loss_of_a_family_that_cannot_is_refused_before_any_write(tmp_path):
+    import json
+
+    from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+
+    config = json.dumps({"model_type": "bert", **TINY_CONFIGS["bert"]})
+    out = tmp_path / "run"
+    args = [*TINY, *sets(f"model.config={config}", "train.loss_chunk_tokens=256"), "--output-dir", str(out)]
+    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Error: train.loss_chunk_tokens: BERT's LM head transforms" in result.output and not out.exists()
+    negative = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, *sets("train.loss_chunk_tokens=-1")])
+    assert negative.exit_code == 2 and "Error: train.loss_chunk_tokens: must be 0 (off)" in negative.output
+
+
+NO_DROPOUT = {
+    "gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    "opt": dict(dropout=0.0, attention_dropout=0.0),
+    "mistral": dict(attention_dropout=0.0),
+}
+
+
+def count_block_runs(model) -> list[int]:
+    """How often each transformer block's own call runs (a counter around transformers' layers)."""
+    from tfclm.model.recompute import blocks_of
+
+    runs = []
+    for index, block in enumerate(blocks_of(model)):
+        runs.append(0)
+
+        def counted(*args, _call=block.call, _index=index, **kwargs):
+            runs[_index] += 1
+            return _call(*args, **kwargs)
+
+        block.call = counted
+    return runs
+
+
+@pytest.mark.parametrize("model_type", sorted(NO_DROPOUT))
+@pytest.mark.parametrize("chunk", [0, 24])
+def test_recomputed_blocks_give_the_plain_gradients(model_type, chunk):
+    """train.recompute: blocks, alone and with the chunked loss: the same loss and weights after a step."""
+    from transformers import AutoConfig, TFAutoModelForCausalLM
+
+    from tfclm.backend import keras
+    from tfclm.training.trainer import CausalLMTrainer
+
+    ids = np.random.default_rng(2).integers(2, 96, size=(4, 16)).astype(np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+    weights, losses = [], []
+    for recompute in (False, True):
+        keras.utils.set_random_seed(0)
+        fields = dict(TINY_CONFIGS[model_type], **NO_DROPOUT[model_type])
+        model = TFAutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, vocab_size=96, **fields))
+        model.build_in_name_scope()
+        runs = count_block_runs(model)
+        trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk, recompute=recompute)
+        # SGD moves each weight by its gradient; Adam's first step is about its sign, rounding noise included.
+        trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=0.5))
+        losses.append(trainer.fit(one_batch(batch), epochs=1, verbose=0).history["loss"][0])
+        weights.append([v.numpy() for v in model.trainable_variables])
+        # Each block runs once forward, and once more in the backward pass when recomputed.
+        assert runs == [2 if recompute else 1] * 2, runs
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for plain, recomputed in zip(*weights):
+        np.testing.assert_allclose(recomputed, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_recomputing_blocks_with_dropout_is_refused():
+    from tfclm.errors import ConfigError
+    from tfclm.training.trainer import CausalLMTrainer
+
+    with pytest.raises(ConfigError, match=r"^train.recompute: GPT-2's blocks drop out \(0.1\), .* to none$"):
+        CausalLMTrainer(tiny("gpt2"), recompute=True)
+
+
+@pytest.mark.slow
+def test_a_fit_with_the_chunked_loss_and_recomputation_trains_as_the_plain_one(tmp_path):
+    """The same tiny fit three ways; only the summation order differs, so the losses agree to float rounding."""
+    import json
+
+    from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+
+    results = []
+    for name, extra in (("plain", []), ("chunked", ["train.loss_chunk_tokens=100", "train.recompute=blocks"])):
+        out = tmp_path / name
+        args = [*TINY, *sets(*extra), "--max-steps", "6", "--output-dir", str(out)]
+        result = run_cli(["fit", "--config", DEFAULT_CONFIG, *args])
+        assert result.exit_code == 0, result.output
+        results.append(json.load(open(out / "results.json")))
+    plain, chunked = results
+    assert chunked["eval_loss_before"] == pytest.approx(plain["eval_loss_before"], rel=1e-6)
+    assert chunked["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-5)
+    assert chunked["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-5)
+
+    dropout = run_cli(
+        ["fit", "--config", DEFAULT_CONFIG, *TINY, *sets("model.config.resid_pdrop=0.1", "train.recompute=blocks")]
+        + ["--output-dir", str(tmp_path / "dropout")]
+    )
+    assert dropout.exit_code == 2 and "Error: train.recompute: GPT-2's blocks drop out (0.1)" in dropout.output
+    assert not (tmp_path / "dropout").exists()
+
+
+def test_recomputing_a_family_without_known_blocks_is_refused_before_any_write(tmp_path):
+    import json
+
+    from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+
+    config = json.dumps({"model_type": "bert", **TINY_CONFIGS["bert"]})
+    out = tmp_path / "run"
+    args = [*TINY, *sets(f"model.config={config}", "train.recompute=blocks"), "--output-dir", str(out)]
+    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *args])
+    assert result.exit_code == 2 and "Error: train.recompute: tfclm does not know how to find BERT's" in result.output
+    assert not out.exists()

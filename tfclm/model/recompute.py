@@ -1,0 +1,86 @@
+"""Activation recomputation: each transformer block keeps only its input for the backward pass.
+
+`train.recompute: blocks` wraps the `call` of every block the family table
+names (`Family.blocks`) in `tf.recompute_grad`: the forward pass keeps a
+block's input and drops what is inside it (attention scores, the MLP's wide
+activations), and the backward pass runs the block again to get them. Memory
+for activations falls from every layer's insides to one block's, for about a
+third more compute.
+
+Only the training step recomputes: generation needs the blocks' caches, which
+a recomputed block does not return, so the wrapper recomputes only inside
+`recomputing()`, which the trainer's train step enters.
+"""
+
+import contextlib
+import threading
+
+from tfclm.backend import keras, tf
+from tfclm.errors import ConfigError
+from tfclm.model.families import check, family
+
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def recomputing():
+    """While tracing a train step: blocks wrapped by `recompute_blocks` recompute in the backward pass."""
+    before = getattr(_ACTIVE, "on", False)
+    _ACTIVE.on = True
+    try:
+        yield
+    finally:
+        _ACTIVE.on = before
+
+
+def blocks_of(lm) -> list:
+    row = check(lm.config.model_type, "model", recompute=True, trust_remote_code=True)
+    found = lm
+    for name in row.blocks.split("."):
+        found = getattr(found, name)
+    return list(found)
+
+
+def recompute_blocks(lm) -> int:
+    """Wrap every block of `lm`; returns how many. The hidden state in is the only tensor differentiated: the
+    attention mask and the rest are inputs without gradients, and the weights are read inside."""
+    row = family(lm.config)
+    blocks = blocks_of(lm)
+    rates = sorted(
+        {
+            layer.rate
+            for block in blocks
+            for layer in block._flatten_layers()
+            if isinstance(layer, keras.layers.Dropout) and layer.rate > 0
+        }
+    )
+    if rates:
+        # A recomputed block would draw new dropout masks: its gradients would belong to another forward pass.
+        raise ConfigError(
+            "train.recompute",
+            f"{row.name}'s blocks drop out ({', '.join(map(str, rates))}), and a recomputed block draws new masks, "
+            f"so its gradients would not match; set the dropout to 0 (model.config) or train.recompute to none",
+        )
+    for block in blocks:
+        block.call = _recomputed(block.call, row.block_outputs)
+    return len(blocks)
+
+
+def _recomputed(call, outputs: int):
+    def wrapped(*args, **kwargs):
+        if not getattr(_ACTIVE, "on", False):
+            return call(*args, **kwargs)
+        by_name = "hidden_states" in kwargs
+        hidden = kwargs.pop("hidden_states") if by_name else args[0]
+        rest = args if by_name else args[1:]
+
+        @tf.recompute_grad
+        def block(states):
+            if by_name:
+                return call(*rest, **kwargs, hidden_states=states)[0]
+            return call(states, *rest, **kwargs)[0]
+
+        # The block's caches and attention maps are not kept; training asks for neither.
+        return (block(hidden),) + (None,) * (outputs - 1)
+
+    return wrapped
