@@ -93,8 +93,8 @@ class TrainConfig:
     )
     loss_chunk_tokens: int = setting(
         0,
-        "compute the LM head and its loss this many tokens at a time, recomputed in the backward pass, so the "
-        "batch x length x vocabulary logits never exist at once (0: all at once)",
+        "compute the LM head and its loss this many tokens at a time, each chunk's gradients taken in the same "
+        "pass, so the batch x length x vocabulary logits never exist at once (0: all at once)",
     )
     recompute: Literal["none", "blocks"] = setting(
         "none",
