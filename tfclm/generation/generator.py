@@ -76,6 +76,10 @@ class Generator:
         """tfclm samples itself (a seed per step) except in beam search, which keeps transformers' beam sampling."""
         return options.do_sample and options.num_beams == 1
 
+    def _sequences_per_row(self, options: GenerationOptions) -> int:
+        """Sequences transformers returns for each input row: own sampling draws each sample as a row of its own."""
+        return 1 if self._own_sampling(options) else options.num_return_sequences
+
     def _generate_kwargs(self, options: GenerationOptions) -> dict:
         own = self._own_sampling(options)
         kwargs = dict(
@@ -161,7 +165,7 @@ class Generator:
             filler = np.zeros(batch - len(encoded), dtype=np.int64)
             ids, mask = np.concatenate([ids, ids[filler]]), np.concatenate([mask, mask[filler]])
         output = self._run(tf.constant(ids), tf.constant(mask), tf.constant([seed, 0], tf.int32), opts)
-        per_row = opts.num_return_sequences // (opts.num_return_sequences if self._own_sampling(opts) else 1)
+        per_row = self._sequences_per_row(opts)
         return [[int(t) for t in row[ids.shape[1] :]] for row in output.numpy()[: len(encoded) * per_row]]
 
     def __call__(self, prompts: list[str], **options) -> list[Sample]:
@@ -188,7 +192,7 @@ class Generator:
             groups = {}
             for row, tokens in enumerate(encoded):
                 groups.setdefault(len(tokens), []).append(row)
-        per_output = opts.num_return_sequences // copies  # sequences transformers returns for each row
+        per_output = self._sequences_per_row(opts)
         new_tokens = [None] * (len(rows) * per_output)
         started = time.perf_counter()
         for members in groups.values():
