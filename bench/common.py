@@ -10,13 +10,15 @@ import tfclm  # noqa: E402,F401  - sets TF_USE_LEGACY_KERAS before TensorFlow lo
 VOCAB = 50257
 
 
-def distilgpt2(seed: int = 0, dropout: float = 0.1):
-    """GPT2Config(n_layer=6): distilgpt2's shape, 82M parameters, no download; GPT-2's dropout unless told."""
+def distilgpt2(seed: int = 0, dropout: float = 0.1, **shape):
+    """GPT2Config(n_layer=6): distilgpt2's shape, 82M parameters, no download; GPT-2's dropout unless told.
+    `shape` changes GPT2Config's sizes (n_layer, n_embd, n_head, n_positions)."""
     import tf_keras as keras
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
     keras.utils.set_random_seed(seed)
-    model = TFGPT2LMHeadModel(GPT2Config(n_layer=6, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout))
+    sizes = {"n_layer": 6, **shape}
+    model = TFGPT2LMHeadModel(GPT2Config(**sizes, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout))
     model.build_in_name_scope()
     return model
 

@@ -102,6 +102,23 @@ def eli5_jsonl(tmp_path):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tokenizers():
+    """The BPE tfclm trains, as it trains it for each family (the RoBERTa-likes pad with id 1)."""
+    from tfclm.data.tokenizer import train_bpe
+
+    texts = [open(os.path.join(PYDOC_TOPICS, name)).read() for name in sorted(os.listdir(PYDOC_TOPICS))[:40]]
+    return {own_pad: train_bpe(texts, 512, own_pad) for own_pad in (False, True)}
+
+
+@pytest.fixture()
+def tokenizer(model_type, tokenizers):
+    """`tokenizers`' one for the test's `model_type` parameter."""
+    from tfclm.model.families import FAMILIES
+
+    return tokenizers[FAMILIES[model_type].pad_id is not None]
+
+
 # Fixtures that run a whole fit or start a server: every test that needs one is slow.
 SLOW_FIXTURES = {"trained_dir", "hub"}
 

@@ -62,20 +62,6 @@ def test_every_trained_family_is_tested_here():
     assert sorted(TINY_CONFIGS) == sorted(TRAINED)
 
 
-@pytest.fixture(scope="module")
-def tokenizers():
-    """The BPE tfclm trains, as it trains it for each family (the RoBERTa-likes pad with id 1)."""
-    from tfclm.data.tokenizer import train_bpe
-
-    texts = [open(os.path.join(PYDOC_TOPICS, name)).read() for name in sorted(os.listdir(PYDOC_TOPICS))[:40]]
-    return {own_pad: train_bpe(texts, 512, own_pad) for own_pad in (False, True)}
-
-
-@pytest.fixture()
-def tokenizer(model_type, tokenizers):
-    return tokenizers[FAMILIES[model_type].pad_id is not None]
-
-
 def scratch(model_type, tokenizer, block_size=32, precision="fp32"):
     from tfclm.backend import keras
     from tfclm.config import ModelConfig

@@ -73,6 +73,52 @@ def generate(model_or_dir, prompts, **options):
     return run_generate(model_or_dir, prompts, **options)
 
 
+def add_lora(
+    model,
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    target_modules=None,
+    modules_to_save=(),
+    base_precision: str = "fp32",
+    base: str | None = None,
+):
+    """Put LoRA adapters into a transformers TF causal LM and freeze the rest, for your own `model.fit`.
+
+    `target_modules` defaults to the family's attention and MLP projections;
+    `base` (the model's Hub id or directory) goes into adapter_config.json.
+    Returns the adapters: `.save_pretrained(DIR)` writes the files
+    `peft.PeftModel.from_pretrained(base, DIR)` loads, and
+    `tfclm.callbacks.PushToHubCallback` pushes them. Example::
+
+        model = TFAutoModelForCausalLM.from_pretrained("distilbert/distilgpt2")
+        adapters = tfclm.add_lora(model, rank=8, base="distilbert/distilgpt2")
+        model.compile(optimizer=keras.optimizers.Adam(1e-4))
+        model.fit(train_set, epochs=1)
+        adapters.save_pretrained("my-adapter")
+    """
+    from tfclm.backend import keras
+    from tfclm.config import LoraConfig, validate_lora
+    from tfclm.errors import ConfigError
+    from tfclm.model.lora import add_adapters
+
+    if rank < 1:
+        raise ConfigError("rank", f"must be at least 1 (such as 8), got {rank}")
+    if base_precision == "bf16" and keras.mixed_precision.global_policy().name != "mixed_bfloat16":
+        raise ConfigError("base_precision", "bf16 needs Keras' mixed_bfloat16 policy, set before the model is built")
+
+    settings = LoraConfig(
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        target_modules=None if target_modules is None else list(target_modules),
+        modules_to_save=list(modules_to_save),
+        base_precision=base_precision,
+    )
+    validate_lora(settings)
+    return add_adapters(model, settings, base)
+
+
 def __getattr__(name):
     if name == "callbacks":
         import importlib

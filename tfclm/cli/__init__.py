@@ -259,9 +259,10 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
 @click.option(
     "--to",
     "target",
-    type=click.Choice(["pytorch", "saved_model"]),
+    type=click.Choice(["pytorch", "tf", "saved_model"]),
     required=True,
-    help="pytorch: safetensors for PyTorch transformers (v5 too); saved_model: for TF Serving.",
+    help="pytorch: safetensors for PyTorch transformers (v5 too); tf: a TF save_pretrained folder; saved_model: "
+    "for TF Serving.",
 )
 @click.option(
     "--output",
@@ -271,6 +272,7 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
     help="Where the export goes; must not exist unless --force.",
 )
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
+@click.option("--merge-lora", is_flag=True, help="For a LoRA adapter dir: export its base with the adapters folded in.")
 @click.option(
     "--prompt-length", type=click.IntRange(min=1), default=64, help="saved_model: prompt tokens (left-padded)."
 )
@@ -283,20 +285,23 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
 )
 @serving_sampling_options
 @domain_errors
-def export_command(model_dir, target, output, force, prompt_length, max_new_tokens, top_k, top_p, temperature):
-    """Export a trained model to PyTorch weights or a TensorFlow SavedModel.
+def export_command(model_dir, target, output, force, merge_lora, prompt_length, max_new_tokens, **sampling):
+    """Export a trained model to PyTorch weights, a TF folder or a TensorFlow SavedModel.
 
     \b
     Example:
         python -m tfclm export --model runs/default --to pytorch --output runs/default-pt
         python -m tfclm export --model runs/default --to saved_model --output serving/pydoc/1
+        python -m tfclm export --model runs/lora --merge-lora --to tf --output runs/lora-merged
     """
-    from tfclm.generation.export import to_pytorch, to_saved_model
+    from tfclm.generation.export import to_pytorch, to_saved_model, to_tf
 
     if target == "pytorch":
-        to_pytorch(model_dir, output, force)
+        to_pytorch(model_dir, output, force, merge_lora)
+    elif target == "tf":
+        to_tf(model_dir, output, force, merge_lora)
     else:
-        to_saved_model(model_dir, output, force, prompt_length, max_new_tokens, top_k, top_p, temperature)
+        to_saved_model(model_dir, output, force, prompt_length, max_new_tokens, **sampling, merge_lora=merge_lora)
     click.echo(f"exported {model_dir} to {output} ({target})")
 
 

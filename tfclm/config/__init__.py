@@ -5,7 +5,7 @@ flags), `checks` (ranges and combinations) and `reference` (the key table).
 Imports nothing from the other stages.
 """
 
-from tfclm.config.checks import generation_problems, validate
+from tfclm.config.checks import generation_problems, validate, validate_lora
 from tfclm.config.loading import flatten, from_dict, load_config, parse_override, read_yaml, to_yaml
 from tfclm.config.schema import (
     CONFIG_FILENAME,
@@ -16,6 +16,7 @@ from tfclm.config.schema import (
     GenerationOptions,
     HubConfig,
     LoggingConfig,
+    LoraConfig,
     ModelConfig,
     TokenizerConfig,
     TrainConfig,
@@ -30,6 +31,7 @@ __all__ = [
     "GenerationOptions",
     "HubConfig",
     "LoggingConfig",
+    "LoraConfig",
     "ModelConfig",
     "TokenizerConfig",
     "TrainConfig",
@@ -41,4 +43,5 @@ __all__ = [
     "read_yaml",
     "to_yaml",
     "validate",
+    "validate_lora",
 ]

@@ -148,6 +148,53 @@ def validate(config) -> None:
     )
     for key, message in generation_problems(gen):
         raise ConfigError(f"generate.{key}", message)
+    _check_lora(config.lora, config)
+
+
+def validate_lora(lora) -> None:
+    """The lora section's own values, with or without a run around them."""
+    _require(lora.rank >= 0, "lora.rank", f"must be 0 (off) or a rank such as 8, got {lora.rank}")
+    if lora.rank == 0:
+        from tfclm.config.schema import LoraConfig
+
+        changed = [key for key, value in vars(lora).items() if key != "rank" and value != getattr(LoraConfig(), key)]
+        _require(
+            not changed,
+            f"lora.{changed[0] if changed else ''}",
+            "is set but lora.rank is 0, which turns LoRA off; set lora.rank (such as 8) or remove it",
+        )
+        return
+    _require(lora.alpha > 0, "lora.alpha", f"must be positive (such as 16), got {lora.alpha}")
+    _require(0.0 <= lora.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+    for key in ("target_modules", "modules_to_save"):
+        names = getattr(lora, key)
+        _require(
+            names is None or (isinstance(names, list) and all(isinstance(n, str) and n for n in names)),
+            f"lora.{key}",
+            "must be a list of layer names, such as [c_attn, c_proj]",
+        )
+    _require(lora.target_modules != [], "lora.target_modules", "is empty; name layers, or null for the family's")
+
+
+def _check_lora(lora, config) -> None:
+    validate_lora(lora)
+    if lora.rank == 0:
+        return
+    _require(
+        config.model.name_or_path is not None,
+        "lora.rank",
+        "LoRA adapts a pretrained model, and model.config builds a random one; set model.name_or_path, or lora.rank 0",
+    )
+    _require(
+        lora.base_precision == "fp32" or not lora.modules_to_save,
+        "lora.modules_to_save",
+        "trains layers in full, in float32, and lora.base_precision bf16 loads the base in bfloat16; leave one out",
+    )
+    _require(
+        lora.base_precision == "fp32" or config.train.precision == "bf16",
+        "lora.base_precision",
+        f"bf16 needs train.precision bf16 (the frozen weights are read in bfloat16), got {config.train.precision}",
+    )
 
 
 REPORTERS = ("tensorboard", "mlflow", "wandb")

@@ -123,6 +123,22 @@ class TrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = setting(0, "LoRA rank: trains low-rank adapters beside the targeted layers, the rest frozen (0: off)")
+    alpha: float = setting(16.0, "scales the adapters' output by alpha / rank")
+    dropout: float = setting(0.0, "dropout on the adapters' input while training")
+    target_modules: Optional[list] = setting(
+        None,
+        "layer names to adapt (a name matches a layer whose path ends with it, as in PEFT); null: the family's "
+        "attention and MLP projections (`python -m tfclm families`)",
+    )
+    modules_to_save: list = setting([], "layers trained in full and saved beside the adapters, such as ln_f")
+    base_precision: Literal["fp32", "bf16"] = setting(
+        "fp32", "bf16 keeps the frozen weight matrices in bfloat16, half their memory (needs train.precision bf16)"
+    )
+
+
+@dataclass
 class EvaluateConfig:
     batch_size: int = setting(16, "blocks per evaluation batch")
     before_training: bool = setting(True, "also measure the untrained model's perplexity")
@@ -199,6 +215,7 @@ class Config:
     tokenizer: TokenizerConfig = section(TokenizerConfig, "the tokenizer")
     model: ModelConfig = section(ModelConfig, "the model to fine-tune or build")
     train: TrainConfig = section(TrainConfig, "optimizer, schedule, precision and distribution")
+    lora: LoraConfig = section(LoraConfig, "parameter-efficient fine-tuning: low-rank adapters, saved as PEFT does")
     evaluate: EvaluateConfig = section(EvaluateConfig, "perplexity on the validation split")
     generate: GenerateConfig = section(GenerateConfig, "samples during and after training")
     hub: HubConfig = section(HubConfig, "pushing to the Hugging Face Hub")

@@ -9,19 +9,19 @@ XLA-compiled `generate` signature, servable with no transformers at all.
 Neither touches the model directory it reads.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-
-import numpy as np
-from transformers.modeling_tf_pytorch_utils import TransposeType, convert_tf_weight_name_to_pt_weight_name
 
 from tfclm.backend import tf
 from tfclm.errors import ConfigError
 from tfclm.generation.sampling import SamplingLogitsProcessor
 from tfclm.model.families import family
 from tfclm.model.loading import load_trained, n_positions
+from tfclm.model.lora import CONFIG_FILE, is_adapter_dir, merge
+from tfclm.model.pytorch_names import pytorch_state_dict
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
@@ -48,51 +48,56 @@ def _check_serving(model) -> None:
         )
 
 
-def _replace_dir(staging: str, output: str) -> None:
-    """Move a finished export into place, so `output` is never half written."""
-    if os.path.exists(output):
-        shutil.rmtree(output)
-    os.replace(staging, output)
-
-
-def _copy_tokenizer(model_dir: str, target: str) -> None:
-    for name in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(model_dir, name)):
-            shutil.copy2(os.path.join(model_dir, name), os.path.join(target, name))
-
-
-def pytorch_state_dict(model) -> dict:
-    """TF variables -> the PyTorch class's parameter names and layouts, by transformers' own naming rule.
-
-    TF names read like `tfopt_for_causal_lm/model/decoder/layers.0/fc1/kernel:0`:
-    the model's own scope goes, `_._` and `/` become `.`, `kernel`/`gamma`/
-    `embeddings` become `weight`, `beta` becomes `bias`, and `a___b` scopes
-    keep `b`. Dense kernels are (in, out) in TF and (out, in) in PyTorch;
-    GPT-2's Conv1D keeps (in, out) in both and is not called a kernel. Biases
-    kept as (1, n) in TF are (n,) in PyTorch. A tied LM head has no variable of
-    its own in TF, so PyTorch ties it again from the config.
-    """
-    state = {}
-    for variable in model.weights:
-        name, transpose = convert_tf_weight_name_to_pt_weight_name(variable.name, tf_weight_shape=variable.shape)
-        value = variable.numpy().astype(np.float32)
-        if transpose is TransposeType.SIMPLE:
-            value = value.T
-        if name.endswith("bias") and value.ndim == 2 and value.shape[0] == 1:
-            value = value.reshape(-1)
-        state[name] = np.ascontiguousarray(value)
-    return state
-
-
-def to_pytorch(model_dir: str, output: str, force: bool = False) -> str:
-    from safetensors.numpy import save_file
-
-    _check_output(output, force, model_dir)
-    model, _ = load_trained(model_dir)
+@contextlib.contextmanager
+def _staged(output: str):
+    """A folder beside `output` to write the export into; moved into place only when all of it is written, so
+    `output` is never half written (and a failed export leaves nothing)."""
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
     try:
+        yield staging
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _copy_tokenizer(model_dir: str, target: str, tokenizer) -> None:
+    """The tokenizer's files as they are; a PEFT adapter dir without them: the base's tokenizer, saved."""
+    found = [name for name in TOKENIZER_FILES if os.path.exists(os.path.join(model_dir, name))]
+    for name in found:
+        shutil.copy2(os.path.join(model_dir, name), os.path.join(target, name))
+    if not found:
+        tokenizer.save_pretrained(target)
+
+
+def _load(model_dir: str, merge_lora: bool):
+    """The model to export: a LoRA adapter dir's base with the adapters folded in, when --merge-lora asks."""
+    if merge_lora and not is_adapter_dir(model_dir):
+        raise ConfigError(
+            "--merge-lora", f"{model_dir!r} holds no LoRA adapter ({CONFIG_FILE}); leave --merge-lora out"
+        )
+    if not merge_lora and os.path.isdir(model_dir) and is_adapter_dir(model_dir):
+        raise ConfigError(
+            "--merge-lora",
+            f"{model_dir!r} is a LoRA adapter dir; add --merge-lora to export the base with the adapters folded in "
+            f"(PEFT loads the adapter dir itself: PeftModel.from_pretrained(base, {model_dir!r}))",
+        )
+    model, tokenizer = load_trained(model_dir)
+    if merge_lora:
+        merge(model)
+    return model, tokenizer
+
+
+def to_pytorch(model_dir: str, output: str, force: bool = False, merge_lora: bool = False) -> str:
+    from safetensors.numpy import save_file
+
+    _check_output(output, force, model_dir)
+    model, tokenizer = _load(model_dir, merge_lora)
+    with _staged(output) as staging:
         state = pytorch_state_dict(model)
         save_file(state, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
         config = model.config.to_dict()
@@ -105,11 +110,17 @@ def to_pytorch(model_dir: str, output: str, force: bool = False) -> str:
             json.dump(config, handle, indent=2, sort_keys=True)
         if os.path.exists(os.path.join(model_dir, "generation_config.json")):
             shutil.copy2(os.path.join(model_dir, "generation_config.json"), staging)
-        _copy_tokenizer(model_dir, staging)
-        _replace_dir(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _copy_tokenizer(model_dir, staging, tokenizer)
+    return output
+
+
+def to_tf(model_dir: str, output: str, force: bool = False, merge_lora: bool = False) -> str:
+    """A TF save_pretrained folder (weights, config, tokenizer): with --merge-lora, a LoRA run as a full model."""
+    _check_output(output, force, model_dir)
+    model, tokenizer = _load(model_dir, merge_lora)
+    with _staged(output) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return output
 
 
@@ -215,9 +226,10 @@ def to_saved_model(
     top_k: int = 50,
     top_p: float = 0.95,
     temperature: float = 1.0,
+    merge_lora: bool = False,
 ) -> str:
     _check_output(output, force, model_dir)
-    model, tokenizer = load_trained(model_dir)
+    model, tokenizer = _load(model_dir, merge_lora)
     _check_serving(model)
     limit = n_positions(model)
     if limit is not None and prompt_length + max_new_tokens > limit:
@@ -230,16 +242,13 @@ def to_saved_model(
     module = ServingModule(
         model, prompt_length, max_new_tokens, top_k, top_p, temperature, pad_id, tokenizer.eos_token_id
     )
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-    try:
+    with _staged(output) as staging:
         signatures = {
             "logits": module.logits.get_concrete_function(),
             "generate": module.generate.get_concrete_function(),
         }
         tf.saved_model.save(module, staging, signatures=signatures)
-        _copy_tokenizer(model_dir, staging)
+        _copy_tokenizer(model_dir, staging, tokenizer)
         example = [pad_id] * (prompt_length - 2) + [1, 2]
         readme = SERVING_README.format(
             name=os.path.basename(os.path.abspath(output)),
@@ -256,8 +265,4 @@ def to_saved_model(
         )
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(readme)
-        _replace_dir(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output

@@ -24,6 +24,7 @@ from tfclm.backend import tf
 from tfclm.config import GenerationOptions
 from tfclm.errors import ConfigError
 from tfclm.generation.sampling import SamplingLogitsProcessor
+from tfclm.model import lora
 from tfclm.model.families import family
 from tfclm.model.loading import WEIGHT_FILES, load_trained, n_positions
 
@@ -234,6 +235,7 @@ CACHED_MODELS = 4
 def _dir_fingerprint(model_dir: str) -> tuple:
     """What changes when a directory is trained again: its weight and tokenizer files' sizes and times."""
     names = (*WEIGHT_FILES, "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+    names += (lora.CONFIG_FILE, lora.WEIGHTS_FILE)  # a LoRA run's dir: its adapters are its weights
     found = []
     for name in names:
         path = os.path.join(model_dir, name)

@@ -7,6 +7,7 @@ from tfclm.backend import keras, tf
 from tfclm.files import atomic_write_text, save_pretrained_atomic
 from tfclm.hub.modelcard import check_card_args, model_card
 from tfclm.hub.uploads import DEFAULT_IGNORE, Uploader, default_repo_id
+from tfclm.model.lora import saved_objects
 from tfclm.training.distribute import is_chief
 from tfclm.training.steps import StepClock
 
@@ -83,7 +84,7 @@ class PushToHubCallback(keras.callbacks.Callback):
         return getattr(self.model, "lm", self.model)  # tfclm's trainer wraps the transformers model
 
     def _save(self):
-        objects = [self._lm()] + ([self.tokenizer] if self.tokenizer is not None else [])
+        objects = saved_objects(self._lm()) + ([self.tokenizer] if self.tokenizer is not None else [])
         save_pretrained_atomic(objects, self.output_dir)
         if self.checkpoint:
             ckpt = tf.train.Checkpoint(model=self._lm(), optimizer=self.model.optimizer)

@@ -34,12 +34,21 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
     check_card_args(card_args)
     config, results = config or {}, results or {}
     model, data, train = config.get("model") or {}, config.get("data") or {}, config.get("train") or {}
+    lora = config.get("lora") or {}
+    adapter = bool(lora.get("rank"))
     base = card_args.get("finetuned_from") or _hub_id(model.get("name_or_path"))
     dataset = card_args.get("dataset") or _hub_id(data.get("dataset"))
     metadata = {
-        "library_name": "transformers",
+        "library_name": "peft" if adapter else "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["tfclm", "tensorflow", "text-generation", "causal-lm", *(card_args.get("tags") or [])],
+        "tags": [
+            "tfclm",
+            "tensorflow",
+            "text-generation",
+            "causal-lm",
+            *(["lora", "peft"] if adapter else []),
+            *(card_args.get("tags") or []),
+        ],
     }
     if base:
         metadata["base_model"] = base
@@ -51,7 +60,14 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
 
     name = card_args.get("model_name") or repo_id.split("/")[-1]
     lines = [f"# {name}", ""]
-    if base:
+    if adapter:
+        where = f"[{base}](https://huggingface.co/{base})" if base else f"`{model.get('name_or_path')}`"
+        lines.append(
+            f"LoRA adapters (rank {lora['rank']}, alpha {lora.get('alpha')}) for {where}, trained with "
+            f"[tfclm](https://pypi.org/project/tfclm/) (Keras / TensorFlow) and saved in PEFT's format: this repo "
+            f"holds the adapters only, and the base model is loaded from its own repo."
+        )
+    elif base:
         lines.append(
             f"A causal language model fine-tuned from [{base}](https://huggingface.co/{base}) with "
             f"[tfclm](https://pypi.org/project/tfclm/) (Keras / TensorFlow)."
@@ -120,6 +136,9 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
         versions = results.get("versions") or {}
         if versions:
             lines += ["## Framework versions", "", *[f"- {k}: {v}" for k, v in versions.items()], ""]
+    if adapter:
+        lines += _adapter_usage(repo_id, base or model.get("name_or_path"))
+        return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + "\n".join(lines)
     lines += [
         "## How to use",
         "",
@@ -139,3 +158,24 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
         "",
     ]
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + "\n".join(lines)
+
+
+def _adapter_usage(repo_id: str, base: str) -> list[str]:
+    return [
+        "## How to use",
+        "",
+        "With PyTorch and PEFT:",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+        f'model = PeftModel.from_pretrained(base, "{repo_id}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+        "```",
+        "",
+        'With tfclm (TensorFlow), on a local copy: `python -m tfclm generate --model DIR --prompt "The"`; '
+        "`python -m tfclm export --model DIR --merge-lora --to tf --output MERGED` writes the merged full model.",
+        "",
+    ]

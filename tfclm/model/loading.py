@@ -3,16 +3,17 @@ built from a config to train from scratch (`from_config`), and a trained
 output dir back with its tokenizer (`load_trained`).
 """
 
+import contextlib
 import os
 
 from transformers import AutoConfig, TFAutoModelForCausalLM
 
 from tfclm.backend import tf
-from tfclm.config import ModelConfig
+from tfclm.config import LoraConfig, ModelConfig
 from tfclm.data.tokenizer import pretrained_tokenizer
 from tfclm.errors import ConfigError, first_line
 from tfclm.files import looks_local
-from tfclm.model import families
+from tfclm.model import families, lora
 
 WEIGHT_FILES = (
     "tf_model.h5",
@@ -110,15 +111,39 @@ def _draw_scratch_embeddings(model, std: float) -> None:
     embeddings.assign(tf.random.normal(embeddings.shape, stddev=std, dtype=embeddings.dtype))
 
 
-def load_model(model_config: ModelConfig, tokenizer, block_size: int, precision: str = "fp32"):
+@contextlib.contextmanager
+def built_in_bfloat16():
+    """Variables created in bfloat16 (Keras' pure bfloat16 policy): a frozen base that never exists in float32."""
+    from tfclm.backend import keras
+
+    callers = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(callers)
+
+
+def load_model(
+    model_config: ModelConfig,
+    tokenizer,
+    block_size: int,
+    precision: str = "fp32",
+    lora_config: LoraConfig | None = None,
+):
+    """The model to train: with `lora_config` (rank > 0) the pretrained base, frozen, with adapters (loaded in
+    bfloat16 for `base_precision: bf16`)."""
+    lora_config = lora_config or LoraConfig()
+    frozen_bf16 = lora_config.rank > 0 and lora_config.base_precision == "bf16"
     if model_config.name_or_path:
         config = pretrained_config(model_config.name_or_path, model_config.trust_remote_code)
         family = families.check(config.model_type, "model.name_or_path", precision, model_config.trust_remote_code)
         for name, value in family.causal_settings.items():
             setattr(config, name, value)
         _match_tokenizer(config, tokenizer, scratch=False)
-        model = from_pretrained(model_config.name_or_path, config, model_config.trust_remote_code)
-        model.build_in_name_scope()
+        with built_in_bfloat16() if frozen_bf16 else contextlib.nullcontext():
+            model = from_pretrained(model_config.name_or_path, config, model_config.trust_remote_code)
+            model.build_in_name_scope()
     else:
         fields = dict(model_config.config)
         model_type = fields.pop("model_type")
@@ -141,11 +166,16 @@ def load_model(model_config: ModelConfig, tokenizer, block_size: int, precision:
             "data.block_size",
             f"{block_size} is longer than the model's {limit} positions; set data.block_size to {limit} or less",
         )
+    if lora_config.rank:
+        lora.add_adapters(model, lora_config, lora.base_name(model_config.name_or_path))
     return model
 
 
 def load_trained(model_dir: str, key: str = "--model"):
-    """(model, tokenizer) from a tfclm output dir or any save_pretrained folder."""
+    """(model, tokenizer) from a tfclm output dir, any save_pretrained folder, or a LoRA adapter dir (tfclm's or
+    PEFT's) on its base."""
+    if os.path.isdir(model_dir) and lora.is_adapter_dir(model_dir):
+        return _load_adapter_dir(model_dir, key)
     check_model_dir(model_dir, key)
     config = pretrained_config(model_dir, key=key)
     families.lookup(config.model_type, key)
@@ -157,4 +187,39 @@ def load_trained(model_dir: str, key: str = "--model"):
             f"the tokenizer in {model_dir!r} has {len(tokenizer)} tokens, more than the model's "
             f"{model.config.vocab_size} embeddings; save the tokenizer the model was trained with beside it",
         )
+    return model, tokenizer
+
+
+def _load_adapter_dir(adapter_dir: str, key: str):
+    """The base model that adapter_config.json names, with the adapters in `adapter_dir` added."""
+    from transformers import GenerationConfig
+
+    settings, base = lora.read_config(adapter_dir, key)
+    where = f"base_model_name_or_path in {os.path.join(adapter_dir, lora.CONFIG_FILE)}"
+    if looks_local(base) and not os.path.isdir(base):
+        raise ConfigError(
+            key, f"the adapter's base model {base!r} ({where}) does not exist; put it back, or point {where} at it"
+        )
+    config = pretrained_config(base, key=key)
+    for name, value in families.lookup(config.model_type, key).causal_settings.items():
+        setattr(config, name, value)
+    own_tokenizer = any(
+        os.path.exists(os.path.join(adapter_dir, n)) for n in ("tokenizer.json", "tokenizer_config.json")
+    )
+    tokenizer = pretrained_tokenizer(adapter_dir if own_tokenizer else base, False, key)
+    model = from_pretrained(base, config, key=key)
+    model.build_in_name_scope()
+    if len(tokenizer) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))  # the adapter saved the resized embeddings (modules_to_save)
+    try:
+        lora.add_adapters(model, settings, base)
+    except ConfigError as exc:
+        raise ConfigError(
+            key,
+            f"the adapter in {adapter_dir!r} does not fit its base {base!r} ({exc}); is {where} the model "
+            f"it was trained on?",
+        ) from None
+    lora.load_adapters(model, adapter_dir, key)
+    if os.path.exists(os.path.join(adapter_dir, "generation_config.json")):
+        model.generation_config = GenerationConfig.from_pretrained(adapter_dir)
     return model, tokenizer

@@ -17,6 +17,7 @@ from tfclm.backend import keras, tf
 from tfclm.config import CONFIG_FILENAME
 from tfclm.errors import ConfigError, first_line
 from tfclm.files import TEMP_PREFIX
+from tfclm.model.lora import adapters_in
 from tfclm.training.run_state import RunState, changed_keys, settings_of
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,14 @@ class Checkpoints:
     def __init__(self, output_dir: str, lm, optimizer, keep: int = 2, restore_dir: str | None = None):
         self.directory = os.path.join(output_dir, DIRNAME)
         self.restore_directory = os.path.join(restore_dir or output_dir, DIRNAME)
-        self.checkpoint = tf.train.Checkpoint(model=lm, optimizer=optimizer)
+        if adapters_in(lm) is not None:
+            # LoRA: the frozen base is the model's own files; a checkpoint holds what trains (megabytes, not GB).
+            trained = list(lm.trainable_variables)
+            self.checkpoint = tf.train.Checkpoint(trained=trained, optimizer=optimizer)
+            self._weights = lambda: trained
+        else:
+            self._weights = lambda: lm.weights  # read when asked: a model may be built after this
+            self.checkpoint = tf.train.Checkpoint(model=lm, optimizer=optimizer)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
         self.optimizer = optimizer
 
@@ -40,7 +48,7 @@ class Checkpoints:
         return int(self.optimizer.iterations.numpy())
 
     def weights_finite(self) -> bool:
-        return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self.checkpoint.model.weights]))
+        return bool(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in self._weights()]))
 
     def save(self, step: int, state: RunState | None = None) -> str:
         if state is not None:

@@ -18,6 +18,7 @@ from tfclm.data.prepare import prepare
 from tfclm.errors import ConfigError, TfclmError
 from tfclm.evaluation.perplexity import eval_line, evaluate_loss
 from tfclm.evaluation.strided import token_bytes
+from tfclm.model import lora
 from tfclm.model.loading import check_family, load_model
 from tfclm.training.callbacks import (
     PerplexityCallback,
@@ -109,7 +110,8 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
     prepared = prepare(config, os.path.join(dirs.work_dir, "cache"), own_pad=family.pad_id is not None)
     tokenizer = prepared.tokenizer
     with strategy.scope():
-        model = load_model(config.model, tokenizer, data.block_size, config.train.precision)
+        model = load_model(config.model, tokenizer, data.block_size, config.train.precision, config.lora)
+    adapters = lora.adapters_in(model)
     set_decoding_defaults(model, config, tokenizer)
     plan = plan_steps(None if data.streaming else len(prepared.train.input_ids), config, replicas)
     eval_ds = shard_by_data(
@@ -119,12 +121,12 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
             train.pipeline, prepared.validation, config.evaluate.batch_size, False, train.seed, model, tokenizer
         )
     )
-    params = int(sum(v.shape.num_elements() for v in model.trainable_variables))
+    params, trainable = lora.parameter_counts(model)
     if chief:
-        check_free_space(out, int(sum(v.shape.num_elements() for v in model.weights)))
+        check_free_space(out, trainable if adapters else params)  # a LoRA run checkpoints what it trains
     logger.info(
-        f"model: {type(model).__name__}, {params:,} parameters, {policy} precision; strategy {described}, global "
-        f"batch {train.batch_size} x {replicas} = {batch_size}"
+        f"model: {type(model).__name__}, {lora.describe_parameters(model)}, {policy} precision; strategy "
+        f"{described}, global batch {train.batch_size} x {replicas} = {batch_size}"
     )
 
     jit = resolve_jit_compile(train.jit_compile)
@@ -291,7 +293,7 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
     after = evaluate_loss(model, eval_ds, byte_table, train.loss_chunk_tokens)
     logger.info(f"after training: {eval_line(after)}")
     # Saved before sampling: whatever happens next, the trained model is on disk.
-    files.save_pretrained_atomic([model, tokenizer], out)
+    files.save_pretrained_atomic(lora.saved_objects(model) + [tokenizer], out)
 
     samples = final_samples(model, tokenizer, config)
 
@@ -318,10 +320,12 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
         "train_seconds": round(train_seconds, 3),
         "tokens_per_second": round(throughput.tokens_per_second, 1),
         "parameters": params,
+        "trainable_parameters": trainable,
         "precision": policy,
         "strategy": described,
         "global_batch_size": batch_size,
         "weights_sha256": weights_digest(model),
+        **({"adapter_sha256": adapters.digest()} if adapters else {}),
         "jit_compile": jit,
         "data": prepared.facts,
         "history": logged,

@@ -132,7 +132,9 @@ class CausalLMTrainer(keras.Model):
 
     def train_step(self, batch):
         variables = self.lm.trainable_variables
-        with tf.GradientTape() as tape:
+        # Only what trains is watched: frozen weights (LoRA's base) keep no activations for gradients never taken.
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(variables)
             with recomputing() if self.recompute else contextlib.nullcontext():
                 total, count = self.loss_sums(batch, training=True)
             loss = total / tf.maximum(count, 1.0)
