@@ -89,6 +89,7 @@ def eli5_records(n=24):
             {
                 "q_id": f"q{i}",
                 "title": f"question {i} about {words[i % len(words)]}",
+                "selftext": f"more about {words[(i + 5) % len(words)]}" if i % 2 else "",
                 "answers": {"a_id": [f"a{i}", f"b{i}"], "text": [a, b], "score": [3, 1]},
             }
         )

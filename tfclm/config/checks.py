@@ -60,6 +60,7 @@ def validate(config) -> None:
         "as --max-steps 1000",
     )
     _require(data.num_proc >= 1, "data.num_proc", f"must be at least 1, got {data.num_proc}")
+    _check_format(data, config.train)
     _require(
         data.max_documents is None or data.max_documents >= 2,
         "data.max_documents",
@@ -149,6 +150,34 @@ def validate(config) -> None:
     for key, message in generation_problems(gen):
         raise ConfigError(f"generate.{key}", message)
     _check_lora(config.lora, config)
+
+
+def _check_format(data, train) -> None:
+    if data.format == "text":
+        for key in ("prompt_column", "prompt_template"):
+            _require(
+                getattr(data, key) is None,
+                f"data.{key}",
+                "is set but data.format is text; set data.format: prompt_completion, or remove it",
+            )
+        _require(
+            train.loss_on != "completion",
+            "train.loss_on",
+            "completion needs data.format: prompt_completion (text has no completion); use all or auto",
+        )
+        return
+    _require(
+        (data.prompt_column is None) != (data.prompt_template is None),
+        "data.prompt_column",
+        "set exactly one of data.prompt_column (a field) and data.prompt_template (such as 'Question: {title}\\n')",
+    )
+    _require(
+        data.completion_pick in ("all", "first") or data.completion_pick.startswith("max:"),
+        "data.completion_pick",
+        f"must be all, first or max:FIELD (such as max:answers.score), got {data.completion_pick!r}",
+    )
+    _require(not data.streaming, "data.streaming", "works with data.format text only; set it to false")
+    _require(train.pipeline == "fast", "train.pipeline", "recipe packs documents; prompt_completion examples need fast")
 
 
 def validate_lora(lora) -> None:

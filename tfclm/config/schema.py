@@ -40,6 +40,20 @@ class DataConfig:
         None, 'several fields in one document: "{title}\\n{answers.text}"; replaces text_column'
     )
     join_separator: str = setting(" ", "joins a list of strings (several answers) into one document")
+    format: Literal["text", "prompt_completion"] = setting(
+        "text",
+        "text: documents, packed; prompt_completion: a prompt and a completion per record, one padded example each",
+    )
+    prompt_column: Optional[str] = setting(None, "prompt_completion: the prompt field (a dotted path reaches in)")
+    prompt_template: Optional[str] = setting(
+        None, 'prompt_completion: the prompt from several fields: "Question: {title}\\n{selftext}\\nAnswer: "'
+    )
+    completion_column: str = setting(
+        "completion", "prompt_completion: the completion field; a list of completions is read as data.completion_pick"
+    )
+    completion_pick: str = setting(
+        "all", "a list of completions gives: all (one example each), first, or max:FIELD (the best by a score list)"
+    )
     txt_document: Literal["file", "paragraph", "line"] = setting(
         "file", "what one document is in .txt files: a whole file, a blank-line paragraph, or a line"
     )
@@ -95,6 +109,11 @@ class TrainConfig:
         0,
         "compute the LM head and its loss this many tokens at a time, each chunk's gradients taken in the same "
         "pass, so the batch x length x vocabulary logits never exist at once (0: all at once)",
+    )
+    loss_on: Literal["auto", "all", "completion"] = setting(
+        "auto",
+        "completion: the loss counts the completion's tokens and its EOS only; all: every token; auto: completion "
+        "for data.format prompt_completion, all for text",
     )
     recompute: Literal["none", "blocks"] = setting(
         "none",

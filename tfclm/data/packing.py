@@ -32,6 +32,8 @@ class Blocks:
     dropped: int  # tokens not in any block: the final partial block, or truncated document ends
     # None when every position is a real token; else 1 on real tokens, 0 on padding
     attention_mask: np.ndarray | None = None
+    # None: the labels are the ids where the mask is 1; else their own array (-100 where not scored)
+    labels: np.ndarray | None = None
 
     def summary(self, name: str) -> str:
         n, size = self.input_ids.shape

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from transformers import DataCollatorForLanguageModeling
 
 from tfclm.backend import tf
+from tfclm.data.examples import LENGTH_MULTIPLE, bucketed_order
 from tfclm.data.packing import Blocks, stream_blocks
 from tfclm.data.prepare import stream_texts
 
@@ -44,18 +45,29 @@ def _arrays(blocks: Blocks) -> tuple[np.ndarray, np.ndarray]:
 
 
 def epoch_order(
-    n_blocks: int, batch_size: int, seed: int, epochs: int, first_epoch: int = 0, multiple: int = 1
+    n_blocks: int,
+    batch_size: int,
+    seed: int,
+    epochs: int,
+    first_epoch: int = 0,
+    multiple: int = 1,
+    lengths: np.ndarray | None = None,
 ) -> np.ndarray:
     """Block indices of every training batch, epoch after epoch: (batches, batch_size).
 
     Each epoch is its own seeded permutation, fixed by (seed, epoch) alone, so
     a resumed run can skip exactly the batches it already trained on. An
     epoch holds a whole `multiple` of batches (the micro-batches of an
-    optimizer step), so that no step spans two epochs.
+    optimizer step), so that no step spans two epochs. With `lengths`
+    (prompt/completion examples), each batch holds examples of similar length.
     """
     per_epoch = n_blocks // batch_size // multiple * multiple
+
+    def permutation(rng):
+        return rng.permutation(n_blocks) if lengths is None else bucketed_order(lengths, batch_size, rng)
+
     orders = [
-        np.random.default_rng([seed, epoch]).permutation(n_blocks)[: per_epoch * batch_size]
+        permutation(np.random.default_rng([seed, epoch]))[: per_epoch * batch_size]
         for epoch in range(first_epoch, first_epoch + epochs)
     ]
     return np.concatenate(orders).reshape(-1, batch_size).astype(np.int32)
@@ -75,6 +87,8 @@ def fast_dataset(
 
     Training batches are those of `epochs` epochs from `first_epoch`, less the first `skip_batches`.
     """
+    if blocks.labels is not None:
+        return _examples_dataset(blocks, batch_size, shuffle, seed, epochs, skip_batches, first_epoch, multiple)
     ids, mask = _arrays(blocks)
     if not shuffle:
         ds = tf.data.Dataset.from_tensor_slices((ids, mask)).batch(batch_size)
@@ -85,6 +99,29 @@ def fast_dataset(
             lambda rows: (tf.gather(ids_t, rows), tf.gather(mask_t, rows))
         )
     return ds.map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _examples_dataset(blocks: Blocks, batch_size, shuffle, seed, epochs, skip_batches, first_epoch, multiple):
+    """Padded examples with labels of their own: batches of similar lengths, each cut to its longest example."""
+    lengths = blocks.attention_mask.sum(axis=1)
+    arrays = {
+        "input_ids": tf.constant(blocks.input_ids.astype(np.int32)),
+        "attention_mask": tf.constant(blocks.attention_mask.astype(np.int32)),
+        "labels": tf.constant(blocks.labels.astype(np.int32)),
+    }
+    lengths_t, block = tf.constant(lengths.astype(np.int32)), blocks.input_ids.shape[1]
+    if shuffle:
+        order = epoch_order(len(lengths), batch_size, seed, epochs, first_epoch, multiple, lengths)[skip_batches:]
+        rows = tf.data.Dataset.from_tensor_slices(order)
+    else:
+        rows = tf.data.Dataset.range(len(lengths)).map(lambda i: tf.cast(i, tf.int32)).batch(batch_size)
+
+    def gather(rows):
+        longest = tf.reduce_max(tf.gather(lengths_t, rows))
+        cut = tf.minimum(block, (longest + LENGTH_MULTIPLE - 1) // LENGTH_MULTIPLE * LENGTH_MULTIPLE)
+        return {key: tf.gather(value, rows)[:, :cut] for key, value in arrays.items()}
+
+    return rows.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 class CausalLMCollator(DataCollatorForLanguageModeling):

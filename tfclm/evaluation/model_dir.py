@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from tfclm import config as config_lib
-from tfclm.data import packing, sources
+from tfclm.data import examples, packing, sources
 from tfclm.data.pipeline import fast_dataset, stream_dataset
 from tfclm.errors import ConfigError
 from tfclm.evaluation.perplexity import evaluate_loss
@@ -51,6 +51,8 @@ def evaluate_dir(
     if stride is not None:
         _check_window(stride, window, limit, "--max-length" if max_length else "evaluate.max_length")
     byte_table = token_bytes(tokenizer)
+    if text_file is None and config.data.format == "prompt_completion":
+        return _examples_loss(model, tokenizer, config, block, batch, byte_table, stride)
     if text_file is not None:
         texts, source = [_read_text(text_file)], text_file
     elif config.data.streaming:
@@ -119,3 +121,17 @@ def _block_loss(model, tokenizer, config, texts, block: int, batch: int, byte_ta
         )
         dataset = fast_dataset(blocks, batch, shuffle=False)
     return evaluate_loss(model, dataset, byte_table)
+
+
+def _examples_loss(model, tokenizer, config, block: int, batch: int, byte_table, stride) -> dict:
+    """A prompt/completion run's validation examples, scored as the run scored them (`train.loss_on`)."""
+    if stride is not None:
+        raise ConfigError("--stride", "slides over text; a prompt_completion run is scored by example (leave it out)")
+    pairs = examples.train_and_validation(config.data, config.train.seed)[1]
+    on_completion = config.train.loss_on != "all"
+    blocks = examples.encode(pairs, tokenizer, block, on_completion)
+    result = evaluate_loss(model, fast_dataset(blocks, batch, shuffle=False), byte_table)
+    scored = "the completions" if on_completion else "every token"
+    result["method"] = f"{len(blocks.input_ids):,} prompt/completion examples, the loss on {scored}"
+    result["source"] = f"the validation examples of {config.data.dataset}"
+    return result
