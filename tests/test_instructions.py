@@ -177,3 +177,26 @@ def test_a_model_trained_on_the_completions_follows_held_out_instructions(tmp_pa
 
     found = train_and_score(str(tmp_path), "completion")
     assert found["all"] >= 0.9, found
+
+
+def test_an_example_whose_prompt_fills_the_block_is_left_out_and_counted(tokenizers):
+    from tfclm.data.examples import encode
+
+    tokenizer = tokenizers[False]
+    long_prompt = "Question: " + "why " * 40
+    pairs = [(long_prompt, "because"), ("Q: x\nA: ", "y")]
+    blocks = encode(pairs, tokenizer, 16, loss_on_completion=True)
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for p, c in pairs for t in (p, c)]
+    assert len(blocks.input_ids) == 1 and blocks.documents == 2
+    assert blocks.tokens == lengths[0] + lengths[1] + 1 + lengths[2] + lengths[3] + 1
+    assert blocks.dropped == lengths[0] + lengths[1] + 1  # all of the first example: none of it is trained on
+
+
+def test_a_validation_file_with_the_training_prompts_is_refused(eli5_qa, tmp_path):
+    from test_cli_errors import error_line
+
+    qa = sets(f"data.dataset={eli5_qa}", f"data.validation_split={eli5_qa}")
+    line = error_line(
+        run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY_MODEL, *QA, *qa, "--output-dir", str(tmp_path / "out")])
+    )
+    assert "data.validation_split: " in line and "leaves 60 validation and 0 training examples" in line

@@ -114,7 +114,13 @@ def train_and_validation(data: DataConfig, seed: int):
     if other is not None:
         held_out = pairs(sources.load_records(other), other)
         prompts = {p for _, p, _ in held_out}
-        train = [e for e in examples if e[1] not in prompts]
+        train = [e for e in examples if e[1] not in prompts]  # a prompt in both would flatter the model
+        if not held_out or not train:
+            raise ConfigError(
+                "data.validation_split",
+                f"{data.validation_split!r} leaves {len(held_out)} validation and {len(train)} training examples; "
+                f"use a split or file with other prompts than the training data's",
+            )
     else:
         records = sorted({i for i, _, _ in examples})
         if len(records) < 2:
@@ -140,7 +146,8 @@ def encode(pairs_: list[tuple[str, str]], tokenizer, block_size: int, loss_on_co
         row = (prompt + answer + [tokenizer.eos_token_id])[:block_size]
         tokens += len(prompt) + len(answer) + 1
         dropped += len(prompt) + len(answer) + 1 - len(row)
-        if len(prompt) >= len(row):  # nothing of the completion is left to learn from
+        if len(prompt) >= len(row):  # nothing of the completion is left to learn from: all of it is dropped
+            dropped += len(row)
             continue
         ids[kept, : len(row)], mask[kept, : len(row)] = row, 1
         scored = len(prompt) if loss_on_completion else 0
