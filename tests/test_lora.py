@@ -423,6 +423,9 @@ def test_bad_lora_targets_and_bases_are_one_line_and_nothing_is_written(base_run
     merged = tmp_path / "merged"
     line = error_line(run_cli(["export", "--model", base_run, "--merge-lora", "--to", "tf", "--output", str(merged)]))
     assert "--merge-lora: " in line and "holds no LoRA adapter" in line and not merged.exists()
+    gone = str(tmp_path / "gone")
+    line = error_line(run_cli(["export", "--model", gone, "--merge-lora", "--to", "tf", "--output", str(merged)]))
+    assert "--model: model directory" in line and "does not exist" in line and not merged.exists()
 
 
 def make_opt_base(tmp_path) -> str:

@@ -76,7 +76,7 @@ def _copy_tokenizer(model_dir: str, target: str, tokenizer) -> None:
 
 def _load(model_dir: str, merge_lora: bool):
     """The model to export: a LoRA adapter dir's base with the adapters folded in, when --merge-lora asks."""
-    if merge_lora and not is_adapter_dir(model_dir):
+    if merge_lora and os.path.isdir(model_dir) and not is_adapter_dir(model_dir):  # a missing dir: load_trained says
         raise ConfigError(
             "--merge-lora", f"{model_dir!r} holds no LoRA adapter ({CONFIG_FILE}); leave --merge-lora out"
         )
