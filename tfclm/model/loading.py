@@ -4,6 +4,7 @@ output dir back with its tokenizer (`load_trained`).
 """
 
 import contextlib
+import json
 import os
 
 from transformers import AutoConfig, TFAutoModelForCausalLM
@@ -14,6 +15,7 @@ from tfclm.data.tokenizer import pretrained_tokenizer
 from tfclm.errors import ConfigError, first_line
 from tfclm.files import looks_local
 from tfclm.model import families, lora
+from tfclm.model.pytorch_names import from_pytorch, pytorch_name
 
 WEIGHT_FILES = (
     "tf_model.h5",
@@ -194,7 +196,7 @@ def _load_adapter_dir(adapter_dir: str, key: str):
     """The base model that adapter_config.json names, with the adapters in `adapter_dir` added."""
     from transformers import GenerationConfig
 
-    settings, base = lora.read_config(adapter_dir, key)
+    settings, base = read_adapter_config(adapter_dir, key)
     where = f"base_model_name_or_path in {os.path.join(adapter_dir, lora.CONFIG_FILE)}"
     if looks_local(base) and not os.path.isdir(base):
         raise ConfigError(
@@ -219,7 +221,66 @@ def _load_adapter_dir(adapter_dir: str, key: str):
             f"the adapter in {adapter_dir!r} does not fit its base {base!r} ({exc}); is {where} the model "
             f"it was trained on?",
         ) from None
-    lora.load_adapters(model, adapter_dir, key)
+    load_adapters(model, adapter_dir, key)
     if os.path.exists(os.path.join(adapter_dir, "generation_config.json")):
         model.generation_config = GenerationConfig.from_pretrained(adapter_dir)
     return model, tokenizer
+
+
+def read_adapter_config(directory: str, key: str) -> tuple[LoraConfig, str]:
+    """(the LoRA settings, the base model) of a PEFT LoRA adapter directory."""
+    path = os.path.join(directory, lora.CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+        if raw.get("peft_type") != "LORA":
+            raise ValueError(f"peft_type is {raw.get('peft_type')!r}, and tfclm reads LORA adapters")
+        targets = raw.get("target_modules")
+        if not isinstance(targets, list):
+            raise ValueError("target_modules is not a list of layer names")
+        settings = LoraConfig(
+            rank=int(raw["r"]),
+            alpha=float(raw["lora_alpha"]),
+            dropout=float(raw.get("lora_dropout") or 0.0),
+            target_modules=targets,
+            modules_to_save=list(raw.get("modules_to_save") or []),
+        )
+        base = raw.get("base_model_name_or_path")
+        if not base:
+            raise ValueError("it names no base_model_name_or_path")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(key, f"{path!r} is not a LoRA adapter config tfclm can read: {first_line(exc)}") from None
+    return settings, base
+
+
+def load_adapters(lm, directory: str, key: str) -> None:
+    """Put the adapter weights saved in `directory` into `lm`, adapted with the same settings."""
+    from safetensors.numpy import load_file
+
+    path = os.path.join(directory, lora.WEIGHTS_FILE)
+    try:
+        saved = load_file(path)
+    except Exception as exc:  # a missing, truncated or foreign file
+        raise ConfigError(key, f"could not read {path!r}: {first_line(exc)}") from None
+    expected = lora.adapter_state(lm)
+    problems = [f"no {name}" for name in expected if name not in saved]
+    problems += [f"an unexpected {name}" for name in saved if name not in expected]
+    problems += [
+        f"{name} of shape {saved[name].shape}, where the base takes {value.shape}"
+        for name, value in expected.items()
+        if name in saved and saved[name].shape != value.shape
+    ]
+    if problems:
+        raise ConfigError(
+            key,
+            f"the adapter in {directory!r} does not fit its base ({len(problems)} problems; the first: "
+            f"{problems[0]}); is base_model_name_or_path in {lora.CONFIG_FILE} the model it was trained on?",
+        )
+    adapter_ids = set()
+    for path_, (_, adapter) in lora.adapters_of(lm).items():
+        adapter.lora_a.assign(saved[f"{lora.PREFIX}{path_}.lora_A.weight"].T)
+        adapter.lora_b.assign(saved[f"{lora.PREFIX}{path_}.lora_B.weight"].T)
+        adapter_ids.update(id(v) for v in adapter.weights)
+    for variable in lm.trainable_variables:
+        if id(variable) not in adapter_ids:
+            variable.assign(from_pytorch(variable, saved[lora.PREFIX + pytorch_name(variable)]))

@@ -12,12 +12,13 @@ which transformers derives from the TF variable names, so a target pattern
 means the same layers here as in PEFT, and `save_pretrained` writes
 adapter_config.json and adapter_model.safetensors that
 `peft.PeftModel.from_pretrained(base, OUTPUT_DIR)` loads in PyTorch.
-`load_adapters` reads them back onto a TF base; `merge` folds them into the
+`tfclm.model.loading` reads them back onto a TF base; `merge` folds them into the
 base weights.
 """
 
 import hashlib
 import json
+import logging
 import math
 import os
 
@@ -26,9 +27,11 @@ import numpy as np
 from tfclm import files
 from tfclm.backend import keras, tf
 from tfclm.config import LoraConfig
-from tfclm.errors import ConfigError, first_line
+from tfclm.errors import ConfigError
 from tfclm.model.families import family
-from tfclm.model.pytorch_names import from_pytorch, pytorch_name, pytorch_tensor
+from tfclm.model.pytorch_names import pytorch_name, pytorch_tensor
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -269,6 +272,14 @@ class Adapters:
     def save_pretrained(self, directory: str) -> None:
         from safetensors.numpy import save
 
+        if not getattr(self, "_told", False):  # once per run: the pitfall is silent otherwise
+            self._told = True
+            logger.warning(
+                f"lora: {directory} holds adapters; transformers' TF classes and pipeline() read such a dir as its "
+                f"base model alone, without them. For those, write the merged model: python -m tfclm export "
+                f"--model {directory} --merge-lora --to tf --output MERGED_DIR"
+            )
+
         config = adapter_config(self.lm, self.lora, self.patterns, self.base)
         files.atomic_write_text(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
         state = adapter_state(self.lm)
@@ -289,62 +300,3 @@ def base_name(name_or_path: str) -> str:
 
 def is_adapter_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_FILE))
-
-
-def read_config(directory: str, key: str) -> tuple[LoraConfig, str]:
-    """(the LoRA settings, the base model) of a PEFT LoRA adapter directory."""
-    path = os.path.join(directory, CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = json.load(handle)
-        if raw.get("peft_type") != "LORA":
-            raise ValueError(f"peft_type is {raw.get('peft_type')!r}, and tfclm reads LORA adapters")
-        targets = raw.get("target_modules")
-        if not isinstance(targets, list):
-            raise ValueError("target_modules is not a list of layer names")
-        settings = LoraConfig(
-            rank=int(raw["r"]),
-            alpha=float(raw["lora_alpha"]),
-            dropout=float(raw.get("lora_dropout") or 0.0),
-            target_modules=targets,
-            modules_to_save=list(raw.get("modules_to_save") or []),
-        )
-        base = raw.get("base_model_name_or_path")
-        if not base:
-            raise ValueError("it names no base_model_name_or_path")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(key, f"{path!r} is not a LoRA adapter config tfclm can read: {first_line(exc)}") from None
-    return settings, base
-
-
-def load_adapters(lm, directory: str, key: str) -> None:
-    """Put the adapter weights saved in `directory` into `lm`, adapted with the same settings."""
-    from safetensors.numpy import load_file
-
-    path = os.path.join(directory, WEIGHTS_FILE)
-    try:
-        saved = load_file(path)
-    except Exception as exc:  # a missing, truncated or foreign file
-        raise ConfigError(key, f"could not read {path!r}: {first_line(exc)}") from None
-    expected = adapter_state(lm)
-    problems = [f"no {name}" for name in expected if name not in saved]
-    problems += [f"an unexpected {name}" for name in saved if name not in expected]
-    problems += [
-        f"{name} of shape {saved[name].shape}, where the base takes {value.shape}"
-        for name, value in expected.items()
-        if name in saved and saved[name].shape != value.shape
-    ]
-    if problems:
-        raise ConfigError(
-            key,
-            f"the adapter in {directory!r} does not fit its base ({len(problems)} problems; the first: "
-            f"{problems[0]}); is base_model_name_or_path in {CONFIG_FILE} the model it was trained on?",
-        )
-    adapter_ids = set()
-    for path_, (_, adapter) in adapters_of(lm).items():
-        adapter.lora_a.assign(saved[f"{PREFIX}{path_}.lora_A.weight"].T)
-        adapter.lora_b.assign(saved[f"{PREFIX}{path_}.lora_B.weight"].T)
-        adapter_ids.update(id(v) for v in adapter.weights)
-    for variable in lm.trainable_variables:
-        if id(variable) not in adapter_ids:
-            variable.assign(from_pytorch(variable, saved[PREFIX + pytorch_name(variable)]))
