@@ -529,3 +529,23 @@ def test_a_lora_run_pushes_its_adapters_only(base_run, tmp_path):
             assert f'PeftModel.from_pretrained(base, "{repo}")' in card
     finally:
         hub.stop()
+
+
+@pytest.mark.slow
+def test_a_full_run_over_a_lora_run_leaves_no_adapter_behind(base_run, tmp_path):
+    """--overwrite with full fine-tuning: the old adapters must go, or the dir would load as base + old adapters."""
+    out = str(tmp_path / "run")
+    lora = run_cli(["fit", "--config", DEFAULT_CONFIG, *COMMON, *lora_sets(base_run), "--max-steps", "1"]
+                   + ["--output-dir", out])  # fmt: skip
+    assert lora.exit_code == 0, lora.output
+    full = sets("model.config=null", f"model.name_or_path={base_run}")
+    result = run_cli(["fit", "--config", DEFAULT_CONFIG, *COMMON, *full, "--max-steps", "1", "--output-dir", out]
+                     + ["--overwrite"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = set(os.listdir(out))
+    assert "tf_model.h5" in names and not names & {"adapter_config.json", "adapter_model.safetensors"}, names
+    from tfclm.model.loading import load_trained
+    from tfclm.model.lora import adapters_of
+
+    model, _ = load_trained(out)
+    assert adapters_of(model) == {}

@@ -162,7 +162,11 @@ def test_a_file_size_limit_is_an_environment_failure(tmp_path, limit_kib, failin
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_an_interrupt_says_how_to_resume(tmp_path, signum, code):
     out = str(tmp_path / "run")
-    process = _fit_process(out, *sets("train.checkpoint_steps=2", "data.max_documents=20"), "--max-steps", "400")
+    # 400 steps (epochs enough to reach them; 20 documents make 9 steps an epoch): the signal lands mid-run even
+    # when a loaded machine runs this test's polling late.
+    process = _fit_process(
+        out, *sets("train.checkpoint_steps=2", "data.max_documents=20"), "--max-steps", "400", "--epochs", "50"
+    )
     index = os.path.join(out, "checkpoints", "checkpoint")
     deadline = time.monotonic() + 240
     try:

@@ -73,6 +73,21 @@ def generate(model_or_dir, prompts, **options):
     return run_generate(model_or_dir, prompts, **options)
 
 
+def chat(model_or_dir, conversation, system: str | None = None, **options) -> str:
+    """The assistant's reply to `conversation`: a user's text, or a list of {"role", "content"} turns so far.
+
+    The prompt is rendered with the tokenizer's chat template (the one a
+    `data.format: messages` run saved) and the reply ends at its end-of-turn
+    token. Example::
+
+        reply = tfclm.chat("runs/chat", "What is a list?", system="Answer briefly.", max_new_tokens=40)
+    """
+    from tfclm.generation.generator import chat_reply
+
+    _show_logs_unless_configured()
+    return chat_reply(model_or_dir, conversation, system=system, **options)
+
+
 def add_lora(
     model,
     rank: int = 8,

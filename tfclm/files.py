@@ -6,6 +6,7 @@ one, never half of one.
 """
 
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
@@ -50,17 +51,31 @@ def atomic_write_json(path: str, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def save_pretrained_atomic(objects, output_dir: str) -> None:
-    """`save_pretrained` each object into a temporary folder, then move each file into place."""
+# What `save_pretrained` of a model, its LoRA adapters, generation config and tokenizer writes: one model's files.
+MODEL_FILES = (
+    "config.json", "generation_config.json", "tf_model.h5", "tf_model.h5.index.json", "tf_model-*-of-*.h5",
+    "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+    "chat_template.jinja",
+)  # fmt: skip
+
+
+def save_pretrained_atomic(objects, output_dir: str, replaces: tuple = ()) -> None:
+    """`save_pretrained` each object into a temporary folder, then move each file into place; files matching
+    `replaces` (name patterns) that this save did not write go, being an earlier model's."""
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}save-", dir=output_dir)
     try:
         for obj in objects:
             obj.save_pretrained(staging)
-        for name in sorted(os.listdir(staging)):
+        written = set(os.listdir(staging))
+        for name in sorted(written):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for name in sorted(set(os.listdir(output_dir)) - written):
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in replaces):
+            os.unlink(os.path.join(output_dir, name))
 
 
 def remove_temporaries(directory: str) -> None:

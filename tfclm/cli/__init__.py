@@ -18,6 +18,7 @@ from tfclm.cli.options import (
     expand_user,
     explicit_flags,
     model_option,
+    read_prompts,
     serving_sampling_options,
 )
 from tfclm.errors import EnvironmentFailure, raise_interrupted
@@ -181,51 +182,40 @@ def evaluate_command(
         click.echo(f"{result['source']} ({result['method']}): {result['tokens']:,} tokens, {eval_line(result)}")
 
 
-def _read_prompts(prompts: tuple, prompt_file) -> list[str]:
-    collected = list(prompts)
-    if prompt_file is not None:
-        try:
-            collected += [line.rstrip("\r\n") for line in prompt_file if line.strip()]
-        except UnicodeDecodeError:
-            raise click.BadParameter(
-                f"{prompt_file.name!r} is not UTF-8 text; convert it (iconv -t utf-8) and pass it again",
-                param_hint="--prompt-file",
-            ) from None
-    if not collected:
-        raise click.UsageError(
-            "no prompt: pass --prompt TEXT, or --prompt-file FILE (one prompt per line; - reads stdin)"
-        )
-    return collected
-
-
 @cli.command("generate")
 @model_option()
 @click.option("--prompt", "prompts", multiple=True, help="Text to continue; repeat for a batch of prompts.")
 @click.option(
     "--prompt-file", type=click.File("r", encoding="utf-8"), help="A file with one prompt per line; - reads stdin."
 )
+@click.option("--chat", is_flag=True, help="Each prompt is a user's message: print the reply, ended at its turn's end.")
+@click.option("--system", metavar="TEXT", help="With --chat: the system message that opens each conversation.")
 @decoding_options
 @click.option("--xla/--no-xla", default=True, show_default=True, help="XLA (one compile per length bucket) or eager.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sample: text, token counts, seconds.")
 @domain_errors
-def generate_command(model_dir, prompts, prompt_file, xla, as_json, **options):
-    """Continue prompts with a saved model; several prompts run as one batch.
+def generate_command(model_dir, prompts, prompt_file, chat, system, xla, as_json, **options):
+    """Continue prompts with a saved model, or reply to them (--chat); several prompts run as one batch.
 
     \b
     Example:
         python -m tfclm generate --model runs/default --prompt "The list type" --seed 1
         printf 'Return the\\nThe list type\\n' | python -m tfclm generate --model runs/default --prompt-file - --json
+        python -m tfclm generate --model runs/chat --chat --system "Answer briefly." --prompt "What is a list?"
     """
     from tfclm.generation.generator import Generator
     from tfclm.model.loading import load_trained
 
-    texts = _read_prompts(prompts, prompt_file)
+    if system is not None and not chat:
+        raise click.BadParameter("sets a chat's system message; add --chat, or leave it out", param_hint="--system")
+    texts = read_prompts(prompts, prompt_file)
     generator = Generator(*load_trained(model_dir), xla=xla, log=lambda line: click.echo(line, err=True))
-    for sample in generator(texts, **options):
+    samples = generator.chat(texts, system=system, **options) if chat else generator(texts, **options)
+    for sample in samples:
         if as_json:
             click.echo(json.dumps(dataclasses.asdict(sample)))
         else:
-            click.echo(sample.text)
+            click.echo(sample.completion.strip() if chat else sample.text)
             click.echo("")
 
 

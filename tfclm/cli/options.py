@@ -109,3 +109,20 @@ def serving_sampling_options(command):
             command
         )
     return command
+
+
+def read_prompts(prompts: tuple, prompt_file) -> list[str]:
+    collected = list(prompts)
+    if prompt_file is not None:
+        try:
+            collected += [line.rstrip("\r\n") for line in prompt_file if line.strip()]
+        except UnicodeDecodeError:
+            raise click.BadParameter(
+                f"{prompt_file.name!r} is not UTF-8 text; convert it (iconv -t utf-8) and pass it again",
+                param_hint="--prompt-file",
+            ) from None
+    if not collected:
+        raise click.UsageError(
+            "no prompt: pass --prompt TEXT, or --prompt-file FILE (one prompt per line; - reads stdin)"
+        )
+    return collected

@@ -153,31 +153,34 @@ def validate(config) -> None:
 
 
 def _check_format(data, train) -> None:
-    if data.format == "text":
+    needs = {"completion": "prompt_completion", "assistant": "messages"}.get(train.loss_on)
+    _require(
+        needs in (None, data.format),
+        "train.loss_on",
+        f"{train.loss_on} needs data.format: {needs} ({data.format} has no {train.loss_on}); use all or auto",
+    )
+    if data.format != "prompt_completion":
         for key in ("prompt_column", "prompt_template"):
             _require(
                 getattr(data, key) is None,
                 f"data.{key}",
-                "is set but data.format is text; set data.format: prompt_completion, or remove it",
+                f"is set but data.format is {data.format}; set data.format: prompt_completion, or remove it",
             )
-        _require(
-            train.loss_on != "completion",
-            "train.loss_on",
-            "completion needs data.format: prompt_completion (text has no completion); use all or auto",
-        )
+    if data.format == "text":
         return
-    _require(
-        (data.prompt_column is None) != (data.prompt_template is None),
-        "data.prompt_column",
-        "set exactly one of data.prompt_column (a field) and data.prompt_template (such as 'Question: {title}\\n')",
-    )
-    _require(
-        data.completion_pick in ("all", "first") or data.completion_pick.startswith("max:"),
-        "data.completion_pick",
-        f"must be all, first or max:FIELD (such as max:answers.score), got {data.completion_pick!r}",
-    )
+    if data.format == "prompt_completion":
+        _require(
+            (data.prompt_column is None) != (data.prompt_template is None),
+            "data.prompt_column",
+            "set exactly one of data.prompt_column (a field) and data.prompt_template (such as 'Question: {title}\\n')",
+        )
+        _require(
+            data.completion_pick in ("all", "first") or data.completion_pick.startswith("max:"),
+            "data.completion_pick",
+            f"must be all, first or max:FIELD (such as max:answers.score), got {data.completion_pick!r}",
+        )
     _require(not data.streaming, "data.streaming", "works with data.format text only; set it to false")
-    _require(train.pipeline == "fast", "train.pipeline", "recipe packs documents; prompt_completion examples need fast")
+    _require(train.pipeline == "fast", "train.pipeline", f"recipe packs documents; {data.format} examples need fast")
 
 
 def validate_lora(lora) -> None:

@@ -40,9 +40,13 @@ class DataConfig:
         None, 'several fields in one document: "{title}\\n{answers.text}"; replaces text_column'
     )
     join_separator: str = setting(" ", "joins a list of strings (several answers) into one document")
-    format: Literal["text", "prompt_completion"] = setting(
+    format: Literal["text", "prompt_completion", "messages"] = setting(
         "text",
-        "text: documents, packed; prompt_completion: a prompt and a completion per record, one padded example each",
+        "text: documents, packed; prompt_completion: a prompt and a completion per record, one padded example each; "
+        "messages: a conversation of {role, content} turns per record, rendered by the chat template",
+    )
+    messages_column: str = setting(
+        "messages", "messages: the field holding the turns; roles are system, user and assistant"
     )
     prompt_column: Optional[str] = setting(None, "prompt_completion: the prompt field (a dotted path reaches in)")
     prompt_template: Optional[str] = setting(
@@ -110,10 +114,11 @@ class TrainConfig:
         "compute the LM head and its loss this many tokens at a time, each chunk's gradients taken in the same "
         "pass, so the batch x length x vocabulary logits never exist at once (0: all at once)",
     )
-    loss_on: Literal["auto", "all", "completion"] = setting(
+    loss_on: Literal["auto", "all", "completion", "assistant"] = setting(
         "auto",
-        "completion: the loss counts the completion's tokens and its EOS only; all: every token; auto: completion "
-        "for data.format prompt_completion, all for text",
+        "completion: the loss counts the completion's tokens and its EOS only; assistant: the assistant's replies "
+        "and their end-of-turn tokens only; all: every token; auto: completion for data.format prompt_completion, "
+        "assistant for messages, all for text",
     )
     recompute: Literal["none", "blocks"] = setting(
         "none",

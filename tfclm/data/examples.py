@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 from tfclm.config import DataConfig
-from tfclm.data import corpus, sources
+from tfclm.data import chat, corpus, sources
 from tfclm.data.packing import Blocks
 from tfclm.errors import ConfigError
 
@@ -86,33 +86,54 @@ def completions_of(record: dict, data: DataConfig, index: int) -> list[str]:
     return found
 
 
-def pairs(records, data: DataConfig) -> list[tuple[int, str, str]]:
-    """(record index, prompt, completion) of every example, in record order; repeated pairs once."""
+def pairs(records, data: DataConfig) -> list[tuple[int, str, tuple[str, str]]]:
+    """(record index, prompt, (prompt, completion)) of every example, in record order; repeated pairs once."""
     found, seen = [], set()
-    for index, record in enumerate(records):
-        if data.max_documents is not None and index >= data.max_documents:
-            break
+    for index, record in enumerate(_records(records, data)):
         prompt = prompt_of(record, data, index)
         for completion in completions_of(record, data, index):
             if (prompt, completion) not in seen:
                 seen.add((prompt, completion))
-                found.append((index, prompt, completion))
+                found.append((index, prompt, (prompt, completion)))
     return found
 
 
+def conversations(records, data: DataConfig) -> list[tuple[int, tuple, tuple]]:
+    """(record index, the turns that prompt, the turns) of every conversation; repeated conversations once."""
+    found, seen = [], set()
+    for index, record in enumerate(_records(records, data)):
+        turns = chat.conversation_of(record, data.messages_column, index)
+        if turns not in seen:
+            seen.add(turns)
+            found.append((index, tuple(t for t in turns if t[0] != "assistant"), turns))
+    return found
+
+
+def _records(records, data: DataConfig):
+    for index, record in enumerate(records):
+        if data.max_documents is not None and index >= data.max_documents:
+            return
+        yield record
+
+
+def examples_of(records, data: DataConfig) -> list[tuple]:
+    """(record index, what prompts it, the example): `pairs` or `conversations`, as `data.format` says."""
+    return conversations(records, data) if data.format == "messages" else pairs(records, data)
+
+
 def train_and_validation(data: DataConfig, seed: int):
-    """(training pairs, validation pairs, how validation was chosen); a seeded split is by record, so that no
-    prompt is on both sides."""
+    """(training examples, validation examples, how validation was chosen); a seeded split is by record, so that
+    no prompt is on both sides."""
     if corpus.is_builtin(data.dataset) or (os.path.exists(data.dataset) and sources._txt_files(data.dataset)):
         raise ConfigError(
             "data.format",
-            f"prompt_completion reads records with fields (.json, .jsonl, .csv, .parquet, a saved or Hub dataset), "
+            f"{data.format} reads records with fields (.json, .jsonl, .csv, .parquet, a saved or Hub dataset), "
             f"and {data.dataset!r} holds plain text",
         )
-    examples = pairs(sources.load_records(data), data)
+    examples = examples_of(sources.load_records(data), data)
     other = sources.validation_source(data)
     if other is not None:
-        held_out = pairs(sources.load_records(other), other)
+        held_out = examples_of(sources.load_records(other), other)
         prompts = {p for _, p, _ in held_out}
         train = [e for e in examples if e[1] not in prompts]  # a prompt in both would flatter the model
         if not held_out or not train:
@@ -130,7 +151,7 @@ def train_and_validation(data: DataConfig, seed: int):
         train = [e for e in examples if e[0] not in held]
         held_out = [e for e in examples if e[0] in held]
     how = f"validation: {len(held_out):,} examples, training: {len(train):,}"
-    return [e[1:] for e in train], [e[1:] for e in held_out], how
+    return [e[2] for e in train], [e[2] for e in held_out], how
 
 
 def encode(pairs_: list[tuple[str, str]], tokenizer, block_size: int, loss_on_completion: bool) -> Blocks:
@@ -154,6 +175,23 @@ def encode(pairs_: list[tuple[str, str]], tokenizer, block_size: int, loss_on_co
         labels[kept, scored : len(row)] = row[scored:]
         kept += 1
     return Blocks(ids[:kept], len(pairs_), tokens, dropped, mask[:kept], labels[:kept])
+
+
+def loss_on(data: DataConfig, setting: str) -> str:
+    """`train.loss_on` resolved: auto is completion for prompt_completion, assistant for messages, all for text."""
+    if setting != "auto":
+        return setting
+    return {"prompt_completion": "completion", "messages": "assistant"}.get(data.format, "all")
+
+
+SCORED = {"completion": "the completions", "assistant": "the assistant's replies", "all": "every token"}
+
+
+def encode_examples(found: list, tokenizer, data: DataConfig, scored: str, block_size: int) -> Blocks:
+    """`found` (pairs or conversations) as padded rows, the loss on `scored` (a resolved `loss_on`)."""
+    if data.format == "messages":
+        return chat.encode(found, tokenizer, block_size, scored != "all")
+    return encode(found, tokenizer, block_size, scored != "all")
 
 
 def bucketed_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:

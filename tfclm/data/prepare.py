@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tfclm.config import Config, DataConfig
-from tfclm.data import examples, packing, sources
+from tfclm.data import chat, examples, packing, sources
 from tfclm.data.packing import Blocks
 from tfclm.data.tokenizer import load_tokenizer
 
@@ -67,7 +67,7 @@ def prepare(config: Config, cache_dir: str | None = None, own_pad: bool = False)
         logger.info(f"data: streaming {data.dataset}; blocks of {data.block_size} are packed on the fly")
         return PreparedData(tokenizer, facts={"streaming": True})
 
-    if data.format == "prompt_completion":
+    if data.format != "text":
         return _prepare_examples(config, cache_dir, own_pad)
     train_texts, eval_texts, how = sources.train_and_validation(data, seed)
     logger.info(f"data: {len(train_texts) + len(eval_texts):,} distinct documents from {data.dataset}; {how}")
@@ -102,32 +102,40 @@ def prepare(config: Config, cache_dir: str | None = None, own_pad: bool = False)
 
 
 def _prepare_examples(config: Config, cache_dir: str, own_pad: bool) -> PreparedData:
-    """Prompt/completion examples, one padded row each (see `tfclm.data.examples`); tokenized on every run."""
+    """Prompt/completion examples or conversations, one padded row each (see `tfclm.data.examples` and
+    `tfclm.data.chat`); tokenized on every run."""
     data, train = config.data, config.train
-    train_pairs, eval_pairs, how = examples.train_and_validation(data, train.seed)
-    logger.info(f"data: {len(train_pairs) + len(eval_pairs):,} prompt/completion examples from {data.dataset}; {how}")
+    train_found, eval_found, how = examples.train_and_validation(data, train.seed)
+    kind = "conversations" if data.format == "messages" else "prompt/completion examples"
+    logger.info(f"data: {len(train_found) + len(eval_found):,} {kind} from {data.dataset}; {how}")
     writes = []
-    tokenizer = load_tokenizer(config, [p + c for p, c in train_pairs], cache_dir, writes, own_pad)
-    on_completion = train.loss_on != "all"
+    texts = [" ".join(c for _, c in e) if data.format == "messages" else e[0] + e[1] for e in train_found]
+    tokenizer = load_tokenizer(config, texts, cache_dir, writes, own_pad)
+    facts = {}
+    if data.format == "messages":
+        tokenizer, added = chat.with_template(tokenizer)
+        facts["chat_template"] = f"tfclm's ChatML, adding {' and '.join(added)}" if added else "the tokenizer's own"
+        logger.info(f"data: conversations rendered with {facts['chat_template']}")
+    scored = examples.loss_on(data, train.loss_on)
     sides = {
-        side: examples.encode(found, tokenizer, data.block_size, on_completion)
-        for side, found in (("train", train_pairs), ("validation", eval_pairs))
+        side: examples.encode_examples(found, tokenizer, data, scored, data.block_size)
+        for side, found in (("train", train_found), ("validation", eval_found))
     }
     lengths = sides["train"].attention_mask.sum(axis=1)
     share = examples.padding_share(lengths, train.batch_size, train.seed, data.block_size)
     for side, found in sides.items():
         logger.info(
             f"{side}: {len(found.input_ids):,} examples of {found.tokens:,} tokens, {found.dropped:,} cut at "
-            f"block_size {data.block_size}; the loss on {'the completions' if on_completion else 'every token'}"
+            f"block_size {data.block_size}; the loss on {examples.SCORED[scored]}"
         )
     logger.info(f"train: padding is {share:.1%} of the training batches' tokens (batched by length)")
-    facts = {
-        "examples": len(train_pairs) + len(eval_pairs),
-        "train_examples": int(len(sides["train"].input_ids)),
-        "validation_examples": int(len(sides["validation"].input_ids)),
-        "train_tokens_cut": sides["train"].dropped,
-        "padding_share": round(share, 4),
-        "loss_on": "completion" if on_completion else "all",
-        "validation": how,
-    }
+    facts.update(
+        examples=len(train_found) + len(eval_found),
+        train_examples=int(len(sides["train"].input_ids)),
+        validation_examples=int(len(sides["validation"].input_ids)),
+        train_tokens_cut=sides["train"].dropped,
+        padding_share=round(share, 4),
+        loss_on=scored,
+        validation=how,
+    )
     return PreparedData(tokenizer, sides["train"], sides["validation"], facts, writes)

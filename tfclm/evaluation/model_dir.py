@@ -51,7 +51,7 @@ def evaluate_dir(
     if stride is not None:
         _check_window(stride, window, limit, "--max-length" if max_length else "evaluate.max_length")
     byte_table = token_bytes(tokenizer)
-    if text_file is None and config.data.format == "prompt_completion":
+    if text_file is None and config.data.format != "text":
         return _examples_loss(model, tokenizer, config, block, batch, byte_table, stride)
     if text_file is not None:
         texts, source = [_read_text(text_file)], text_file
@@ -124,14 +124,15 @@ def _block_loss(model, tokenizer, config, texts, block: int, batch: int, byte_ta
 
 
 def _examples_loss(model, tokenizer, config, block: int, batch: int, byte_table, stride) -> dict:
-    """A prompt/completion run's validation examples, scored as the run scored them (`train.loss_on`)."""
+    """A prompt/completion or messages run's validation examples, scored as the run scored them."""
+    data = config.data
     if stride is not None:
-        raise ConfigError("--stride", "slides over text; a prompt_completion run is scored by example (leave it out)")
-    pairs = examples.train_and_validation(config.data, config.train.seed)[1]
-    on_completion = config.train.loss_on != "all"
-    blocks = examples.encode(pairs, tokenizer, block, on_completion)
+        raise ConfigError("--stride", f"slides over text; a {data.format} run is scored by example (leave it out)")
+    found = examples.train_and_validation(data, config.train.seed)[1]
+    scored = examples.loss_on(data, config.train.loss_on)
+    blocks = examples.encode_examples(found, tokenizer, data, scored, block)
     result = evaluate_loss(model, fast_dataset(blocks, batch, shuffle=False), byte_table)
-    scored = "the completions" if on_completion else "every token"
-    result["method"] = f"{len(blocks.input_ids):,} prompt/completion examples, the loss on {scored}"
-    result["source"] = f"the validation examples of {config.data.dataset}"
+    kind = "conversations" if data.format == "messages" else "prompt/completion examples"
+    result["method"] = f"{len(blocks.input_ids):,} {kind}, the loss on {examples.SCORED[scored]}"
+    result["source"] = f"the validation examples of {data.dataset}"
     return result

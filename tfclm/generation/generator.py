@@ -22,8 +22,9 @@ import numpy as np
 
 from tfclm.backend import tf
 from tfclm.config import GenerationOptions
+from tfclm.data import chat
 from tfclm.errors import ConfigError
-from tfclm.generation.sampling import SamplingLogitsProcessor
+from tfclm.generation.sampling import HoldStopsBack, SamplingLogitsProcessor
 from tfclm.model import lora
 from tfclm.model.families import family
 from tfclm.model.loading import WEIGHT_FILES, load_trained, n_positions
@@ -81,7 +82,7 @@ class Generator:
         """Sequences transformers returns for each input row: own sampling draws each sample as a row of its own."""
         return 1 if self._own_sampling(options) else options.num_return_sequences
 
-    def _generate_kwargs(self, options: GenerationOptions) -> dict:
+    def _generate_kwargs(self, options: GenerationOptions, stop: tuple) -> dict:
         own = self._own_sampling(options)
         kwargs = dict(
             max_new_tokens=options.max_new_tokens,
@@ -91,13 +92,13 @@ class Generator:
             num_return_sequences=1 if own else options.num_return_sequences,
             repetition_penalty=options.repetition_penalty,
             pad_token_id=self.pad_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=stop[0] if len(stop) == 1 else list(stop),
         )
         if options.do_sample and not own:
             kwargs.update(top_k=options.top_k, top_p=options.top_p, temperature=options.temperature)
         return kwargs
 
-    def _run(self, input_ids, attention_mask, seed, options: GenerationOptions):
+    def _run(self, input_ids, attention_mask, seed, options: GenerationOptions, stop: tuple):
         def generate(input_ids, attention_mask, seed):
             self.traces += 1  # Python side effect: runs once per trace, not per call
             processors = []
@@ -107,15 +108,19 @@ class Generator:
                         options.top_k, options.top_p, options.temperature, seed, int(input_ids.shape[1])
                     )
                 )
-            kwargs = self._generate_kwargs(options)
+            kwargs = self._generate_kwargs(options, stop)
             if options.min_new_tokens:
-                kwargs["min_length"] = int(input_ids.shape[1]) + options.min_new_tokens
+                min_length = int(input_ids.shape[1]) + options.min_new_tokens
+                if len(stop) == 1:
+                    kwargs["min_length"] = min_length
+                else:
+                    processors.insert(0, HoldStopsBack(stop, min_length))
             return self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, seed=seed, logits_processor=processors, **kwargs
             )
 
         # The seed is an input of the compiled function, not part of its identity: a new seed compiles nothing.
-        key = dataclasses.astuple(dataclasses.replace(options, seed=None))
+        key = (dataclasses.astuple(dataclasses.replace(options, seed=None)), stop)
         if not self.xla or key in self._eager_only:
             return generate(input_ids, attention_mask, seed)
         if key not in self._compiled:
@@ -148,7 +153,7 @@ class Generator:
         finally:
             hf_logging.set_verbosity(verbosity)
 
-    def _decode(self, encoded: list[list[int]], opts: GenerationOptions, seed: int) -> list[list[int]]:
+    def _decode(self, encoded: list[list[int]], opts: GenerationOptions, seed: int, stop: tuple) -> list[list[int]]:
         """The new tokens of each row of `encoded`, decoded as one left-padded batch."""
         width = max(len(row) for row in encoded)
         ids = np.array([[self.pad_id] * (width - len(row)) + row for row in encoded], dtype=np.int32)
@@ -165,11 +170,12 @@ class Generator:
             # of padding alone would make transformers warn of right-padding.
             filler = np.zeros(batch - len(encoded), dtype=np.int64)
             ids, mask = np.concatenate([ids, ids[filler]]), np.concatenate([mask, mask[filler]])
-        output = self._run(tf.constant(ids), tf.constant(mask), tf.constant([seed, 0], tf.int32), opts)
+        output = self._run(tf.constant(ids), tf.constant(mask), tf.constant([seed, 0], tf.int32), opts, stop)
         per_row = self._sequences_per_row(opts)
         return [[int(t) for t in row[ids.shape[1] :]] for row in output.numpy()[: len(encoded) * per_row]]
 
-    def __call__(self, prompts: list[str], **options) -> list[Sample]:
+    def __call__(self, prompts: list[str], stop_token_ids=(), **options) -> list[Sample]:
+        """Samples for `prompts`; each ends at EOS, at one of `stop_token_ids`, or at max_new_tokens."""
         opts = GenerationOptions(**options)
         opts.validate()
         if not prompts or any(not isinstance(p, str) or not p for p in prompts):
@@ -187,6 +193,7 @@ class Generator:
                 f"{limit} positions; lower max_new_tokens or shorten the prompt",
             )
         seed = opts.seed if opts.seed is not None else int(np.random.randint(0, 2**31 - 1))
+        stop = tuple(dict.fromkeys([tok.eos_token_id, *stop_token_ids]))
         # Where padding would shift positions, prompts of one length make a batch of their own.
         groups = {0: list(range(len(rows)))}
         if not self.family.left_padding:
@@ -197,7 +204,7 @@ class Generator:
         new_tokens = [None] * (len(rows) * per_output)
         started = time.perf_counter()
         for members in groups.values():
-            decoded = self._decode([encoded[row] for row in members], opts, seed)
+            decoded = self._decode([encoded[row] for row in members], opts, seed, stop)
             for position, row in enumerate(members):
                 for k in range(per_output):
                     new_tokens[row * per_output + k] = decoded[position * per_output + k]
@@ -205,9 +212,10 @@ class Generator:
         samples = []
         for row, new in enumerate(new_tokens):
             prompt_index = row // opts.num_return_sequences
-            stopped = tok.eos_token_id in new
+            ends = [k for k, token in enumerate(new) if token in stop]
+            stopped = bool(ends)
             if stopped:
-                new = new[: new.index(tok.eos_token_id) + 1]
+                new = new[: ends[0] + 1]
             prompt_tokens = len(encoded[row if copies > 1 else prompt_index])
             samples.append(
                 Sample(
@@ -220,6 +228,31 @@ class Generator:
                 )
             )
         return samples
+
+    def chat(self, conversations: list, system: str | None = None, **options) -> list[Sample]:
+        """Replies to `conversations` (each a user's text, or a list of {role, content} turns so far), rendered
+        with the tokenizer's chat template and stopped at its end-of-turn token; `system` opens each one that
+        has no system turn."""
+        tok = self.tokenizer
+        if not tok.chat_template:
+            raise ConfigError(
+                "--chat",
+                "this model's tokenizer has no chat template; train it on data.format: messages (tfclm adds one), "
+                "or leave out --chat",
+            )
+        prompts = [chat.prompt_text(tok, _turns(c), system) for c in conversations]
+        return self(prompts, stop_token_ids=[chat.end_of_turn_id(tok)], **options)
+
+
+def _turns(conversation) -> tuple:
+    if isinstance(conversation, str):
+        return (("user", conversation),)
+    if not isinstance(conversation, (list, tuple)) or not all(
+        isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
+        for t in conversation
+    ):
+        raise ConfigError("messages", "a conversation is a text or a list of {'role': ..., 'content': ...} turns")
+    return tuple((t["role"], t["content"]) for t in conversation)
 
 
 def generate_samples(model, tokenizer, prompts: list[str], xla: bool = False, **options) -> list[Sample]:
@@ -235,6 +268,7 @@ CACHED_MODELS = 4
 def _dir_fingerprint(model_dir: str) -> tuple:
     """What changes when a directory is trained again: its weight and tokenizer files' sizes and times."""
     names = (*WEIGHT_FILES, "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+    names += ("chat_template.jinja",)
     names += (lora.CONFIG_FILE, lora.WEIGHTS_FILE)  # a LoRA run's dir: its adapters are its weights
     found = []
     for name in names:
@@ -264,10 +298,17 @@ def generate(model_or_dir, prompts, xla: bool = True, **options) -> list[str]:
     """
     if isinstance(prompts, str):
         prompts = [prompts]
+    return [sample.text for sample in _generator_of(model_or_dir, xla)(list(prompts), **options)]
+
+
+def _generator_of(model_or_dir, xla: bool) -> Generator:
     if isinstance(model_or_dir, Generator):
-        generator = model_or_dir
-    elif isinstance(model_or_dir, tuple):
-        generator = Generator(*model_or_dir, xla=xla)
-    else:
-        generator = _cached_generator(os.path.expanduser(str(model_or_dir)), xla)
-    return [sample.text for sample in generator(list(prompts), **options)]
+        return model_or_dir
+    if isinstance(model_or_dir, tuple):
+        return Generator(*model_or_dir, xla=xla)
+    return _cached_generator(os.path.expanduser(str(model_or_dir)), xla)
+
+
+def chat_reply(model_or_dir, conversation, system: str | None = None, xla: bool = True, **options) -> str:
+    """The assistant's reply to `conversation` (a user's text or a list of {role, content} turns)."""
+    return _generator_of(model_or_dir, xla).chat([conversation], system=system, **options)[0].completion

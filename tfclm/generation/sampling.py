@@ -98,3 +98,17 @@ class SamplingLogitsProcessor(TFLogitsProcessor):
             # Filtering keeps the likeliest token and scaling keeps the order, so without noise this is greedy.
             noise = noise * tf.cast(self.enabled, filtered.dtype)
         return filtered + noise
+
+
+class HoldStopsBack(TFLogitsProcessor):
+    """min_new_tokens where several tokens end a sample (EOS and a chat's end of turn): transformers' TF
+    min-length processor takes one."""
+
+    def __init__(self, stop_ids, min_length: int):
+        self.stop_ids = list(stop_ids)
+        self.min_length = min_length
+
+    def __call__(self, input_ids, scores, cur_len):
+        stops = tf.reduce_max(tf.one_hot(self.stop_ids, int(scores.shape[-1])), axis=0) > 0
+        held = tf.logical_and(stops[None, :], cur_len < self.min_length)
+        return tf.where(held, tf.fill(tf.shape(scores), tf.constant(float("-inf"), scores.dtype)), scores)

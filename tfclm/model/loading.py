@@ -160,7 +160,8 @@ def load_model(
         model.build_in_name_scope()
         if family.scratch_embeddings_std:
             _draw_scratch_embeddings(model, getattr(config, family.scratch_embeddings_std))
-    if len(tokenizer) > model.config.vocab_size:
+    grown = len(tokenizer) - model.config.vocab_size
+    if grown > 0:
         model.resize_token_embeddings(len(tokenizer))
     limit = n_positions(model)
     if limit is not None and block_size > limit:
@@ -170,6 +171,12 @@ def load_model(
         )
     if lora_config.rank:
         lora.add_adapters(model, lora_config, lora.base_name(model_config.name_or_path))
+        if grown > 0 and not model.get_input_embeddings().trainable_weights:
+            raise ConfigError(
+                "lora.modules_to_save",
+                f"the tokenizer has {grown} tokens more than the model's embeddings (a chat template's, say), and "
+                f"LoRA freezes the embeddings, so they would never learn; add the input embedding (GPT-2: wte) here",
+            )
     return model
 
 

@@ -16,7 +16,7 @@ import yaml
 from tfclm.backend import keras, tf
 from tfclm.config import CONFIG_FILENAME
 from tfclm.errors import ConfigError, first_line
-from tfclm.files import TEMP_PREFIX
+from tfclm.files import MODEL_FILES, TEMP_PREFIX
 from tfclm.model.lora import adapters_in
 from tfclm.training.run_state import RunState, changed_keys, settings_of
 
@@ -130,9 +130,7 @@ def newest_readable(checkpoint_dir: str) -> int | None:
 # What a run writes into its output dir: a dir holding only these (or nothing) is tfclm's to write into.
 RUN_FILES = {
     CONFIG_FILENAME, "results.json", DIRNAME, "cache", "logs", "training_curves.png", ".tfclm.lock", "README.md",
-    "mlflow.db", "mlruns", "wandb",
-    "config.json", "generation_config.json", "tf_model.h5", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "vocab.json", "merges.txt",
+    "mlflow.db", "mlruns", "wandb", *(name for name in MODEL_FILES if "*" not in name),
 }  # fmt: skip
 
 

@@ -293,7 +293,7 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
     after = evaluate_loss(model, eval_ds, byte_table, train.loss_chunk_tokens)
     logger.info(f"after training: {eval_line(after)}")
     # Saved before sampling: whatever happens next, the trained model is on disk.
-    files.save_pretrained_atomic(lora.saved_objects(model) + [tokenizer], out)
+    files.save_pretrained_atomic(lora.saved_objects(model) + [tokenizer], out, replaces=files.MODEL_FILES)
 
     samples = final_samples(model, tokenizer, config)
 

@@ -8,7 +8,7 @@ from tfclm import config as config_lib
 from tfclm import files
 from tfclm.backend import keras
 from tfclm.errors import first_line
-from tfclm.generation.generator import generate_samples
+from tfclm.generation.generator import Generator, generate_samples
 from tfclm.hub.callback import PushToHubCallback
 from tfclm.hub.modelcard import model_card
 from tfclm.hub.uploads import DEFAULT_IGNORE, check_repo_id
@@ -34,7 +34,10 @@ def final_samples(model, tokenizer, config: config_lib.Config) -> list:
     prompts, options = sample_options(config)
     try:
         # One call: compiling it with XLA would cost more than it saves.
-        samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
+        if config.data.format == "messages":  # a chat model answers the prompts as a user's messages
+            samples = Generator(model, tokenizer, xla=False).chat(prompts, **options)
+        else:
+            samples = generate_samples(model, tokenizer, prompts, xla=False, **options)
     except Exception as exc:
         logger.warning(f"sample: failed ({first_line(exc, 200)}); the model is saved, and the results follow")
         return []
