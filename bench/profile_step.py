@@ -4,7 +4,7 @@ The distilgpt2 architecture at batch 16 x 128 (as `bench/train.py`), trained
 by `CausalLMTrainer` for `--warmup` steps, then `--steps` steps under
 `tf.profiler.experimental`. The trace's TensorFlow op events (host threads:
 this is a CPU) are summed by op type, and each type's time in fp32 and in
-bf16 (with the chunked loss, the fastest row of `bench/train.py`) is printed
+bf16 (with the chunked loss, as in `bench/train.py`'s chunked row) is printed
 side by side with its share of the step, so what does not get faster in
 bf16 shows. Op time is summed over threads, so it can exceed wall time on
 several cores; the shares are of the summed time.

@@ -38,11 +38,11 @@ from common import VOCAB, distilgpt2, id_tokenizer
 BATCH, BLOCK = 16, 128
 
 
-def matmul_peak(dtype, rows=BATCH * BLOCK, width=768, out=8192, repeats=10) -> float:
+def matmul_peak(dtype, rows=BATCH * BLOCK, width=768, out=8192, repeats=10, jit=False) -> float:
     """The best of `repeats` timings of the LM head's matmul shape (tokens x width x vocabulary slice)."""
     a = tf.cast(tf.random.normal((rows, width)), dtype)
     b = tf.cast(tf.random.normal((width, out)), dtype)
-    step = tf.function(lambda x, y: tf.matmul(x, y))
+    step = tf.function(tf.matmul, jit_compile=jit)
     step(a, b).numpy()
     best = float("inf")
     for _ in range(repeats):
@@ -184,6 +184,7 @@ def speed(args):
     params = sum(v.shape.num_elements() for v in model.trainable_variables)
     per_token = flops_per_token(model, BLOCK)
     peak32, peak16 = matmul_peak(tf.float32), matmul_peak(tf.bfloat16)
+    xla32, xla16 = matmul_peak(tf.float32, jit=True), matmul_peak(tf.bfloat16, jit=True)
     runs = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):  # interleaved, so a slow minute of the machine falls on every variant alike
         for name in VARIANTS:
@@ -194,7 +195,9 @@ def speed(args):
         f"{BATCH} x {BLOCK}; {args.steps} timed steps after {args.warmup} warm-up steps, {args.rounds} rounds"
     )
     print(
-        f"matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s, bfloat16 {peak16 / 1e9:.0f} GFLOP/s ({peak16 / peak32:.2f}x)"
+        f"matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s, bfloat16 {peak16 / 1e9:.0f} GFLOP/s "
+        f"({peak16 / peak32:.2f}x); under XLA: float32 {xla32 / 1e9:.0f}, bfloat16 {xla16 / 1e9:.0f} GFLOP/s "
+        f"({xla16 / xla32:.2f}x)"
     )
     medians = {name: float(np.median([r["tokens_per_second"] for r in found])) for name, found in runs.items()}
     base, base_mb = medians["recipe as written (fp32)"], max(r["peak_mb"] for r in runs["recipe as written (fp32)"])

@@ -9,13 +9,17 @@ from tfclm.model.families import FAMILIES, TRAINED
 CHUNKED = [t for t in TRAINED if FAMILIES[t].body]
 
 
-def tiny(model_type, vocab=96):
+def tiny(model_type, vocab=96, dropout=True):
+    """`dropout=False` zeroes every dropout rate: a step compared with one by hand draws no masks."""
     from transformers import AutoConfig, TFAutoModelForCausalLM
 
     from tfclm.backend import keras
 
     keras.utils.set_random_seed(0)
     config = AutoConfig.for_model(model_type, vocab_size=vocab, pad_token_id=1, **TINY_CONFIGS[model_type])
+    for name, value in vars(config).copy().items():
+        if not dropout and "drop" in name and isinstance(value, float):
+            setattr(config, name, 0.0)
     model = TFAutoModelForCausalLM.from_config(config)
     model.build_in_name_scope()
     return model
@@ -75,26 +79,58 @@ def one_batch(batch):
     return tf.data.Dataset.from_tensors(batch)
 
 
+def plain_sgd_step(model, batch, learning_rate):
+    """One SGD step by hand on the model's own logits: the reference every trainer step is held to."""
+    from tfclm.backend import tf
+    from tfclm.model.loss import token_loss_sums
+
+    with tf.GradientTape() as tape:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], training=True).logits
+        total, count = token_loss_sums(batch["labels"], logits)
+        loss = total / count
+    for variable, grad in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables)):
+        variable.assign_sub(learning_rate * tf.convert_to_tensor(grad))
+    return float(loss)
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "opt", "mistral"])
 def test_a_trainer_step_with_the_chunked_loss_updates_as_the_plain_one(model_type):
+    """The trainer's default (the head in one chunk, gradients in closed form) and 24-token chunks both move the
+    weights as a plain step on the model's own logits does."""
     from tfclm.backend import keras
     from tfclm.training.trainer import CausalLMTrainer
 
     ids = np.random.default_rng(1).integers(2, 96, size=(4, 16)).astype(np.int32)
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
-    weights, losses = [], []
+    reference = tiny(model_type, dropout=False)
+    reference_loss = plain_sgd_step(reference, batch, 0.5)
     for chunk in (0, 24):
-        model = tiny(model_type)
+        model = tiny(model_type, dropout=False)
         trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk)
+        assert trainer._head is not None  # the closed-form head, even at 0
         # SGD moves each weight by its gradient; Adam's first step is about its sign, rounding noise included.
         trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=0.5))
         history = trainer.fit(one_batch(batch), epochs=1, verbose=0)  # traced, as fit runs it
-        losses.append(history.history["loss"][0])
-        losses.append(trainer.evaluate(one_batch(batch), verbose=0))
-        weights.append([v.numpy() for v in model.trainable_variables])
-    assert losses[0] == pytest.approx(losses[2], rel=1e-6) and losses[1] == pytest.approx(losses[3], rel=1e-6)
-    for plain, chunked in zip(*weights):
-        np.testing.assert_allclose(chunked, plain, rtol=1e-5, atol=1e-6)
+        assert history.history["loss"][0] == pytest.approx(reference_loss, rel=1e-6)
+        for plain, stepped in zip(reference.trainable_variables, model.trainable_variables):
+            np.testing.assert_allclose(stepped.numpy(), plain.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_family_whose_head_transforms_first_trains_on_its_own_logits():
+    from tfclm.backend import keras
+    from tfclm.training.trainer import CausalLMTrainer
+
+    ids = np.random.default_rng(1).integers(2, 96, size=(4, 16)).astype(np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+    reference = tiny("bert", dropout=False)
+    reference_loss = plain_sgd_step(reference, batch, 0.5)
+    model = tiny("bert", dropout=False)
+    trainer = CausalLMTrainer(model)
+    assert trainer._head is None
+    trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=0.5))
+    assert trainer.fit(one_batch(batch), epochs=1, verbose=0).history["loss"][0] == pytest.approx(reference_loss)
+    for plain, stepped in zip(reference.trainable_variables, model.trainable_variables):
+        np.testing.assert_allclose(stepped.numpy(), plain.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_the_chunked_loss_of_a_family_that_cannot_is_refused_before_any_write(tmp_path):

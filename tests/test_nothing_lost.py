@@ -131,8 +131,16 @@ def test_a_model_dir_without_its_tokenizer(model_copy, tmp_path):
 def _fit_process(out, *extra, preexec=None):
     command = fit_command(*TINY, "--output-dir", out, *extra)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def child():
+        # A shell's background job (`make test &`) starts with SIGINT ignored, and Python then never turns it into
+        # KeyboardInterrupt: the fit gets SIGINT's default, as from a terminal.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec is not None:
+            preexec()
+
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, preexec_fn=preexec
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, preexec_fn=child
     )
 
 

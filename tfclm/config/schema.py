@@ -112,7 +112,8 @@ class TrainConfig:
     loss_chunk_tokens: int = setting(
         0,
         "compute the LM head and its loss this many tokens at a time, each chunk's gradients taken in the same "
-        "pass, so the batch x length x vocabulary logits never exist at once (0: all at once)",
+        "pass, so the batch x length x vocabulary logits never exist at once (0: all tokens in one chunk, still "
+        "faster than the model's own head where the family allows; the BERT-likes use their own)",
     )
     loss_on: Literal["auto", "all", "completion", "assistant"] = setting(
         "auto",

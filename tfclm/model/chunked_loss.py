@@ -86,9 +86,12 @@ def _loss_only(states, targets, weight, transposed, biases):
     return tf.while_loop(lambda i, _: i < tf.shape(states)[0], turn, (0, tf.constant(0.0)))[1]
 
 
-def chunked_token_loss_sums(hidden, labels, head: Head, chunk_tokens: int, with_gradients: bool = True):
+def chunked_token_loss_sums(
+    hidden, labels, head: Head, chunk_tokens, with_gradients: bool = True, head_trains: bool = True
+):
     """(sum of token losses, number of tokens), as `token_loss_sums` gives from the full logits. Without
-    `with_gradients` (evaluation) no gradient is taken along the way."""
+    `with_gradients` (evaluation) no gradient is taken along the way; without `head_trains` (a frozen head, as
+    under LoRA) none for the head's weights."""
     transposed = head.transposed
     count = tf.reduce_sum(tf.cast(labels[:, 1:] != -100, tf.float32))
     if not with_gradients:
@@ -101,27 +104,29 @@ def chunked_token_loss_sums(hidden, labels, head: Head, chunk_tokens: int, with_
         states, targets, padding = _chunks(hidden, labels, chunk_tokens)
         n = tf.shape(states)[0]
         grad_states = tf.TensorArray(hidden.dtype, size=n)
-        grad_weight = tf.zeros(weight.shape, tf.float32)
-        grad_biases = [tf.zeros(b.shape, tf.float32) for b in biases]
+        # A frozen head's gradients are never taken: scalars stand in for them in the loop.
+        grad_weight = tf.zeros(weight.shape if head_trains else (), tf.float32)
+        grad_biases = [tf.zeros(b.shape if head_trains else (), tf.float32) for b in biases]
 
         def turn(i, total, grad_states, grad_weight, *grad_biases):
             chunk, target = states[i], targets[i]
             mask = tf.cast(target != -100, tf.float32)
             logits = _logits(chunk, weight, transposed, biases)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(target, 0), logits=logits)
-            # d(loss)/d(logits) = softmax - one-hot, for the scored tokens only.
-            one_hot = tf.one_hot(tf.maximum(target, 0), tf.shape(logits)[1])
-            grad_logits = (tf.nn.softmax(logits) - one_hot) * mask[:, None]
+            # The kernel gives d(loss)/d(logits) = softmax - one-hot beside the loss, from the one softmax it
+            # computes: no second pass over the chunk's logits.
+            losses, grad_logits = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+                features=logits, labels=tf.maximum(target, 0)
+            )
+            grad_logits = grad_logits * mask[:, None]  # for the scored tokens only
             low = tf.cast(grad_logits, chunk.dtype)
             grad_chunk = tf.matmul(low, tf.cast(weight, chunk.dtype), transpose_b=not transposed)
-            outer = tf.matmul(low, chunk, transpose_a=True) if transposed else tf.matmul(chunk, low, transpose_a=True)
-            return (
-                i + 1,
-                total + tf.reduce_sum(losses * mask),
-                grad_states.write(i, grad_chunk),
-                grad_weight + tf.cast(outer, tf.float32),
-                *(g + tf.reduce_sum(grad_logits, 0) for g in grad_biases),
-            )
+            if head_trains:
+                pair = (low, chunk) if transposed else (chunk, low)
+                outer = tf.matmul(*pair, transpose_a=True)
+                grad_weight += tf.cast(outer, tf.float32)
+                grad_biases = [g + tf.reduce_sum(grad_logits, 0) for g in grad_biases]
+            return (i + 1, total + tf.reduce_sum(losses * mask), grad_states.write(i, grad_chunk), grad_weight,
+                    *grad_biases)  # fmt: skip
 
         _, total, grad_states, grad_weight, *grad_biases = tf.while_loop(
             lambda i, *_: i < n, turn, (0, tf.constant(0.0), grad_states, grad_weight, *grad_biases)
@@ -134,6 +139,8 @@ def chunked_token_loss_sums(hidden, labels, head: Head, chunk_tokens: int, with_
             # The last position predicts nothing: its gradient is zero.
             grad_hidden = tf.pad(tf.reshape(flat, [tf.shape(hidden)[0], -1, width]), [[0, 0], [0, 1], [0, 0]])
             scale = tf.cast(upstream, tf.float32)
+            if not head_trains:
+                return (grad_hidden * tf.cast(upstream, hidden.dtype), None, *(None for _ in biases))
             return (
                 grad_hidden * tf.cast(upstream, hidden.dtype),
                 tf.cast(grad_weight * scale, weight.dtype),
