@@ -229,6 +229,37 @@ def test_callback_in_a_plain_keras_workflow(hub, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_callback_checkpoints_only_the_adapters_of_a_lora_model(hub, tmp_path):
+    """checkpoint=True on a model with tfclm.add_lora: what trains and its optimizer state, not the frozen base."""
+    import math
+
+    import tensorflow as tf
+
+    out = tmp_path / "lora"
+    script = textwrap.dedent(f"""
+        import numpy as np, tensorflow as tf, tf_keras as keras, tfclm
+        from transformers import GPT2Config, TFGPT2LMHeadModel
+        model = TFGPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=500, n_positions=16))
+        model.build_in_name_scope()
+        tfclm.add_lora(model, rank=2, base="tester/base")
+        ids = np.random.default_rng(0).integers(0, 500, (16, 16)).astype("int32")
+        data = tf.data.Dataset.from_tensor_slices({{"input_ids": ids, "labels": ids}}).batch(8)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        push = tfclm.callbacks.PushToHubCallback({str(out)!r}, hub_model_id="tester/lora", checkpoint=True)
+        model.fit(data, epochs=1, callbacks=[push], verbose=0)
+        print("trainable", sum(v.shape.num_elements() for v in model.trainable_variables), "all",
+              sum(v.shape.num_elements() for v in model.weights), "failures", push.failures)
+    """)
+    done = run(["-c", script], client_env(hub.url, tmp_path / "home"))
+    assert done.returncode == 0 and "failures []" in done.stdout, done.stdout + done.stderr
+    trainable, everything = (int(n) for n in done.stdout.split()[1:4:2])
+    held = sum(math.prod(shape) for _, shape in tf.train.list_variables(str(out / "checkpoint")))
+    # The adapters and Adam's two slots for each, plus counters: nowhere near the 500 x 64 embeddings.
+    assert 3 * trainable <= held <= 3 * trainable + 10 and held < everything / 4, (held, trainable, everything)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(hub.state()["tester/lora"][-1]["files"])
+
+
+@pytest.mark.slow
 def test_push_honours_ignore_patterns_and_leaves_the_dir_alone(hub, tmp_path, trained_dir):
     import shutil
 

@@ -7,7 +7,7 @@ from tfclm.backend import keras, tf
 from tfclm.files import atomic_write_text, save_pretrained_atomic
 from tfclm.hub.modelcard import check_card_args, model_card
 from tfclm.hub.uploads import DEFAULT_IGNORE, Uploader, default_repo_id
-from tfclm.model.lora import saved_objects
+from tfclm.model.lora import checkpointed, saved_objects
 from tfclm.training.distribute import is_chief
 from tfclm.training.steps import StepClock
 
@@ -87,7 +87,7 @@ class PushToHubCallback(keras.callbacks.Callback):
         objects = saved_objects(self._lm()) + ([self.tokenizer] if self.tokenizer is not None else [])
         save_pretrained_atomic(objects, self.output_dir)
         if self.checkpoint:
-            ckpt = tf.train.Checkpoint(model=self._lm(), optimizer=self.model.optimizer)
+            ckpt = tf.train.Checkpoint(**checkpointed(self._lm()), optimizer=self.model.optimizer)
             tf.train.CheckpointManager(ckpt, os.path.join(self.output_dir, "checkpoint"), max_to_keep=1).save()
 
     def _push(self, message: str, extra_files=None):

@@ -182,6 +182,14 @@ def describe_parameters(lm) -> str:
     return f"{params:,} parameters, {trainable:,} trainable ({trainable / params:.2%}: LoRA rank {adapters.lora.rank})"
 
 
+def checkpointed(lm) -> dict:
+    """What a checkpoint of `lm` holds: a LoRA model's trainable variables only (its frozen base is its own files,
+    megabytes against gigabytes), else the whole model."""
+    if adapters_in(lm) is None:
+        return {"model": lm}
+    return {"trained": list(lm.trainable_variables)}
+
+
 def saved_objects(lm) -> list:
     """What saving `lm` means: the adapter files and the decoding settings of a LoRA model, else the model."""
     adapters = adapters_in(lm)

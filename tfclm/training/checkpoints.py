@@ -17,7 +17,7 @@ from tfclm.backend import keras, tf
 from tfclm.config import CONFIG_FILENAME
 from tfclm.errors import ConfigError, first_line
 from tfclm.files import MODEL_FILES, TEMP_PREFIX
-from tfclm.model.lora import adapters_in
+from tfclm.model.lora import checkpointed
 from tfclm.training.run_state import RunState, changed_keys, settings_of
 
 logger = logging.getLogger(__name__)
@@ -31,14 +31,10 @@ class Checkpoints:
     def __init__(self, output_dir: str, lm, optimizer, keep: int = 2, restore_dir: str | None = None):
         self.directory = os.path.join(output_dir, DIRNAME)
         self.restore_directory = os.path.join(restore_dir or output_dir, DIRNAME)
-        if adapters_in(lm) is not None:
-            # LoRA: the frozen base is the model's own files; a checkpoint holds what trains (megabytes, not GB).
-            trained = list(lm.trainable_variables)
-            self.checkpoint = tf.train.Checkpoint(trained=trained, optimizer=optimizer)
-            self._weights = lambda: trained
-        else:
-            self._weights = lambda: lm.weights  # read when asked: a model may be built after this
-            self.checkpoint = tf.train.Checkpoint(model=lm, optimizer=optimizer)
+        held = checkpointed(lm)
+        self.checkpoint = tf.train.Checkpoint(**held, optimizer=optimizer)
+        # Read when asked: a model may be built after this.
+        self._weights = (lambda: held["trained"]) if "trained" in held else (lambda: lm.weights)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
         self.optimizer = optimizer
 
