@@ -51,12 +51,15 @@ def atomic_write_json(path: str, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+# What a tokenizer's `save_pretrained` writes (the files of every kind of tokenizer, and its chat template).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "tokenizer.model", "chat_template.jinja",
+)  # fmt: skip
 # What `save_pretrained` of a model, its LoRA adapters, generation config and tokenizer writes: one model's files.
 MODEL_FILES = (
     "config.json", "generation_config.json", "tf_model.h5", "tf_model.h5.index.json", "tf_model-*-of-*.h5",
-    "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
-    "chat_template.jinja",
+    "adapter_config.json", "adapter_model.safetensors", *TOKENIZER_FILES,
 )  # fmt: skip
 
 

@@ -17,16 +17,12 @@ import tempfile
 
 from tfclm.backend import tf
 from tfclm.errors import ConfigError
+from tfclm.files import TOKENIZER_FILES
 from tfclm.generation.sampling import SamplingLogitsProcessor
 from tfclm.model.families import family
 from tfclm.model.loading import load_trained, n_positions
 from tfclm.model.lora import CONFIG_FILE, is_adapter_dir, merge
 from tfclm.model.pytorch_names import pytorch_state_dict
-
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "tokenizer.model", "chat_template.jinja",
-)  # fmt: skip
 
 
 def _check_output(output: str, force: bool, model_dir: str) -> None:

@@ -24,6 +24,7 @@ from tfclm.backend import tf
 from tfclm.config import GenerationOptions
 from tfclm.data import chat
 from tfclm.errors import ConfigError
+from tfclm.files import TOKENIZER_FILES
 from tfclm.generation.sampling import HoldStopsBack, SamplingLogitsProcessor
 from tfclm.model import lora
 from tfclm.model.families import family
@@ -267,8 +268,7 @@ CACHED_MODELS = 4
 
 def _dir_fingerprint(model_dir: str) -> tuple:
     """What changes when a directory is trained again: its weight and tokenizer files' sizes and times."""
-    names = (*WEIGHT_FILES, "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
-    names += ("chat_template.jinja",)
+    names = (*WEIGHT_FILES, "config.json", *TOKENIZER_FILES)
     names += (lora.CONFIG_FILE, lora.WEIGHTS_FILE)  # a LoRA run's dir: its adapters are its weights
     found = []
     for name in names:
