@@ -12,7 +12,8 @@ x tokens/s over the float32 peak.
 
 Each variant runs in a process of its own, so its peak resident memory is its
 own; the variants take turns, `--rounds` times, and each row prints the
-median tokens/s and the spread (max - min over the median) of its rounds.
+median tokens/s and the spread (max - min over the median) of its rounds; a
+round's tokens/s is over its median step.
 Then memory at block 1,024: the peak of one step at batch 1 and at batch 2
 for the recipe and tfclm's bf16 variants, and the largest batch within
 `--memory-budget-gb` extrapolated along the line through those two points.
@@ -64,8 +65,9 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._t)
 
     def tokens_per_second(self):
+        """Over the median step: a step the machine slowed (another process, a page-in) moves it little."""
         measured = self.times[self.warmup :] or self.times
-        return self.tokens_per_step * len(measured) / sum(measured)
+        return self.tokens_per_step / float(np.median(measured))
 
 
 def recipe(blocks, steps, warmup, batch):

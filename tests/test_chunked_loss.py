@@ -32,7 +32,7 @@ def loss_and_gradients(model, batch, chunk_tokens, graph=False):
 
     def compute(batch):
         with tf.GradientTape() as tape:
-            if chunk_tokens:
+            if chunk_tokens != 0:  # None: all tokens in one chunk, as the default train step takes them
                 body, head = head_and_body(model)
                 hidden = body(batch["input_ids"], batch["attention_mask"], training=False)
                 total, count = chunked_token_loss_sums(hidden, batch["labels"], head, chunk_tokens)
@@ -55,12 +55,59 @@ def test_chunked_loss_and_gradients_equal_the_plain_step(model_type):
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels}
     plain_loss, plain_count, plain_grads = loss_and_gradients(model, batch, 0)
     # Chunks that split rows, divide nothing, and hold every token; eagerly and traced, as Keras' fit runs it.
-    for chunk, graph in ((7, False), (16, True), (57, False), (200, True)):
+    for chunk, graph in ((7, False), (16, True), (57, False), (200, True), (None, True), (None, False)):
         loss, count, grads = loss_and_gradients(model, batch, chunk, graph)
         assert count == plain_count == 3 * 19 - 5
         assert loss == pytest.approx(plain_loss, rel=1e-6, abs=1e-6)
         for plain, chunked in zip(plain_grads, grads):
             np.testing.assert_allclose(chunked, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_a_token_whose_probability_underflows_keeps_its_exact_loss_and_a_masked_one_counts_nothing():
+    from tfclm.backend import tf
+    from tfclm.model.chunked_loss import Head, _losses_and_gradient, chunked_token_loss_sums
+
+    vocab = 50
+    logits = np.zeros((3, vocab), np.float32)
+    logits[0, 7] = -200.0  # exp(-200) is below float32's range: the target's probability is 0
+    logits[1] = np.linspace(-3, 3, vocab)
+    logits[2, 0] = -300.0
+    targets = np.array([7, 4, 0], np.int32)
+    with tf.GradientTape() as tape:
+        constant = tf.constant(logits)
+        tape.watch(constant)
+        expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=constant)
+    losses, gradient = _losses_and_gradient(tf.constant(logits), tf.constant(targets))
+    np.testing.assert_allclose(losses.numpy(), expected.numpy(), rtol=1e-6)
+    assert losses.numpy()[0] == pytest.approx(200 + np.log(vocab - 1 + np.exp(-200.0)), rel=1e-6)
+    np.testing.assert_allclose(gradient.numpy(), tape.gradient(expected, constant).numpy(), atol=1e-7)
+
+    # The same rows through the head, the third token unscored: its infinite-looking loss adds nothing.
+    hidden = np.concatenate([np.eye(3, dtype=np.float32), np.zeros((1, 3), np.float32)])[None]  # 4 positions
+    labels = np.array([[0, 7, 4, -100]], np.int32)
+    with tf.GradientTape() as tape:
+        states = tf.constant(hidden)
+        tape.watch(states)
+        total, count = chunked_token_loss_sums(states, tf.constant(labels), Head(tf.constant(logits), False, []))
+    assert count.numpy() == 2
+    assert total.numpy() == pytest.approx(float(expected[0] + expected[1]), rel=1e-6)
+    assert np.isfinite(tape.gradient(total, states).numpy()).all()
+
+
+def test_bfloat16_logits_give_the_float32_loss_to_bfloat16_rounding():
+    from tfclm.backend import tf
+    from tfclm.model.chunked_loss import _losses_and_gradient
+
+    rng = np.random.default_rng(0)
+    logits = tf.cast(tf.constant(rng.normal(0, 3, (64, 5000)).astype(np.float32)), tf.bfloat16)
+    targets = tf.constant(rng.integers(0, 5000, 64).astype(np.int32))
+    exact = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=tf.cast(logits, tf.float32))
+    losses, gradient = _losses_and_gradient(logits, targets)
+    assert losses.dtype == tf.float32 and gradient.dtype in (tf.bfloat16, tf.float32)
+    # A probability rounded to bfloat16 (8 significant bits) moves its log by at most 2^-8.
+    np.testing.assert_allclose(losses.numpy(), exact.numpy(), atol=2**-8, rtol=0)
+    expected = tf.nn.softmax(tf.cast(logits, tf.float32)) - tf.one_hot(targets, 5000)
+    np.testing.assert_allclose(tf.cast(gradient, tf.float32).numpy(), expected.numpy(), atol=2**-8, rtol=0)
 
 
 def test_a_head_that_transforms_first_is_refused():

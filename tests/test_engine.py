@@ -208,6 +208,50 @@ def test_a_nonfinite_step_is_skipped_and_stops_training_at_that_step(tmp_path):
         assert all(checkpoint_is_finite(out, step) for step in checkpoint_steps(out))
 
 
+def test_an_infinite_loss_with_finite_gradients_is_skipped_too():
+    """Logits of -inf at a target give an infinite loss whose gradients (softmax - one-hot) are finite: the
+    optimizer's own check sees nothing wrong, and the step must still leave the weights alone."""
+    import collections
+
+    import tensorflow as tf
+    import tf_keras as keras
+    from transformers import AdamWeightDecay
+
+    from tfclm.training.trainer import CausalLMTrainer
+
+    Output = collections.namedtuple("Output", "logits")
+
+    class ImpossibleTarget(keras.Model):
+        """A small LM that gives token 5 no chance in any batch holding token 63."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = keras.layers.Embedding(64, 16), keras.layers.Dense(64)
+
+        def call(self, input_ids, attention_mask=None, training=False):
+            logits = self.head(self.embed(input_ids))
+            impossible = tf.where(tf.reduce_any(input_ids == 63), -float("inf"), 0.0) * tf.one_hot(5, 64)
+            return Output(logits + tf.where(tf.one_hot(5, 64) > 0, impossible, 0.0))
+
+    keras.utils.set_random_seed(0)
+    ids = np.random.default_rng(0).integers(0, 63, (4 * 4, 16)).astype(np.int32)
+    ids[2 * 4, 3], ids[2 * 4, 9] = 63, 5  # the 3rd batch: token 5 is a target there
+    lm = ImpossibleTarget()
+    lm(tf.constant(ids[:1]))
+    trainer = CausalLMTrainer(lm)
+    trainer.compile(optimizer=AdamWeightDecay(learning_rate=1e-2))
+    weights = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            weights[batch] = [w.numpy() for w in self.model.lm.weights]
+
+    trainer.fit(batches(ids, 4), epochs=1, verbose=0, callbacks=[Snapshot()])
+    assert all(np.array_equal(a, b) for a, b in zip(weights[1], weights[2]))  # the 3rd batch changed nothing
+    assert not all(np.array_equal(a, b) for a, b in zip(weights[2], weights[3]))
+    assert int(trainer.skipped_steps.numpy()) == 1
+
+
 @pytest.mark.slow
 def test_xla_and_progress_logs(tmp_path):
     out = str(tmp_path / "xla")

@@ -56,6 +56,15 @@ def load():
     return tf, tf_keras
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its CPU kernels through oneDNN (on by default on x86; TF_ENABLE_ONEDNN_OPTS=0 turns
+    it off): oneDNN's softmax sums in float32 even for bfloat16 inputs, Eigen's does not."""
+    load()
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def __getattr__(name):
     if name in ("tf", "keras"):
         tf, keras = load()

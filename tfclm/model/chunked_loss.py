@@ -7,8 +7,10 @@ cross-entropy run over `chunk_tokens` tokens at a time in a loop. The
 gradient of a chunk's loss with respect to its logits is known in closed
 form (softmax minus the one-hot target), so each chunk's gradients for the
 hidden states and the head's weights are taken in the same pass, and no
-chunk's logits outlive its turn of the loop, forward or backward. The loss
-and the gradients are the plain step's, to float rounding.
+chunk's logits outlive its turn of the loop, forward or backward. One
+softmax gives both the loss (minus the log of the target's probability) and
+its gradient. The loss and the gradients are the plain step's, to float
+rounding (bfloat16's, for bfloat16 logits: see `_softmax_dtype`).
 
 The head is found through the model itself, never by family name: a Dense
 output layer (GPT-J, Mistral, XGLM: kernel and maybe bias), or the token
@@ -18,7 +20,7 @@ table names (`Family.body`); a family whose head transforms the hidden states
 first (the BERT-likes) has none, and is refused.
 """
 
-from tfclm.backend import keras, tf
+from tfclm.backend import keras, onednn_enabled, tf
 from tfclm.model.families import check
 
 
@@ -70,83 +72,141 @@ def _chunks(hidden, labels, chunk_tokens: int):
 
 
 def _logits(states, weight, transposed, biases):
-    logits = tf.matmul(states, tf.cast(weight, states.dtype), transpose_b=transposed)
+    """The logits of `states` under a head `weight` already in the states' dtype, in that dtype."""
+    logits = tf.matmul(states, weight, transpose_b=transposed)
     for bias in biases:
         logits += tf.cast(bias, logits.dtype)
-    return tf.cast(logits, tf.float32)
+    return logits
+
+
+def _softmax_dtype(dtype):
+    """Where the softmax over the vocabulary runs. oneDNN's CPU softmax sums in float32 whatever it is given, so
+    bfloat16 logits stay bfloat16 there (no float32 copy of the logits, one pass); elsewhere (Eigen's kernels
+    without oneDNN, GPUs, float16's narrow range) the logits are cast to float32 first."""
+    if dtype == tf.float32:
+        return tf.float32
+    on_cpu = not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    return dtype if dtype == tf.bfloat16 and on_cpu and onednn_enabled() else tf.float32
+
+
+def _losses_and_gradient(logits, targets):
+    """Each token's cross-entropy (float32) and d(loss)/d(logits) = softmax - one-hot (in the softmax's dtype),
+    from one softmax: TensorFlow's fused kernel is Eigen's, four times slower than oneDNN's softmax here. A
+    token whose probability underflows to zero has its loss taken exactly, from a log-sum-exp of its row."""
+    probs = tf.nn.softmax(tf.cast(logits, _softmax_dtype(logits.dtype)))
+    index = tf.stack([tf.range(tf.shape(targets)[0]), targets], 1)
+    target_probs = tf.cast(tf.gather_nd(probs, index), tf.float32)
+    losses = -tf.math.log(target_probs)
+    lost = tf.where(target_probs == 0.0)
+    rows = tf.cast(tf.gather(logits, lost[:, 0]), tf.float32)
+    exact = tf.reduce_logsumexp(rows, 1) - tf.cast(tf.gather_nd(logits, tf.gather(index, lost[:, 0])), tf.float32)
+    losses = tf.tensor_scatter_nd_update(losses, lost, exact)
+    with tf.control_dependencies([losses]):  # once nothing else reads the probabilities, they become the gradient
+        gradient = tf.tensor_scatter_nd_sub(probs, index, tf.ones_like(target_probs, probs.dtype))
+    return losses, gradient
 
 
 def _loss_only(states, targets, weight, transposed, biases):
+    low_weight = tf.cast(weight, states.dtype)
+
     def turn(i, total):
-        mask = tf.cast(targets[i] != -100, tf.float32)
-        logits = _logits(states[i], weight, transposed, biases)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(targets[i], 0), logits=logits)
-        return i + 1, total + tf.reduce_sum(losses * mask)
+        scored = targets[i] != -100
+        logits = _logits(states[i], low_weight, transposed, biases)
+        losses, _ = _losses_and_gradient(logits, tf.maximum(targets[i], 0))
+        return i + 1, total + tf.reduce_sum(tf.where(scored, losses, 0.0))
 
     return tf.while_loop(lambda i, _: i < tf.shape(states)[0], turn, (0, tf.constant(0.0)))[1]
 
 
+def _chunk_gradients(chunk, target, low_weight, transposed, biases, head_trains):
+    """One chunk's loss sum, d(loss)/d(chunk), and (head trains) the float32 head gradient as (width, vocabulary)
+    and the biases' gradients."""
+    scored = target != -100
+    losses, grad_logits = _losses_and_gradient(_logits(chunk, low_weight, transposed, biases), tf.maximum(target, 0))
+    low = tf.cast(grad_logits, chunk.dtype)
+    # Unscored tokens contribute nothing: their rows are zeroed in the chunk's (tokens x width) operands rather
+    # than in the (tokens x vocabulary) gradient, which is 65 times larger.
+    low_mask = tf.cast(scored, chunk.dtype)[:, None]
+    loss = tf.reduce_sum(tf.where(scored, losses, 0.0))
+    grad_chunk = low_mask * tf.matmul(low, low_weight, transpose_b=not transposed)
+    if not head_trains:
+        return loss, grad_chunk, None, []
+    # (width, vocabulary) whichever way the head is stored: oneDNN writes that layout faster from two token-major
+    # operands.
+    grad_weight = tf.cast(tf.matmul(chunk * low_mask, low, transpose_a=True), tf.float32)
+    mask = tf.cast(scored, grad_logits.dtype)
+    grad_biases = [tf.cast(tf.linalg.matvec(grad_logits, mask, transpose_a=True), tf.float32) for _ in biases]
+    return loss, grad_chunk, grad_weight, grad_biases
+
+
 def chunked_token_loss_sums(
-    hidden, labels, head: Head, chunk_tokens, with_gradients: bool = True, head_trains: bool = True
+    hidden, labels, head: Head, chunk_tokens=None, with_gradients: bool = True, head_trains: bool = True
 ):
-    """(sum of token losses, number of tokens), as `token_loss_sums` gives from the full logits. Without
-    `with_gradients` (evaluation) no gradient is taken along the way; without `head_trains` (a frozen head, as
-    under LoRA) none for the head's weights."""
+    """(sum of token losses, number of tokens), as `token_loss_sums` gives from the full logits, `chunk_tokens`
+    tokens at a time (None: all in one). Without `with_gradients` (evaluation) no gradient is taken along the
+    way; without `head_trains` (a frozen head, as under LoRA) none for the head's weights."""
     transposed = head.transposed
     count = tf.reduce_sum(tf.cast(labels[:, 1:] != -100, tf.float32))
     if not with_gradients:
-        states, targets, _ = _chunks(hidden, labels, chunk_tokens)
+        states, targets, _ = _chunks(hidden, labels, chunk_tokens or tf.maximum(tf.size(labels[:, 1:]), 1))
         weight, *biases = head.tensors()
         return _loss_only(states, targets, weight, transposed, biases), count
 
     @tf.custom_gradient
     def loss_sum(hidden, weight, *biases):
-        states, targets, padding = _chunks(hidden, labels, chunk_tokens)
-        n = tf.shape(states)[0]
-        grad_states = tf.TensorArray(hidden.dtype, size=n)
-        # A frozen head's gradients are never taken: scalars stand in for them in the loop.
-        grad_weight = tf.zeros(weight.shape if head_trains else (), tf.float32)
-        grad_biases = [tf.zeros(b.shape if head_trains else (), tf.float32) for b in biases]
-
-        def turn(i, total, grad_states, grad_weight, *grad_biases):
-            chunk, target = states[i], targets[i]
-            mask = tf.cast(target != -100, tf.float32)
-            logits = _logits(chunk, weight, transposed, biases)
-            # The kernel gives d(loss)/d(logits) = softmax - one-hot beside the loss, from the one softmax it
-            # computes: no second pass over the chunk's logits.
-            losses, grad_logits = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
-                features=logits, labels=tf.maximum(target, 0)
+        low_weight = tf.cast(weight, hidden.dtype)  # cast once, not once a chunk and again for its gradient
+        width = hidden.shape[-1]
+        if chunk_tokens is None:  # one chunk: no loop, and no zeros to sum the head's gradient into
+            states, targets = tf.reshape(hidden[:, :-1], [-1, width]), tf.reshape(labels[:, 1:], [-1])
+            total, grad_states, grad_weight, grad_biases = _chunk_gradients(
+                states, targets, low_weight, transposed, biases, head_trains
             )
-            grad_logits = grad_logits * mask[:, None]  # for the scored tokens only
-            low = tf.cast(grad_logits, chunk.dtype)
-            grad_chunk = tf.matmul(low, tf.cast(weight, chunk.dtype), transpose_b=not transposed)
-            if head_trains:
-                pair = (low, chunk) if transposed else (chunk, low)
-                outer = tf.matmul(*pair, transpose_a=True)
-                grad_weight += tf.cast(outer, tf.float32)
-                grad_biases = [g + tf.reduce_sum(grad_logits, 0) for g in grad_biases]
-            return (i + 1, total + tf.reduce_sum(losses * mask), grad_states.write(i, grad_chunk), grad_weight,
-                    *grad_biases)  # fmt: skip
-
-        _, total, grad_states, grad_weight, *grad_biases = tf.while_loop(
-            lambda i, *_: i < n, turn, (0, tf.constant(0.0), grad_states, grad_weight, *grad_biases)
-        )
+            padding = 0
+        else:
+            total, grad_states, grad_weight, grad_biases, padding = _chunk_loop(
+                hidden, labels, chunk_tokens, low_weight, transposed, biases, head_trains
+            )
 
         def gradient(upstream):
-            width = hidden.shape[-1]
-            flat = tf.reshape(grad_states.stack(), [-1, width])
+            flat = tf.reshape(grad_states, [-1, width])
             flat = flat[: tf.shape(flat)[0] - padding]
             # The last position predicts nothing: its gradient is zero.
             grad_hidden = tf.pad(tf.reshape(flat, [tf.shape(hidden)[0], -1, width]), [[0, 0], [0, 1], [0, 0]])
-            scale = tf.cast(upstream, tf.float32)
+            grad_hidden *= tf.cast(upstream, hidden.dtype)
             if not head_trains:
-                return (grad_hidden * tf.cast(upstream, hidden.dtype), None, *(None for _ in biases))
+                return (grad_hidden, None, *(None for _ in biases))
+            scale = tf.cast(upstream, tf.float32)
+            grad_head = tf.transpose(grad_weight) if transposed else grad_weight
             return (
-                grad_hidden * tf.cast(upstream, hidden.dtype),
-                tf.cast(grad_weight * scale, weight.dtype),
+                grad_hidden,
+                tf.cast(grad_head * scale, weight.dtype),
                 *(tf.cast(g * scale, b.dtype) for g, b in zip(grad_biases, biases)),
             )
 
         return total, gradient
 
     return loss_sum(hidden, *head.tensors()), count
+
+
+def _chunk_loop(hidden, labels, chunk_tokens, low_weight, transposed, biases, head_trains):
+    """`_chunk_gradients` over `chunk_tokens` tokens at a time: (loss sum, d(loss)/d(states) stacked by chunk,
+    head gradient summed, biases' gradients summed, the padding of the last chunk)."""
+    states, targets, padding = _chunks(hidden, labels, chunk_tokens)
+    n = tf.shape(states)[0]
+    width, vocabulary = low_weight.shape[::-1] if transposed else low_weight.shape
+    # A frozen head's gradients are never taken: scalars stand in for them in the loop.
+    grad_weight = tf.zeros((width, vocabulary) if head_trains else (), tf.float32)
+    grad_biases = [tf.zeros(b.shape if head_trains else (), tf.float32) for b in biases]
+
+    def turn(i, total, grad_states, grad_weight, *grad_biases):
+        loss, grad_chunk, chunk_weight, chunk_biases = _chunk_gradients(
+            states[i], targets[i], low_weight, transposed, biases, head_trains
+        )
+        if head_trains:
+            grad_weight += chunk_weight
+            grad_biases = [g + c for g, c in zip(grad_biases, chunk_biases)]
+        return (i + 1, total + loss, grad_states.write(i, grad_chunk), grad_weight, *grad_biases)
+
+    start = (0, tf.constant(0.0), tf.TensorArray(hidden.dtype, size=n), grad_weight, *grad_biases)
+    _, total, grad_states, grad_weight, *grad_biases = tf.while_loop(lambda i, *_: i < n, turn, start)
+    return total, grad_states.stack(), grad_weight, grad_biases, padding

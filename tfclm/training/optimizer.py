@@ -1,4 +1,4 @@
-"""The optimizer: transformers' AdamWeightDecay, its decay exclusions and its learning-rate schedule.
+"""The optimizer: transformers' AdamWeightDecay (its decay in one pass), its decay exclusions and its schedule.
 
 Weight decay applies to weight matrices and embeddings only: the stock
 exclusion list ("LayerNorm", "layer_norm", "bias") misses GPT-2's `ln_1`,
@@ -8,9 +8,25 @@ instead of guessed from names.
 
 from transformers import AdamWeightDecay
 
-from tfclm.backend import keras
+from tfclm.backend import keras, tf
 from tfclm.config import TrainConfig
 from tfclm.training.schedule import RunSchedule, initial_segments
+
+
+class OnePassDecayAdam(AdamWeightDecay):
+    """transformers' AdamWeightDecay, its decoupled decay taken in one pass over each weight.
+
+    The stock decay, `var.assign_sub(lr * var * rate)`, makes two products the
+    size of the weight and subtracts one from it: three passes, more time than
+    Adam's own fused update (on distilgpt2 on 2 cores). `var * (1 - lr * rate)`
+    is the same decay in one product, which the assignment takes over.
+    """
+
+    def _decay_weights_op(self, var, learning_rate, apply_state):
+        if not self._do_use_weight_decay(var.name):
+            return tf.no_op()
+        rate = apply_state[(var.device, var.dtype.base_dtype)]["weight_decay_rate"]
+        return var.assign(var * (1.0 - learning_rate * rate), use_locking=self._use_locking)
 
 
 def no_decay_variables(model) -> list:
@@ -28,12 +44,13 @@ def learning_rate_schedule(train: TrainConfig, total_steps: int) -> RunSchedule:
 
 
 def make_optimizer(train: TrainConfig, model, total_steps: int | None = None, segments: list | None = None):
-    """AdamWeightDecay over `segments` (a resumed run's saved schedule), or a new schedule of `total_steps`."""
+    """AdamWeightDecay (its decay in one pass) over `segments` (a resumed run's saved schedule), or a new
+    schedule of `total_steps`."""
     # AdamWeightDecay matches these as substrings of variable names; full names
     # (".../h_._1/ln_1/gamma:0") match only themselves.
     excluded = [v.name for v in no_decay_variables(model)]
     schedule = RunSchedule(segments) if segments is not None else learning_rate_schedule(train, total_steps)
-    return AdamWeightDecay(
+    return OnePassDecayAdam(
         learning_rate=schedule,
         weight_decay_rate=train.weight_decay,
         exclude_from_weight_decay=excluded,

@@ -112,20 +112,25 @@ class CausalLMTrainer(keras.Model):
         if self._head is None or not (self.loss_chunk_tokens or training):
             return token_loss_sums(labels, self(batch, training=training))
         hidden = self._body(batch["input_ids"], batch["attention_mask"], training)
-        chunk = self.loss_chunk_tokens or tf.shape(labels)[0] * (tf.shape(labels)[1] - 1)
         # Read as the step is traced: a frozen head (LoRA's) takes no gradient.
         head_trains = self._head.weight.name in {v.name for v in self.lm.trainable_variables}
-        return chunked_token_loss_sums(hidden, labels, self._head, chunk, training, head_trains)
+        return chunked_token_loss_sums(
+            hidden, labels, self._head, self.loss_chunk_tokens or None, training, head_trains
+        )
 
     @property
     def metrics(self):
         return [self.loss_tracker]
 
     def compile(self, optimizer, jit_compile: bool = False, **kwargs):
+        # The loss is scaled (and the gradients unscaled, a pass over every gradient) only under a scale that
+        # moves: fp16's, or one the caller brought.
+        self._scales_loss = True
         if not isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
             if keras.mixed_precision.global_policy().name == "mixed_float16":
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             else:
+                self._scales_loss = False
                 # Only the dynamic wrapper checks the gradients and skips; starting at 1 and never growing, its
                 # scale stays a power of two, so scaling and unscaling change no float32 number.
                 optimizer = keras.mixed_precision.LossScaleOptimizer(
@@ -164,11 +169,16 @@ class CausalLMTrainer(keras.Model):
             loss = total / tf.maximum(count, 1.0)
             # Replicas' gradients are summed when applied: each contributes its share of the mean.
             objective = loss / tf.distribute.get_strategy().num_replicas_in_sync
-            objective = self.optimizer.get_scaled_loss(objective)
-        grads = self.optimizer.get_unscaled_gradients(tape.gradient(objective, variables))
+            if self._scales_loss:
+                objective = self.optimizer.get_scaled_loss(objective)
+        grads = tape.gradient(objective, variables)
+        if self._scales_loss:
+            grads = self.optimizer.get_unscaled_gradients(grads)
         loss_finite = tf.math.is_finite(loss)
-        # A non-finite loss spoils the gradients too, so the optimizer's own check skips the update.
-        grads = [_spoil_unless(loss_finite, g) for g in grads]
+        # A non-finite loss spoils one gradient, so the optimizer's own check skips the update: the smallest,
+        # since spoiling means a pass over it.
+        smallest = min((g for g in grads if g is not None), key=lambda g: g.shape.num_elements() or 0, default=None)
+        grads = [_spoil_unless(loss_finite, g) if g is smallest else g for g in grads]
         bad = tf.logical_not(tf.logical_and(loss_finite, _all_finite(grads)))
         if self.accumulation_steps == 1:
             self.optimizer.apply_gradients(zip(grads, variables))
