@@ -131,8 +131,8 @@ class CausalLMTrainer(keras.Model):
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             else:
                 self._scales_loss = False
-                # Only the dynamic wrapper checks the gradients and skips; starting at 1 and never growing, its
-                # scale stays a power of two, so scaling and unscaling change no float32 number.
+                # Only the dynamic wrapper checks the gradients and skips; its scale (from 1, never growing) is never
+                # applied.
                 optimizer = keras.mixed_precision.LossScaleOptimizer(
                     optimizer, dynamic=True, initial_scale=1.0, dynamic_growth_steps=NEVER
                 )
