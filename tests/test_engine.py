@@ -41,6 +41,28 @@ def batches(ids, size):
     )
 
 
+def poisoned_lm(poison):
+    """A small LM (not a transformers one) whose logits get `poison` added in any batch holding token 63: a
+    constant, so the other batches' gradients stay finite (unlike tf.where over logits * nan)."""
+    import collections
+
+    import tensorflow as tf
+    import tf_keras as keras
+
+    Output = collections.namedtuple("Output", "logits")
+
+    class PoisonedLM(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = keras.layers.Embedding(64, 16), keras.layers.Dense(64)
+
+        def call(self, input_ids, attention_mask=None, training=False):
+            added = tf.where(tf.reduce_any(input_ids == 63), poison, tf.zeros_like(poison))
+            return Output(self.head(self.embed(input_ids)) + added)
+
+    return PoisonedLM()
+
+
 def test_accumulation_equals_one_large_batch_step():
     from transformers import AdamWeightDecay
 
@@ -156,8 +178,6 @@ def checkpoint_is_finite(out, step) -> bool:
 
 def test_a_nonfinite_step_is_skipped_and_stops_training_at_that_step(tmp_path):
     """A batch that makes the loss NaN, at a chosen step: its update never reaches the weights."""
-    import collections
-
     import tensorflow as tf
     import tf_keras as keras
     from transformers import AdamWeightDecay
@@ -166,25 +186,11 @@ def test_a_nonfinite_step_is_skipped_and_stops_training_at_that_step(tmp_path):
     from tfclm.training.checkpoints import CheckpointCallback, Checkpoints
     from tfclm.training.trainer import CausalLMTrainer
 
-    Output = collections.namedtuple("Output", "logits")
-
-    class PoisonedLM(keras.Model):
-        """A small LM whose logits are NaN for any batch holding token 63."""
-
-        def __init__(self):
-            super().__init__()
-            self.embed, self.head = keras.layers.Embedding(64, 16), keras.layers.Dense(64)
-
-        def call(self, input_ids, attention_mask=None, training=False):
-            logits = self.head(self.embed(input_ids))
-            # A constant added: the other batches' gradients stay finite (unlike tf.where over logits * nan).
-            return Output(logits + tf.where(tf.reduce_any(input_ids == 63), float("nan"), 0.0))
-
     keras.utils.set_random_seed(0)
     ids = np.random.default_rng(0).integers(0, 63, (12 * 4, 16)).astype(np.int32)
     ids[6 * 4 + 1, 5] = 63  # in the 7th batch of 4: optimizer step 7
     for patience, expected_steps in ((None, 12), (1, 7)):
-        lm = PoisonedLM()
+        lm = poisoned_lm(tf.constant(float("nan")))  # NaN logits in any batch holding token 63
         lm(tf.constant(ids[:1]))
         trainer = CausalLMTrainer(lm)
         trainer.compile(optimizer=AdamWeightDecay(learning_rate=1e-2))
@@ -211,32 +217,16 @@ def test_a_nonfinite_step_is_skipped_and_stops_training_at_that_step(tmp_path):
 def test_an_infinite_loss_with_finite_gradients_is_skipped_too():
     """Logits of -inf at a target give an infinite loss whose gradients (softmax - one-hot) are finite: the
     optimizer's own check sees nothing wrong, and the step must still leave the weights alone."""
-    import collections
-
     import tensorflow as tf
     import tf_keras as keras
     from transformers import AdamWeightDecay
 
     from tfclm.training.trainer import CausalLMTrainer
 
-    Output = collections.namedtuple("Output", "logits")
-
-    class ImpossibleTarget(keras.Model):
-        """A small LM that gives token 5 no chance in any batch holding token 63."""
-
-        def __init__(self):
-            super().__init__()
-            self.embed, self.head = keras.layers.Embedding(64, 16), keras.layers.Dense(64)
-
-        def call(self, input_ids, attention_mask=None, training=False):
-            logits = self.head(self.embed(input_ids))
-            impossible = tf.where(tf.reduce_any(input_ids == 63), -float("inf"), 0.0) * tf.one_hot(5, 64)
-            return Output(logits + tf.where(tf.one_hot(5, 64) > 0, impossible, 0.0))
-
     keras.utils.set_random_seed(0)
     ids = np.random.default_rng(0).integers(0, 63, (4 * 4, 16)).astype(np.int32)
     ids[2 * 4, 3], ids[2 * 4, 9] = 63, 5  # the 3rd batch: token 5 is a target there
-    lm = ImpossibleTarget()
+    lm = poisoned_lm(tf.where(tf.range(64) == 5, -float("inf"), 0.0))  # token 5 has no chance with token 63
     lm(tf.constant(ids[:1]))
     trainer = CausalLMTrainer(lm)
     trainer.compile(optimizer=AdamWeightDecay(learning_rate=1e-2))
