@@ -1,15 +1,17 @@
-"""Where a training step's time goes: TensorFlow's profiler over tfclm's train step, fp32 against bf16.
+"""Where a training step's time goes: TensorFlow's profiler over tfclm's train step, two variants side by side.
 
 The distilgpt2 architecture at batch 16 x 128 (as `bench/train.py`), trained
 by `CausalLMTrainer` for `--warmup` steps, then `--steps` steps under
 `tf.profiler.experimental`. The trace's TensorFlow op events (host threads:
-this is a CPU) are summed by op type, and each type's time in fp32 and in
-bf16 (each with the default head in closed form, `train.loss_chunk_tokens: 0`) is printed
-side by side with its share of the step, so what does not get faster in
-bf16 shows. Op time is summed over threads, so it can exceed wall time on
-several cores; the shares are of the summed time.
+this is a CPU) are summed by op type, and each type's time in the two
+variants (default: fp32 and bf16, each with the default head in closed form
+and the fused activations and layer norms; `bf16-unfused` runs transformers'
+ops) is printed side by side with its share of the step, so what does not
+get faster shows. Op time is summed over threads, so it can exceed wall time
+on several cores; the shares are of the summed time. The XLA-compiled fused
+functions are one row, `XLA (fused ops)`: the time of their executions.
 
-    .venv/bin/python bench/profile_step.py [--steps 3] [--warmup 2] [--top 25]
+    .venv/bin/python bench/profile_step.py [--steps 3] [--warmup 2] [--top 25] [--compare fp32 bf16]
 """
 
 import argparse
@@ -30,7 +32,8 @@ from common import VOCAB, distilgpt2
 
 BATCH, BLOCK = 16, 128
 OP_EVENT = re.compile(r"[\w./-]+:([_A-Za-z]\w*)")  # not the executor's own `ExecutorState::Process`
-VARIANTS = {"fp32": ("fp32", 0), "bf16": ("bf16", 0)}
+XLA_EVENT = "CpuExecutable::ExecuteAsyncOnStream"  # one run of an XLA-compiled function on the CPU
+VARIANTS = {"fp32": ("fp32", True), "bf16": ("bf16", True), "bf16-unfused": ("bf16", False)}
 
 
 def op_times(logdir: str) -> Counter:
@@ -51,10 +54,12 @@ def op_times(logdir: str) -> Counter:
                     op = OP_EVENT.fullmatch(name)  # an op of the graph, `scope/name:Type`, scoped or not
                     if op:
                         totals[op.group(1)] += event.duration_ps / 1e12
+                    elif name == XLA_EVENT:
+                        totals["XLA (fused ops)"] += event.duration_ps / 1e12
     return totals
 
 
-def profile(precision: str, chunk: int, steps: int, warmup: int) -> dict:
+def profile(precision: str, fused_ops: bool, steps: int, warmup: int) -> dict:
     from tfclm.config import TrainConfig
     from tfclm.data.packing import Blocks
     from tfclm.data.pipeline import fast_dataset
@@ -63,7 +68,7 @@ def profile(precision: str, chunk: int, steps: int, warmup: int) -> dict:
 
     set_precision(precision)
     model = distilgpt2()
-    trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk)
+    trainer = CausalLMTrainer(model, fused_ops=fused_ops)
     trainer.compile(optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, 100))
     blocks = np.random.default_rng(0).integers(0, VOCAB - 1, (BATCH * (steps + warmup), BLOCK)).astype(np.int32)
     data = fast_dataset(Blocks(blocks, len(blocks), blocks.size, 0), BATCH, shuffle=False)
@@ -87,6 +92,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--compare", nargs=2, default=["fp32", "bf16"], choices=list(VARIANTS), help="two variants")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -97,7 +103,7 @@ def main():
     import json
 
     found = {}
-    for name in VARIANTS:  # each in a process of its own: one precision policy, one profiler session
+    for name in args.compare:  # each in a process of its own: one precision policy, one profiler session
         command = [sys.executable, __file__, "--variant", name, "--steps", str(args.steps)]
         done = subprocess.run(command + ["--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
         found[name] = json.loads(done.stdout.strip().splitlines()[-1])

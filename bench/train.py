@@ -4,7 +4,8 @@ The distilgpt2 architecture (GPT2Config(n_layer=6), random weights) at batch
 16 x 128 on random token blocks. The recipe: `prepare_tf_dataset` with
 `DataCollatorForLanguageModeling`, `AdamWeightDecay(2e-5, 0.01)`,
 `compile()` with the model's own loss. tfclm: the fast `tf.data` pipeline and
-`CausalLMTrainer` in fp32, bf16, bf16 + XLA, and bf16 with the chunked
+`CausalLMTrainer` in fp32, bf16, bf16 without the fused activations and
+layer norms (`train.fused_ops: false`), bf16 + XLA, and bf16 with the chunked
 LM-head loss (`train.loss_chunk_tokens`). Also this machine's matmul peak in
 float32 and bfloat16 (repeated matmuls at the model's head shape), and model
 FLOPs utilisation: FLOPs per token (6N + 12 L H Q T, `tfclm.training.flops`)
@@ -87,7 +88,7 @@ def recipe(blocks, steps, warmup, batch):
     return timer.tokens_per_second()
 
 
-def tfclm_engine(blocks, steps, warmup, batch, precision, jit, chunk=0, recompute=False):
+def tfclm_engine(blocks, steps, warmup, batch, precision, jit, chunk=0, recompute=False, fused_ops=True):
     from tfclm.config import TrainConfig
     from tfclm.data.packing import Blocks
     from tfclm.data.pipeline import fast_dataset
@@ -97,7 +98,7 @@ def tfclm_engine(blocks, steps, warmup, batch, precision, jit, chunk=0, recomput
     set_precision(precision)
     try:
         model = distilgpt2(dropout=0.0 if recompute else 0.1)  # a recomputed block must not drop out
-        trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk, recompute=recompute)
+        trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk, recompute=recompute, fused_ops=fused_ops)
         trainer.compile(
             optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, warmup + steps),
             jit_compile=jit,
@@ -114,6 +115,7 @@ VARIANTS = {
     "recipe as written (fp32)": lambda *run: recipe(*run),
     "tfclm fp32": lambda *run: tfclm_engine(*run, "fp32", False),
     "tfclm bf16": lambda *run: tfclm_engine(*run, "bf16", False),
+    "tfclm bf16, transformers' ops": lambda *run: tfclm_engine(*run, "bf16", False, fused_ops=False),
     "tfclm bf16 + XLA": lambda *run: tfclm_engine(*run, "bf16", True),
     "tfclm bf16 + chunked loss 512": lambda *run: tfclm_engine(*run, "bf16", False, chunk=512),
     "tfclm bf16 + chunked + recompute": lambda *run: tfclm_engine(*run, "bf16", False, chunk=512, recompute=True),

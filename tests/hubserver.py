@@ -61,8 +61,7 @@ class Handler(BaseHTTPRequestHandler):
         return f"http://{self.headers.get('Host')}"
 
     def body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        return self._body
 
     def send(self, status, payload=None, headers=None, raw=None, head=False):
         data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else b"")
@@ -137,6 +136,10 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, method):
         path = unquote(urlparse(self.path).path)
         head = method == "HEAD"
+        # Read before taking the store's lock: a client sending a large file slowly must not hold up the others
+        # until their sends time out (as the Hub's own server never would), which once cut uploads short.
+        length = int(self.headers.get("Content-Length") or 0)
+        self._body = self.rfile.read(length) if length else b""
         with STORE.lock:
             if path == "/_test/state":
                 return self.send(

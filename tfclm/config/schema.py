@@ -126,6 +126,11 @@ class TrainConfig:
         "blocks: keep only each transformer block's input for the backward pass and run the block again there "
         "(less memory, about a third more compute); the model's dropout must be 0",
     )
+    fused_ops: bool = setting(
+        True,
+        "the train step runs the MLP's activation (GELU, SiLU) and the layer norms as one XLA-compiled function "
+        "each way, equal to transformers' ops to float32 rounding; false: transformers' ops as they are",
+    )
     jit_compile: Union[bool, Literal["auto"]] = setting(
         "auto", "XLA for the train step: true, false, or auto (on GPU/TPU only)"
     )

@@ -12,25 +12,13 @@ a recomputed block does not return, so the wrapper recomputes only inside
 `recomputing()`, which the trainer's train step enters.
 """
 
-import contextlib
-import threading
-
 from tfclm.backend import keras, tf
 from tfclm.errors import ConfigError
 from tfclm.model.families import check, family
+from tfclm.model.step_flag import StepFlag
 
-_ACTIVE = threading.local()
-
-
-@contextlib.contextmanager
-def recomputing():
-    """While tracing a train step: blocks wrapped by `recompute_blocks` recompute in the backward pass."""
-    before = getattr(_ACTIVE, "on", False)
-    _ACTIVE.on = True
-    try:
-        yield
-    finally:
-        _ACTIVE.on = before
+# While tracing a train step: blocks wrapped by `recompute_blocks` recompute in the backward pass.
+recomputing = StepFlag()
 
 
 def blocks_of(lm) -> list:
@@ -68,7 +56,7 @@ def recompute_blocks(lm) -> int:
 
 def _recomputed(call, outputs: int):
     def wrapped(*args, **kwargs):
-        if not getattr(_ACTIVE, "on", False):
+        if not recomputing.on:
             return call(*args, **kwargs)
         by_name = "hidden_states" in kwargs
         hidden = kwargs.pop("hidden_states") if by_name else args[0]

@@ -8,7 +8,9 @@ and scales the loss under fp16. With `loss_chunk_tokens` the train and
 eval steps take the LM head and its loss that many tokens at a time
 (`tfclm.model.chunked_loss`), so the full logits never exist; with
 `recompute` each transformer block is recomputed in the backward pass
-(`tfclm.model.recompute`). The wrapped model is the one that is saved.
+(`tfclm.model.recompute`); with `fused_ops` (the default) the MLP's activation
+and the layer norms run as XLA-fused functions in the train step
+(`tfclm.model.fused_ops`). The wrapped model is the one that is saved.
 """
 
 import contextlib
@@ -17,6 +19,7 @@ import logging
 from tfclm.backend import keras, tf
 from tfclm.errors import ConfigError
 from tfclm.model.chunked_loss import chunked_token_loss_sums, head_and_body
+from tfclm.model.fused_ops import fuse, fused
 from tfclm.model.loss import token_loss_sums
 from tfclm.model.recompute import recompute_blocks, recomputing
 
@@ -83,7 +86,15 @@ class CausalLMTrainer(keras.Model):
     `nonfinite_streak` those in a row, for a callback to stop on.
     """
 
-    def __init__(self, lm, accumulation_steps: int = 1, loss_chunk_tokens: int = 0, recompute: bool = False, **kwargs):
+    def __init__(
+        self,
+        lm,
+        accumulation_steps: int = 1,
+        loss_chunk_tokens: int = 0,
+        recompute: bool = False,
+        fused_ops: bool = True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.lm = lm
         self.accumulation_steps = accumulation_steps
@@ -92,6 +103,9 @@ class CausalLMTrainer(keras.Model):
         self.recompute = recompute
         if recompute:
             recompute_blocks(lm)
+        self.fused_ops = fused_ops
+        if fused_ops:
+            fuse(lm)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         counter = dict(dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.skipped_steps = tf.Variable(0, **counter)
@@ -117,6 +131,9 @@ class CausalLMTrainer(keras.Model):
         return chunked_token_loss_sums(
             hidden, labels, self._head, self.loss_chunk_tokens or None, training, head_trains
         )
+
+    def _fused(self):
+        return fused() if self.fused_ops else contextlib.nullcontext()
 
     @property
     def metrics(self):
@@ -164,14 +181,15 @@ class CausalLMTrainer(keras.Model):
         # Only what trains is watched: frozen weights (LoRA's base) keep no activations for gradients never taken.
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(variables)
-            with recomputing() if self.recompute else contextlib.nullcontext():
+            with recomputing() if self.recompute else contextlib.nullcontext(), self._fused():
                 total, count = self.loss_sums(batch, training=True)
             loss = total / tf.maximum(count, 1.0)
             # Replicas' gradients are summed when applied: each contributes its share of the mean.
             objective = loss / tf.distribute.get_strategy().num_replicas_in_sync
             if self._scales_loss:
                 objective = self.optimizer.get_scaled_loss(objective)
-        grads = tape.gradient(objective, variables)
+        with self._fused():  # a recomputed block runs its forward pass again here
+            grads = tape.gradient(objective, variables)
         if self._scales_loss:
             grads = self.optimizer.get_unscaled_gradients(grads)
         loss_finite = tf.math.is_finite(loss)
