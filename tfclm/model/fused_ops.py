@@ -9,11 +9,12 @@ tokens x 4 x width), and what autodiff needs is kept for the backward pass.
 XLA-compiled function (computed in float32, returned in the input's dtype)
 that keep only their input for the backward pass.
 
-Only the training step runs the fused forms (inside `fused()`, which the
+Only the training step runs the fused forms (while `fused` is on, which the
 trainer enters for the forward pass and the gradient): generation, evaluation
 and a saved model run transformers' own ops, so what is exported is its graph
 unchanged. The fused functions equal transformers' to float32 rounding (XLA's
-tanh and erf are its own polynomials, and the sums go in another order).
+exp and erfc are its own polynomials, GELU's tanh is taken as a logistic, and
+the layer norm's sums go in another order).
 """
 
 import functools
