@@ -14,12 +14,14 @@ x tokens/s over the float32 peak.
 Each variant runs in a process of its own, so its peak resident memory is its
 own; the variants take turns, `--rounds` times, and each row prints the
 median tokens/s and the spread (max - min over the median) of its rounds; a
-round's tokens/s is over its median step.
+round's tokens/s is over its median step, of 20 by default: this shared
+machine has slow minutes (a process's steps range over 6% to 9% of their
+median), and with 8 or 12 steps the rows spread by up to 7% between rounds.
 Then memory at block 1,024: the peak of one step at batch 1 and at batch 2
 for the recipe and tfclm's bf16 variants, and the largest batch within
 `--memory-budget-gb` extrapolated along the line through those two points.
 
-    .venv/bin/python bench/train.py [--steps 8] [--warmup 2] [--rounds 3] [--only speed|memory]
+    .venv/bin/python bench/train.py [--steps 20] [--warmup 2] [--rounds 3] [--only speed|memory]
 """
 
 import argparse
@@ -166,7 +168,7 @@ def memory_at_long_blocks(budget_mb: float, block: int = 1024) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
