@@ -351,3 +351,5 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path, kind):
     # The results cover the whole run, the part before the kill included.
     assert results["history"]["val_loss"] == expected["history"]["val_loss"] and results["epochs"] == 2
     assert results["step_history"]["steps"] == expected["step_history"]["steps"]
+    # Each step's loss is that step's own, whether its epoch began in this process or before the kill.
+    assert results["step_history"]["loss"] == expected["step_history"]["loss"]

@@ -143,8 +143,8 @@ class StepHistory(keras.callbacks.Callback):
     """Keeps the logs of every `every_n_steps`-th training step (Keras' History keeps epochs only).
 
     Keras reports `loss` at a step as the running mean since the epoch began;
-    here `loss` is the mean over the last `every_n_steps` steps alone, so a
-    curve of it shows the loss at that point of training.
+    here `loss` is the mean over the last `every_n_steps` steps alone (each
+    batch's own loss under tfclm's trainer, else taken out of the running mean).
 
     Example:
 
@@ -162,18 +162,18 @@ class StepHistory(keras.callbacks.Callback):
     def __init__(self, every_n_steps: int = 1):
         super().__init__()
         self.every_n_steps = every_n_steps
-        self.steps = []
-        self.history = {}
-        self._clock = StepClock()
-        self._previous_mean = 0.0
-        self._window = []
+        self.steps, self.history = [], {}
+        self._clock, self._previous_mean, self._window = StepClock(), 0.0, []
 
     def on_train_begin(self, logs=None):
         self._clock.start(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        if "loss" in logs:
+        own = getattr(self.model, "last_batch_loss", None)  # tfclm's trainer keeps it; a skipped step stays out
+        if "loss" in logs and own is not None:
+            self._window += [loss for loss in [float(own.numpy())] if math.isfinite(loss)]
+        elif "loss" in logs:
             mean = float(logs["loss"])
             # The running epoch mean after batch b (0-based) is the sum of b + 1 losses over b + 1.
             self._window.append((batch + 1) * mean - batch * (self._previous_mean if batch else 0.0))

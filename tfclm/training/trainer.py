@@ -107,6 +107,11 @@ class CausalLMTrainer(keras.Model):
         if fused_ops:
             fuse(lm)
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # The last batch's own loss: Keras logs the epoch's running mean, and the step's loss taken back out of it
+        # is off by float32 rounding that grows with the batch index (and differs for an epoch resumed mid-way).
+        self.last_batch_loss = tf.Variable(
+            0.0, trainable=False, aggregation=tf.VariableAggregation.MEAN, name="last_batch_loss"
+        )
         counter = dict(dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.skipped_steps = tf.Variable(0, **counter)
         self.nonfinite_streak = tf.Variable(0, **counter)
@@ -218,6 +223,7 @@ class CausalLMTrainer(keras.Model):
             tf.cond(self._micro_steps % self.accumulation_steps == 0, apply, lambda: tf.constant(False))
         # A skipped step's loss stays out of the running mean, which would otherwise be NaN for the whole epoch.
         self.loss_tracker.update_state(tf.where(loss_finite, loss, 0.0), sample_weight=tf.cast(loss_finite, tf.float32))
+        self.last_batch_loss.assign(loss)
         return {
             "loss": self.loss_tracker.result(),
             "learning_rate": tf.cast(self.learning_rate(), tf.float32),
