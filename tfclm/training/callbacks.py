@@ -172,7 +172,8 @@ class StepHistory(keras.callbacks.Callback):
         logs = logs or {}
         own = getattr(self.model, "last_batch_loss", None)  # tfclm's trainer keeps it; a skipped step stays out
         if "loss" in logs and own is not None:
-            self._window += [loss for loss in [float(own.numpy())] if math.isfinite(loss)]
+            loss = float(own.numpy())
+            self._window += [loss] if math.isfinite(loss) else []
         elif "loss" in logs:
             mean = float(logs["loss"])
             # The running epoch mean after batch b (0-based) is the sum of b + 1 losses over b + 1.
