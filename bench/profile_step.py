@@ -6,10 +6,11 @@ by `CausalLMTrainer` for `--warmup` steps, then `--steps` steps under
 this is a CPU) are summed by op type, and each type's time in the two
 variants (default: fp32 and bf16, each with the default head in closed form
 and the fused activations and layer norms; `bf16-unfused` runs transformers'
-ops) is printed side by side with its share of the step, so what does not
-get faster shows. Op time is summed over threads, so it can exceed wall time
-on several cores; the shares are of the summed time. The XLA-compiled fused
-functions are one row, `XLA (fused ops)`: the time of their executions.
+ops; `bf16-chunked` the LM-head loss 512 tokens at a time) is printed side
+by side with its share of the step, so what does not get faster shows. Op
+time is summed over threads, so it can exceed wall time on several cores;
+the shares are of the summed time. The XLA-compiled fused functions are one
+row, `XLA (fused ops)`: the time of their executions.
 
     .venv/bin/python bench/profile_step.py [--steps 3] [--warmup 2] [--top 25] [--compare fp32 bf16]
 """
@@ -33,7 +34,13 @@ from common import VOCAB, distilgpt2
 BATCH, BLOCK = 16, 128
 OP_EVENT = re.compile(r"[\w./-]+:([_A-Za-z]\w*)")  # not the executor's own `ExecutorState::Process`
 XLA_EVENT = "CpuExecutable::ExecuteAsyncOnStream"  # one run of an XLA-compiled function on the CPU
-VARIANTS = {"fp32": ("fp32", True), "bf16": ("bf16", True), "bf16-unfused": ("bf16", False)}
+# name: (precision, fused ops, LM-head loss chunk in tokens: 0 is the whole batch at once)
+VARIANTS = {
+    "fp32": ("fp32", True, 0),
+    "bf16": ("bf16", True, 0),
+    "bf16-unfused": ("bf16", False, 0),
+    "bf16-chunked": ("bf16", True, 512),
+}
 
 
 def op_times(logdir: str) -> Counter:
@@ -59,7 +66,7 @@ def op_times(logdir: str) -> Counter:
     return totals
 
 
-def profile(precision: str, fused_ops: bool, steps: int, warmup: int) -> dict:
+def profile(precision: str, fused_ops: bool, chunk: int, steps: int, warmup: int) -> dict:
     from tfclm.config import TrainConfig
     from tfclm.data.packing import Blocks
     from tfclm.data.pipeline import fast_dataset
@@ -68,7 +75,7 @@ def profile(precision: str, fused_ops: bool, steps: int, warmup: int) -> dict:
 
     set_precision(precision)
     model = distilgpt2()
-    trainer = CausalLMTrainer(model, fused_ops=fused_ops)
+    trainer = CausalLMTrainer(model, fused_ops=fused_ops, loss_chunk_tokens=chunk)
     trainer.compile(optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, 100))
     blocks = np.random.default_rng(0).integers(0, VOCAB - 1, (BATCH * (steps + warmup), BLOCK)).astype(np.int32)
     data = fast_dataset(Blocks(blocks, len(blocks), blocks.size, 0), BATCH, shuffle=False)

@@ -17,11 +17,14 @@ median tokens/s and the spread (max - min over the median) of its rounds; a
 round's tokens/s is over its median step, of 20 by default: this shared
 machine has slow minutes (a process's steps range over 6% to 9% of their
 median), and with 8 or 12 steps the rows spread by up to 7% between rounds.
-Then memory at block 1,024: the peak of one step at batch 1 and at batch 2
+Then memory at block 1,024: the peak of one step at batch 2 and at batch 4
 for the recipe and tfclm's bf16 variants, and the largest batch within
 `--memory-budget-gb` extrapolated along the line through those two points.
 
-    .venv/bin/python bench/train.py [--steps 20] [--warmup 2] [--rounds 3] [--only speed|memory]
+    .venv/bin/python bench/train.py [--steps 20] [--warmup 2] [--rounds 3] [--only speed|memory] [--variants NAME...]
+
+`--variants` times some variants alone (the recipe always runs, as the base of
+the ratios): more rounds of a comparison in the same time.
 """
 
 import argparse
@@ -113,8 +116,9 @@ def tfclm_engine(blocks, steps, warmup, batch, precision, jit, chunk=0, recomput
         keras.mixed_precision.set_global_policy("float32")
 
 
+RECIPE = "recipe as written (fp32)"
 VARIANTS = {
-    "recipe as written (fp32)": lambda *run: recipe(*run),
+    RECIPE: lambda *run: recipe(*run),
     "tfclm fp32": lambda *run: tfclm_engine(*run, "fp32", False),
     "tfclm bf16": lambda *run: tfclm_engine(*run, "bf16", False),
     "tfclm bf16, transformers' ops": lambda *run: tfclm_engine(*run, "bf16", False, fused_ops=False),
@@ -147,16 +151,22 @@ def measured(name, steps, warmup, batch=BATCH, block=BLOCK) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def memory_at_long_blocks(budget_mb: float, block: int = 1024) -> None:
-    """Peak memory of one step at batch 1 and 2 x `block`; the largest batch within `budget_mb` is extrapolated
-    along that line (an estimate from two measured points, printed as one)."""
+def memory_at_long_blocks(budget_mb: float, block: int = 1024, batches=(2, 4)) -> None:
+    """Peak memory of one step at two batches of `block` tokens; the largest batch within `budget_mb` is
+    extrapolated along that line (an estimate from two measured points, printed as one). Batch 2 and 4, not 1
+    and 2: a process's peak at batch 1 is mostly TensorFlow and the weights, and its noise of 100-300 MB between
+    processes made the slope through batch 1 off by up to a half."""
+    small, large = batches
     print(f"\npeak resident memory of one training step at block {block:,} (its own process each):")
-    print(f"{'variant':<34} {'batch 1 MB':>10} {'batch 2 MB':>10} {'MB/sequence':>12} {'est. batch in budget':>21}")
+    print(
+        f"{'variant':<34} {f'batch {small} MB':>10} {f'batch {large} MB':>10} {'MB/sequence':>12} "
+        f"{'est. batch in budget':>21}"
+    )
     largest = {}
     for name in MEMORY_VARIANTS:
-        one, two = (measured(name, 1, 0, batch, block)["peak_mb"] for batch in (1, 2))
-        slope = max(two - one, 1.0)
-        largest[name] = max(0, int(1 + (budget_mb - one) // slope))
+        one, two = (measured(name, 1, 0, batch, block)["peak_mb"] for batch in batches)
+        slope = max((two - one) / (large - small), 1.0)
+        largest[name] = max(0, int(small + (budget_mb - one) // slope))
         print(f"{name:<34} {one:>10.0f} {two:>10.0f} {slope:>12.0f} {largest[name]:>21}")
     base = largest["recipe as written (fp32)"] or 1
     best = largest["tfclm bf16 + chunked + recompute"]
@@ -173,6 +183,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
     parser.add_argument("--only", choices=["speed", "memory"], help="run one of the two parts")
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), metavar="NAME", help="time these (and the recipe) alone"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     parser.add_argument("--block", type=int, default=BLOCK, help=argparse.SUPPRESS)
@@ -191,9 +204,9 @@ def speed(args):
     per_token = flops_per_token(model, BLOCK)
     peak32, peak16 = matmul_peak(tf.float32), matmul_peak(tf.bfloat16)
     xla32, xla16 = matmul_peak(tf.float32, jit=True), matmul_peak(tf.bfloat16, jit=True)
-    runs = {name: [] for name in VARIANTS}
+    runs = {name: [] for name in VARIANTS if name == RECIPE or not args.variants or name in args.variants}
     for _ in range(args.rounds):  # interleaved, so a slow minute of the machine falls on every variant alike
-        for name in VARIANTS:
+        for name in runs:
             runs[name].append(measured(name, args.steps, args.warmup))
     device = tf.config.list_physical_devices()[-1].device_type
     print(
@@ -206,7 +219,7 @@ def speed(args):
         f"({xla16 / xla32:.2f}x)"
     )
     medians = {name: float(np.median([r["tokens_per_second"] for r in found])) for name, found in runs.items()}
-    base, base_mb = medians["recipe as written (fp32)"], max(r["peak_mb"] for r in runs["recipe as written (fp32)"])
+    base, base_mb = medians[RECIPE], max(r["peak_mb"] for r in runs[RECIPE])
     print(
         f"{'variant':<32} {'tokens/s':>9} {'spread':>7} {'vs recipe':>10} {'MFU':>5} {'peak MB':>8} {'vs recipe':>10}"
     )

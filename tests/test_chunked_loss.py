@@ -294,3 +294,35 @@ def test_recomputing_a_family_without_known_blocks_is_refused_before_any_write(t
     result = run_cli(["fit", "--config", DEFAULT_CONFIG, *args])
     assert result.exit_code == 2 and "Error: train.recompute: tfclm does not know how to find BERT's" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("with_gradients", [True, False])
+def test_memory_does_not_grow_with_the_number_of_chunks_in_a_traced_step(with_gradients):
+    """The point of the chunks is memory. TensorFlow's while loop runs up to 10 turns at once unless told not to,
+    and no chunk waits for another: with 16 chunks, 6 to 7 chunks' worth of logits were alive at once with the
+    gradients and 4 without (at block 1,024 the chunked loss then took more memory a sequence than no chunks).
+    One turn at a time: a chunk's logits and its softmax (2), with the gradients about 4, however many chunks."""
+    from tfclm.backend import tf
+    from tfclm.model.chunked_loss import Head, chunked_token_loss_sums
+
+    vocab, width, chunk = 8192, 32, 128
+    rng = np.random.default_rng(0)
+    hidden = tf.constant(rng.normal(size=(8, 257, width)).astype(np.float32))  # 8 x 256 targets: 16 chunks
+    labels = tf.constant(rng.integers(0, vocab, (8, 257)).astype(np.int32))
+    weight = tf.Variable(rng.normal(0, 0.02, (vocab, width)).astype(np.float32))
+
+    @tf.function
+    def step(hidden):
+        with tf.GradientTape() as tape:
+            tape.watch(hidden)
+            total, _ = chunked_token_loss_sums(hidden, labels, Head(weight, True, []), chunk, with_gradients)
+        return (total, *tape.gradient(total, [hidden, weight])) if with_gradients else (total,)
+
+    step.get_concrete_function(hidden)
+    chunk_logits = chunk * vocab * 4
+    for _ in range(3):  # the executor's order varies from run to run: every run keeps to the bound
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        [t.numpy() for t in step(hidden)]
+        chunks_alive = (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / chunk_logits
+        assert chunks_alive < (5 if with_gradients else 3), f"{chunks_alive:.2f} chunks' logits at the peak"
