@@ -17,9 +17,9 @@ median tokens/s and the spread (max - min over the median) of its rounds; a
 round's tokens/s is over its median step, of 20 by default: this shared
 machine has slow minutes (a process's steps range over 6% to 9% of their
 median), and with 8 or 12 steps the rows spread by up to 7% between rounds.
-Then memory at block 1,024: the peak of one step at batch 2 and at batch 4
-for the recipe and tfclm's bf16 variants, and the largest batch within
-`--memory-budget-gb` extrapolated along the line through those two points.
+Then memory at block 1,024: for the recipe and tfclm's bf16 variants, the
+largest batch whose training step peaks within `--memory-budget-gb`,
+measured (one step a process; the batch above it measured over the budget).
 
     .venv/bin/python bench/train.py [--steps 20] [--warmup 2] [--rounds 3] [--only speed|memory] [--variants NAME...]
 
@@ -39,24 +39,11 @@ import numpy as np
 
 from tfclm.backend import keras, tf
 from tfclm.training.flops import flops_per_token
+from tfclm.training.peak import matmul_peak
 
 from common import VOCAB, distilgpt2, id_tokenizer
 
 BATCH, BLOCK = 16, 128
-
-
-def matmul_peak(dtype, rows=BATCH * BLOCK, width=768, out=8192, repeats=10, jit=False) -> float:
-    """The best of `repeats` timings of the LM head's matmul shape (tokens x width x vocabulary slice)."""
-    a = tf.cast(tf.random.normal((rows, width)), dtype)
-    b = tf.cast(tf.random.normal((width, out)), dtype)
-    step = tf.function(tf.matmul, jit_compile=jit)
-    step(a, b).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step(a, b).numpy()
-        best = min(best, time.perf_counter() - started)
-    return 2 * rows * width * out / best
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -151,28 +138,51 @@ def measured(name, steps, warmup, batch=BATCH, block=BLOCK) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def memory_at_long_blocks(budget_mb: float, block: int = 1024, batches=(2, 4)) -> None:
-    """Peak memory of one step at two batches of `block` tokens; the largest batch within `budget_mb` is
-    extrapolated along that line (an estimate from two measured points, printed as one). Batch 2 and 4, not 1
-    and 2: a process's peak at batch 1 is mostly TensorFlow and the weights, and its noise of 100-300 MB between
-    processes made the slope through batch 1 off by up to a half."""
-    small, large = batches
+def largest_batch(name: str, budget_mb: float, block: int) -> tuple[int, dict]:
+    """(the largest batch whose one-step peak is within `budget_mb`, every batch measured: its peak MB), found by
+    measuring: batch 2 and 4, then along the line through the two nearest points, until a batch that fits sits next
+    to one that does not. A line through two small batches alone misleads: there a process's peak is mostly
+    TensorFlow's start and the weights (recompute read 31 MB a sequence from batch 2 to 4, 99 from 16 to 32)."""
+    peaks = {}
+
+    def peak(batch):
+        if batch not in peaks:
+            peaks[batch] = measured(name, 1, 0, batch, block)["peak_mb"]
+        return peaks[batch]
+
+    peak(2), peak(4)
+    for _ in range(12):
+        fits = [b for b in peaks if peaks[b] <= budget_mb]
+        if not fits:
+            return (1 if peak(1) <= budget_mb else 0), peaks
+        low = max(fits)
+        over = [b for b in peaks if b > low]
+        if over and min(over) == low + 1:
+            return low, peaks
+        other = min(over) if over else max(b for b in peaks if b < low) if len(peaks) > 1 else None
+        slope = max((peaks[other] - peaks[low]) / (other - low), 1.0) if other else 1.0
+        guess = low + int((budget_mb - peaks[low]) // slope)
+        # Never more than 4 times the largest batch that fits (a flat line would ask for hundreds), never past
+        # a batch known to be over.
+        guess = max(low + 1, min(guess, 4 * low, min(over) - 1 if over else guess))
+        peak(guess if guess not in peaks else low + 1)
+    return max(b for b in peaks if peaks[b] <= budget_mb), peaks
+
+
+def memory_at_long_blocks(budget_mb: float, block: int = 1024) -> None:
+    """The largest batch of `block` tokens whose training step fits in `budget_mb`, measured, for each variant."""
     print(f"\npeak resident memory of one training step at block {block:,} (its own process each):")
-    print(
-        f"{'variant':<34} {f'batch {small} MB':>10} {f'batch {large} MB':>10} {'MB/sequence':>12} "
-        f"{'est. batch in budget':>21}"
-    )
+    print(f"{'variant':<34} {'largest batch':>13}  batches measured (peak MB)")
     largest = {}
     for name in MEMORY_VARIANTS:
-        one, two = (measured(name, 1, 0, batch, block)["peak_mb"] for batch in batches)
-        slope = max((two - one) / (large - small), 1.0)
-        largest[name] = max(0, int(small + (budget_mb - one) // slope))
-        print(f"{name:<34} {one:>10.0f} {two:>10.0f} {slope:>12.0f} {largest[name]:>21}")
-    base = largest["recipe as written (fp32)"] or 1
+        largest[name], peaks = largest_batch(name, budget_mb, block)
+        found = ", ".join(f"{b}: {peaks[b]:,.0f}" for b in sorted(peaks))
+        print(f"{name:<34} {largest[name]:>13}  {found}")
+    base = largest[RECIPE] or 1
     best = largest["tfclm bf16 + chunked + recompute"]
     print(
-        f"estimated largest batch within {budget_mb / 1024:.0f} GB: bf16 + chunked + recompute {best}, recipe "
-        f"{largest['recipe as written (fp32)']} ({best / base:.1f}x)"
+        f"largest batch within {budget_mb / 1024:.0f} GB: bf16 + chunked + recompute {best}, recipe "
+        f"{largest[RECIPE]} ({best / base:.1f}x)"
     )
 
 
@@ -202,8 +212,8 @@ def speed(args):
     model = distilgpt2()
     params = sum(v.shape.num_elements() for v in model.trainable_variables)
     per_token = flops_per_token(model, BLOCK)
-    peak32, peak16 = matmul_peak(tf.float32), matmul_peak(tf.bfloat16)
-    xla32, xla16 = matmul_peak(tf.float32, jit=True), matmul_peak(tf.bfloat16, jit=True)
+    peak32, peak16 = matmul_peak(tf.float32, repeats=10), matmul_peak(tf.bfloat16, repeats=10)
+    xla32, xla16 = matmul_peak(tf.float32, repeats=10, jit=True), matmul_peak(tf.bfloat16, repeats=10, jit=True)
     runs = {name: [] for name in VARIANTS if name == RECIPE or not args.variants or name in args.variants}
     for _ in range(args.rounds):  # interleaved, so a slow minute of the machine falls on every variant alike
         for name in runs:

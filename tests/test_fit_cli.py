@@ -25,6 +25,9 @@ def test_fit_learns_and_reports(trained_dir):
     assert f"perplexity {results['perplexity_before']:,.2f} -> {results['perplexity']:,.2f}" in output
     assert "before training: eval loss" in output and "after training: eval loss" in output and "sample (" in output
     assert results["data"]["validation_tokens_dropped"] == 0
+    # MFU against this CPU's float32 matmul, measured at the start of the run (train.peak_tflops: auto).
+    assert results["peak_source"].startswith("measured: float32 matmul on this host's CPU, ")
+    assert results["peak_flops"] > 0 and results["mfu"] > 0 and f"MFU {results['mfu']:.1%}" in output
 
 
 @pytest.mark.slow

@@ -166,7 +166,7 @@ def test_config_command_prints_every_key_and_resolved_values(tmp_path):
     from conftest import RECIPE_CONFIG, run_cli
 
     keys = [key for key, *_ in rows()]
-    assert len(keys) == 82 and "data.messages_column" in keys and "lora.base_precision" in keys
+    assert len(keys) == 83 and "data.messages_column" in keys and "train.peak_tflops" in keys
     defaults = run_cli(["config"])
     assert defaults.exit_code == 0
     assert [line.split()[0] for line in defaults.stdout.splitlines()] == keys

@@ -292,6 +292,9 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(model_copy):
     base = ["fit", "--config", DEFAULT_CONFIG, *TINY_BUILTIN, "--max-steps", "40", "--output-dir", model_copy]
     assert "with other settings (train.learning_rate)" in error_line(run_cli([*base, "--learning-rate", "0.5"]))
     assert "already holds a finished run (results.json, no checkpoints" in error_line(run_cli(base))
+    # The peak that MFU is taken against changes no training: not another run's settings.
+    peak = error_line(run_cli([*base, *sets("train.peak_tflops=5")]))
+    assert "already holds a finished run (results.json, no checkpoints" in peak
     assert tree(model_copy) == before
 
 

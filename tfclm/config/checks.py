@@ -41,6 +41,11 @@ def validate(config) -> None:
     _require(bool(data.dataset), "data.dataset", "must name a Hub dataset, a local file or folder, or builtin:pydoc")
     _require(bool(data.text_column), "data.text_column", "must name the text field, such as text or answers.text")
     _require(data.block_size >= 2, "data.block_size", f"must be at least 2, got {data.block_size}")
+    _require(
+        train.peak_tflops in ("auto", None) or train.peak_tflops > 0,
+        "train.peak_tflops",
+        f"must be a positive number of TFLOP/s (such as 989.4, an H100's bf16), auto or null; got {train.peak_tflops}",
+    )
     if isinstance(data.validation_split, float):
         _require(
             0.0 < data.validation_split < 1.0,

@@ -134,6 +134,11 @@ class TrainConfig:
     jit_compile: Union[bool, Literal["auto"]] = setting(
         "auto", "XLA for the train step: true, false, or auto (on GPU/TPU only)"
     )
+    peak_tflops: Union[float, Literal["auto"], None] = setting(
+        "auto",
+        "one device's peak TFLOP/s, for the MFU in the logs and results: auto takes a known GPU's data-sheet rate "
+        "at the run's precision and measures a matmul elsewhere (TPUs: none); null: no MFU",
+    )
     max_nonfinite_steps: Optional[int] = setting(
         1,
         "stop after this many optimizer steps in a row whose loss or gradients are not finite (each is skipped); "

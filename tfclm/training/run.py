@@ -20,12 +20,7 @@ from tfclm.evaluation.perplexity import eval_line, evaluate_loss
 from tfclm.evaluation.strided import token_bytes
 from tfclm.model import lora
 from tfclm.model.loading import check_family, load_model
-from tfclm.training.callbacks import (
-    PerplexityCallback,
-    StopAfterSteps,
-    StopOnNonFiniteLoss,
-    ThroughputCallback,
-)
+from tfclm.training.callbacks import PerplexityCallback, StopAfterSteps, StopOnNonFiniteLoss, ThroughputCallback
 from tfclm.training.checkpoints import (
     DIRNAME,
     CheckpointCallback,
@@ -39,6 +34,7 @@ from tfclm.training.curves import FILENAME, plot_training_curves
 from tfclm.training.distribute import WorkerDirs, make_strategy, shard_by_data
 from tfclm.training.optimizer import make_optimizer
 from tfclm.training.output_dir import check_free_space, check_output_dir
+from tfclm.training.peak import peak_flops
 from tfclm.training.plan import plan_steps
 from tfclm.training.report import nan_message, set_decoding_defaults, versions, weights_digest
 from tfclm.training.run_callbacks import (
@@ -101,7 +97,6 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
 
 
 def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, dirs, overwrite: bool, family) -> dict:
-
     out, data, train = config.output_dir, config.data, config.train
     chief = dirs.chief
     replicas = strategy.num_replicas_in_sync
@@ -238,7 +233,8 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
         )  # fmt: skip
 
     tokens_per_micro = batch_size * data.block_size
-    throughput = ThroughputCallback(tokens_per_step=tokens_per_micro, sequence_length=data.block_size)
+    peak, peak_source = peak_flops(train.peak_tflops, train.precision, strategy)
+    throughput = ThroughputCallback(tokens_per_micro, peak, sequence_length=data.block_size)
     # fp16's loss scaling skips steps by design while it finds its scale: leave stopping to it there.
     guard = StopOnNonFiniteLoss(None if train.precision == "fp16" else train.max_nonfinite_steps)
     saver = CheckpointCallback(
@@ -253,7 +249,7 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
         callbacks.append(pusher)
     logger.info(
         f"training: {plan.total_steps - start:,} optimizer steps of {batch_size} x {micro} x {data.block_size} = "
-        f"{tokens_per_micro * micro:,} tokens, {'XLA' if jit else 'no XLA'}"
+        f"{tokens_per_micro * micro:,} tokens, {'XLA' if jit else 'no XLA'}; MFU against peak {peak_source}"
     )
     started = time.perf_counter()
     for initial_epoch, last_epoch, steps_per_epoch, train_ds in fits:
@@ -320,6 +316,7 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
         "epochs": len(logged.get("loss", [])),
         "train_seconds": round(train_seconds, 3),
         "tokens_per_second": round(throughput.tokens_per_second, 1),
+        **{"mfu": throughput.mfu, "peak_flops": peak, "peak_source": peak_source},
         "parameters": params,
         "trainable_parameters": trainable,
         "precision": policy,
@@ -341,10 +338,10 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
         if pusher.failures:  # the run is complete on disk; the Hub copy is not
             results["hub_failures"] = list(pusher.failures)
             files.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
+    mfu = "" if throughput.mfu is None else f", MFU {throughput.mfu:.1%}"
     logger.info(
         f"done: {optimizer_steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} "
-        f"tokens in {train_seconds:,.1f} s "
-        f"({throughput.tokens_per_second:,.0f} tokens/s); perplexity "
+        f"tokens in {train_seconds:,.1f} s ({throughput.tokens_per_second:,.0f} tokens/s{mfu}); perplexity "
         f"{before['perplexity'] if before else float('nan'):,.2f} -> {after['perplexity']:,.2f}; saved to {out}"
     )
     return results

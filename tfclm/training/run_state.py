@@ -21,8 +21,15 @@ from tfclm.files import atomic_write_json
 
 # Sections whose change makes an old checkpoint meaningless for the new run.
 RUN_SECTIONS = ("data", "tokenizer", "model", "train")
-# These only move the finish line or say how often to save: a longer run may resume a shorter one.
-MAY_CHANGE = {"train.max_steps", "train.epochs", "train.checkpoint_steps", "train.max_nonfinite_steps"}
+# These only move the finish line, say how often to save or what MFU is taken against: a longer run may resume a
+# shorter one.
+MAY_CHANGE = {
+    "train.max_steps",
+    "train.epochs",
+    "train.checkpoint_steps",
+    "train.max_nonfinite_steps",
+    "train.peak_tflops",
+}
 
 
 def settings_of(config: dict) -> dict:
