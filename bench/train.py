@@ -24,7 +24,11 @@ measured (one step a process; the batch above it measured over the budget).
     .venv/bin/python bench/train.py [--steps 20] [--warmup 2] [--rounds 3] [--only speed|memory] [--variants NAME...]
 
 `--variants` times some variants alone (the recipe always runs, as the base of
-the ratios): more rounds of a comparison in the same time.
+the ratios): more rounds of a comparison in the same time. `--batch` and
+`--block` set the speed part's shape (distilgpt2 at block 1,024 on a GPU:
+`--only speed --block 1024 --batch 8 --variants "tfclm bf16 + XLA"`); on a
+GPU each row also prints the GPU's peak memory, and MFU stays over the
+float32 matmul probe of whatever device runs it.
 """
 
 import argparse
@@ -127,8 +131,10 @@ def run_variant(name, steps, warmup, batch, block):
     shape = (batch * (steps + warmup), block)
     blocks = np.random.default_rng(0).integers(0, VOCAB - 1, shape).astype(np.int32)
     tps = VARIANTS[name](blocks, steps, warmup, batch)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
-    print(json.dumps({"tokens_per_second": tps, "peak_mb": peak_mb}))
+    found = {"tokens_per_second": tps, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB
+    if tf.config.list_logical_devices("GPU"):  # the process's resident memory says nothing of the GPU's
+        found["gpu_peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    print(json.dumps(found))
 
 
 def measured(name, steps, warmup, batch=BATCH, block=BLOCK) -> dict:
@@ -197,8 +203,8 @@ def main():
         "--variants", nargs="+", choices=list(VARIANTS), metavar="NAME", help="time these (and the recipe) alone"
     )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
-    parser.add_argument("--block", type=int, default=BLOCK, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=BATCH, help="sequences a step in the speed part")
+    parser.add_argument("--block", type=int, default=BLOCK, help="tokens a sequence in the speed part")
     args = parser.parse_args()
     if args.variant:
         return run_variant(args.variant, args.steps, args.warmup, args.batch, args.block)
@@ -211,17 +217,17 @@ def main():
 def speed(args):
     model = distilgpt2()
     params = sum(v.shape.num_elements() for v in model.trainable_variables)
-    per_token = flops_per_token(model, BLOCK)
+    per_token = flops_per_token(model, args.block)
     peak32, peak16 = matmul_peak(tf.float32, repeats=10), matmul_peak(tf.bfloat16, repeats=10)
     xla32, xla16 = matmul_peak(tf.float32, repeats=10, jit=True), matmul_peak(tf.bfloat16, repeats=10, jit=True)
     runs = {name: [] for name in VARIANTS if name == RECIPE or not args.variants or name in args.variants}
     for _ in range(args.rounds):  # interleaved, so a slow minute of the machine falls on every variant alike
         for name in runs:
-            runs[name].append(measured(name, args.steps, args.warmup))
+            runs[name].append(measured(name, args.steps, args.warmup, args.batch, args.block))
     device = tf.config.list_physical_devices()[-1].device_type
     print(
         f"device: {device}, {os.cpu_count()} cores; distilgpt2 architecture ({params / 1e6:.1f}M parameters), batch "
-        f"{BATCH} x {BLOCK}; {args.steps} timed steps after {args.warmup} warm-up steps, {args.rounds} rounds"
+        f"{args.batch} x {args.block}; {args.steps} timed steps after {args.warmup} warm-up steps, {args.rounds} rounds"
     )
     print(
         f"matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s, bfloat16 {peak16 / 1e9:.0f} GFLOP/s "
@@ -239,6 +245,7 @@ def speed(args):
         print(
             f"{name:<32} {tps:>9.1f} {(max(speeds) - min(speeds)) / tps:>7.1%} {tps / base:>9.2f}x "
             f"{per_token * tps / peak32:>5.0%} {peak_mb:>8.0f} {peak_mb / base_mb:>9.0%}"
+            + (f"  GPU peak {max(r['gpu_peak_mb'] for r in found):,.0f} MB" if "gpu_peak_mb" in found[0] else "")
         )
 
 
