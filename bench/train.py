@@ -165,8 +165,9 @@ def largest_batch(name: str, budget_mb: float, block: int) -> tuple[int, dict]:
         over = [b for b in peaks if b > low]
         if over and min(over) == low + 1:
             return low, peaks
-        other = min(over) if over else max(b for b in peaks if b < low) if len(peaks) > 1 else None
-        slope = max((peaks[other] - peaks[low]) / (other - low), 1.0) if other else 1.0
+        # Between the two batches around the budget, or on from the two largest that fit (2 and 4 are measured).
+        other = min(over) if over else max(b for b in peaks if b < low)
+        slope = max((peaks[other] - peaks[low]) / (other - low), 1.0)
         guess = low + int((budget_mb - peaks[low]) // slope)
         # Never more than 4 times the largest batch that fits (a flat line would ask for hundreds), never past
         # a batch known to be over.
