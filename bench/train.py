@@ -11,24 +11,27 @@ float32 and bfloat16 (repeated matmuls at the model's head shape), and model
 FLOPs utilisation: FLOPs per token (6N + 12 L H Q T, `tfclm.training.flops`)
 x tokens/s over the float32 peak.
 
-Each variant runs in a process of its own, so its peak resident memory is its
-own; the variants take turns, `--rounds` times, and each row prints the
-median tokens/s and the spread (max - min over the median) of its rounds; a
-round's tokens/s is over its median step, of 20 by default: this shared
-machine has slow minutes (a process's steps range over 6% to 9% of their
-median), and with 8 or 12 steps the rows spread by up to 7% between rounds.
-Then memory at block 1,024: for the recipe and tfclm's bf16 variants, the
-largest batch whose training step peaks within `--memory-budget-gb`,
-measured (one step a process; the batch above it measured over the budget).
+Each variant runs in a process of its own (so its peak resident memory is
+its own), alive beside the recipe's: the two take turns step by step (the
+recipe first every other step), `--steps` steps each a round, `--rounds`
+rounds, so a slow minute of this shared machine falls on both alike. A
+round's tokens/s is over its median step; each row prints the median over
+its rounds and their spread (max - min over the median), and the median of
+its rounds' ratios to the recipe's tokens/s in the same round, with their
+spread. The recipe's row is over every round of every pairing. Then memory
+at block 1,024: for the recipe and tfclm's bf16 variants, the largest batch
+whose training step peaks within `--memory-budget-gb`, measured (one step a
+process; the batch above it measured over the budget).
 
-    .venv/bin/python bench/train.py [--steps 20] [--warmup 2] [--rounds 3] [--only speed|memory] [--variants NAME...]
+    .venv/bin/python bench/train.py [--steps 10] [--warmup 2] [--rounds 3] [--only speed|memory] [--variants NAME...]
 
 `--variants` times some variants alone (the recipe always runs, as the base of
-the ratios): more rounds of a comparison in the same time. `--batch` and
-`--block` set the speed part's shape (distilgpt2 at block 1,024 on a GPU:
-`--only speed --block 1024 --batch 8 --variants "tfclm bf16 + XLA"`); on a
-GPU each row also prints the GPU's peak memory, and MFU stays over the
-float32 matmul probe of whatever device runs it.
+the ratios). `--batch` and `--block` set the speed part's shape (distilgpt2
+at block 1,024 on a GPU: `--only speed --block 1024 --batch 8 --variants
+"tfclm bf16 + XLA"`); on a GPU each row also prints the GPU's peak memory
+(the workers grow their GPU memory as they need it, so two fit on one
+card), and MFU stays over the float32 matmul probe of whatever device runs
+it.
 """
 
 import argparse
@@ -37,6 +40,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -50,24 +54,7 @@ from common import VOCAB, distilgpt2, id_tokenizer
 BATCH, BLOCK = 16, 128
 
 
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self, warmup, tokens_per_step):
-        super().__init__()
-        self.warmup, self.tokens_per_step, self.times, self._t = warmup, tokens_per_step, [], None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._t = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
-
-    def tokens_per_second(self):
-        """Over the median step: a step the machine slowed (another process, a page-in) moves it little."""
-        measured = self.times[self.warmup :] or self.times
-        return self.tokens_per_step / float(np.median(measured))
-
-
-def recipe(blocks, steps, warmup, batch):
+def recipe(blocks, batch):
     import datasets
     from transformers import AdamWeightDecay, DataCollatorForLanguageModeling
 
@@ -79,12 +66,10 @@ def recipe(blocks, steps, warmup, batch):
     tf_train_set = model.prepare_tf_dataset(lm_dataset, shuffle=True, batch_size=batch, collate_fn=data_collator)
     optimizer = AdamWeightDecay(learning_rate=2e-5, weight_decay_rate=0.01)
     model.compile(optimizer=optimizer)
-    timer = StepTimer(warmup, batch * blocks.shape[1])
-    model.fit(x=tf_train_set, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
-    return timer.tokens_per_second()
+    return one_step(model, tf_train_set)
 
 
-def tfclm_engine(blocks, steps, warmup, batch, precision, jit, chunk=0, recompute=False, fused_ops=True):
+def tfclm_engine(blocks, batch, precision, jit, chunk=0, recompute=False, fused_ops=True):
     from tfclm.config import TrainConfig
     from tfclm.data.packing import Blocks
     from tfclm.data.pipeline import fast_dataset
@@ -96,15 +81,21 @@ def tfclm_engine(blocks, steps, warmup, batch, precision, jit, chunk=0, recomput
         model = distilgpt2(dropout=0.0 if recompute else 0.1)  # a recomputed block must not drop out
         trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk, recompute=recompute, fused_ops=fused_ops)
         trainer.compile(
-            optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, warmup + steps),
+            optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, 10**6),
             jit_compile=jit,
         )
-        timer = StepTimer(warmup, batch * blocks.shape[1])
-        data = fast_dataset(Blocks(blocks, len(blocks), blocks.size, 0), batch, shuffle=True, seed=0)
-        trainer.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0)
-        return timer.tokens_per_second()
+        step = one_step(trainer, fast_dataset(Blocks(blocks, len(blocks), blocks.size, 0), batch, shuffle=True, seed=0))
+        step()  # traced while the precision policy is set, as `fit` would
+        return step
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def one_step(model, dataset):
+    """A function that runs one training step as `fit` does (the model's train function on the dataset's
+    iterator) and waits for its loss."""
+    train_function, batches = model.make_train_function(), iter(dataset.repeat())
+    return lambda: float(next(iter(train_function(batches).values())))
 
 
 RECIPE = "recipe as written (fp32)"
@@ -126,22 +117,73 @@ MEMORY_VARIANTS = (
 )
 
 
-def run_variant(name, steps, warmup, batch, block):
-    """In a process of its own: tokens/s and the process's peak resident memory, as one JSON line."""
-    shape = (batch * (steps + warmup), block)
-    blocks = np.random.default_rng(0).integers(0, VOCAB - 1, shape).astype(np.int32)
-    tps = VARIANTS[name](blocks, steps, warmup, batch)
-    found = {"tokens_per_second": tps, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB
+REPLY = "@@ "  # marks the worker's lines on its stdout: libraries print there too
+
+
+def serve(name, warmup, batch, block):
+    """A worker: builds `name`, runs `warmup` steps, then one timed step for each "step" line on stdin; at "done"
+    (or the end of stdin) its process's peak resident memory. Each reply one JSON line."""
+    blocks = np.random.default_rng(0).integers(0, VOCAB - 1, (batch * 16, block)).astype(np.int32)
+    step = VARIANTS[name](blocks, batch)
+    for _ in range(warmup):
+        step()
+    reply({"ready": name})
+    timed = 0
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        start = time.perf_counter()
+        step()
+        reply({"seconds": time.perf_counter() - start})
+        timed += 1
+    found = {"steps": timed, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB
     if tf.config.list_logical_devices("GPU"):  # the process's resident memory says nothing of the GPU's
         found["gpu_peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-    print(json.dumps(found))
+    reply(found)
 
 
-def measured(name, steps, warmup, batch=BATCH, block=BLOCK) -> dict:
-    command = [sys.executable, __file__, "--variant", name, "--steps", str(steps), "--warmup", str(warmup)]
-    command += ["--batch", str(batch), "--block", str(block)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def reply(found: dict) -> None:
+    print(REPLY + json.dumps(found), flush=True)
+
+
+class Worker:
+    """A variant in a process of its own (so its peak memory is its own), which waits between the steps it is
+    asked for: two workers alive at once take turns step by step, and a slow minute of the machine falls on both."""
+
+    def __init__(self, name, warmup, batch, block):
+        self.name, self.log = name, tempfile.TemporaryFile("w+")
+        command = [sys.executable, __file__, "--serve", name, "--warmup", str(warmup)]
+        command += ["--batch", str(batch), "--block", str(block)]
+        # Two TensorFlow processes share a GPU only if neither takes all its memory at the start.
+        env = {**os.environ, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
+        self.answer()
+
+    def step(self) -> float:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        return self.answer()["seconds"]
+
+    def close(self) -> dict:
+        self.process.stdin.close()
+        found = self.answer()
+        self.process.wait()
+        return found
+
+    def answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY) :])
+        self.log.seek(0)
+        raise RuntimeError(f"{self.name} ended (exit {self.process.wait()}):\n{self.log.read()[-3000:]}")
+
+
+def measured(name, batch, block) -> dict:
+    """One training step of `name` in a process of its own: its peak memory."""
+    worker = Worker(name, 1, batch, block)
+    return worker.close()
 
 
 def largest_batch(name: str, budget_mb: float, block: int) -> tuple[int, dict]:
@@ -153,7 +195,7 @@ def largest_batch(name: str, budget_mb: float, block: int) -> tuple[int, dict]:
 
     def peak(batch):
         if batch not in peaks:
-            peaks[batch] = measured(name, 1, 0, batch, block)["peak_mb"]
+            peaks[batch] = measured(name, batch, block)["peak_mb"]
         return peaks[batch]
 
     peak(2), peak(4)
@@ -195,20 +237,20 @@ def memory_at_long_blocks(budget_mb: float, block: int = 1024) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps a variant a round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, in each process")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds a variant, each with the recipe")
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
     parser.add_argument("--only", choices=["speed", "memory"], help="run one of the two parts")
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), metavar="NAME", help="time these (and the recipe) alone"
     )
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=BATCH, help="sequences a step in the speed part")
     parser.add_argument("--block", type=int, default=BLOCK, help="tokens a sequence in the speed part")
     args = parser.parse_args()
-    if args.variant:
-        return run_variant(args.variant, args.steps, args.warmup, args.batch, args.block)
+    if args.serve:
+        return serve(args.serve, args.warmup, args.batch, args.block)
     if args.only != "memory":
         speed(args)
     if args.only != "speed":
@@ -218,36 +260,73 @@ def main():
 def speed(args):
     model = distilgpt2()
     params = sum(v.shape.num_elements() for v in model.trainable_variables)
-    per_token = flops_per_token(model, args.block)
+    per_token, tokens = flops_per_token(model, args.block), args.batch * args.block
     peak32, peak16 = matmul_peak(tf.float32, repeats=10), matmul_peak(tf.bfloat16, repeats=10)
     xla32, xla16 = matmul_peak(tf.float32, repeats=10, jit=True), matmul_peak(tf.bfloat16, repeats=10, jit=True)
-    runs = {name: [] for name in VARIANTS if name == RECIPE or not args.variants or name in args.variants}
-    for _ in range(args.rounds):  # interleaved, so a slow minute of the machine falls on every variant alike
-        for name in runs:
-            runs[name].append(measured(name, args.steps, args.warmup, args.batch, args.block))
-    device = tf.config.list_physical_devices()[-1].device_type
+    names = [name for name in VARIANTS if name != RECIPE and (not args.variants or name in args.variants)]
+    shape = (args.warmup, args.batch, args.block)
+    recipe_worker, rounds, peaks = Worker(RECIPE, *shape), {name: [] for name in names}, {}
+    for name in names:
+        worker = Worker(name, *shape)
+        for _ in range(args.rounds):
+            seconds = {RECIPE: [], name: []}
+            for step in range(args.steps):  # in turns, each first every other step
+                for turn in (recipe_worker, worker)[:: 1 if step % 2 else -1]:
+                    seconds[turn.name].append(turn.step())
+            # A round's tokens/s is over its median step: a step the machine slowed moves it little.
+            rounds[name].append({n: tokens / float(np.median(s)) for n, s in seconds.items()})
+        peaks[name] = worker.close()
+    peaks[RECIPE] = recipe_worker.close()
     print(
-        f"device: {device}, {os.cpu_count()} cores; distilgpt2 architecture ({params / 1e6:.1f}M parameters), batch "
-        f"{args.batch} x {args.block}; {args.steps} timed steps after {args.warmup} warm-up steps, {args.rounds} rounds"
+        f"device: {device_name()}, {os.cpu_count()} cores; distilgpt2 architecture ({params / 1e6:.1f}M parameters), "
+        f"batch {args.batch} x {args.block}; {args.rounds} rounds of {args.steps} timed steps a variant, each in turn "
+        f"with the recipe's, after {args.warmup} warm-up steps"
     )
     print(
         f"matmul peak: float32 {peak32 / 1e9:.0f} GFLOP/s, bfloat16 {peak16 / 1e9:.0f} GFLOP/s "
         f"({peak16 / peak32:.2f}x); under XLA: float32 {xla32 / 1e9:.0f}, bfloat16 {xla16 / 1e9:.0f} GFLOP/s "
         f"({xla16 / xla32:.2f}x)"
     )
-    medians = {name: float(np.median([r["tokens_per_second"] for r in found])) for name, found in runs.items()}
-    base, base_mb = medians[RECIPE], max(r["peak_mb"] for r in runs[RECIPE])
     print(
-        f"{'variant':<32} {'tokens/s':>9} {'spread':>7} {'vs recipe':>10} {'MFU':>5} {'peak MB':>8} {'vs recipe':>10}"
+        f"{'variant':<32} {'tokens/s':>9} {'spread':>7} {'vs recipe':>10} {'spread':>7} {'MFU':>5} {'peak MB':>8} "
+        f"{'vs recipe':>10}"
     )
-    for name, found in runs.items():
-        tps, speeds = medians[name], [r["tokens_per_second"] for r in found]
-        peak_mb = max(r["peak_mb"] for r in found)
-        print(
-            f"{name:<32} {tps:>9.1f} {(max(speeds) - min(speeds)) / tps:>7.1%} {tps / base:>9.2f}x "
-            f"{per_token * tps / peak32:>5.0%} {peak_mb:>8.0f} {peak_mb / base_mb:>9.0%}"
-            + (f"  GPU peak {max(r['gpu_peak_mb'] for r in found):,.0f} MB" if "gpu_peak_mb" in found[0] else "")
-        )
+    recipe_speeds = [found[RECIPE] for name in names for found in rounds[name]]
+    row(RECIPE, recipe_speeds, [1.0], per_token / peak32, peaks[RECIPE], peaks[RECIPE]["peak_mb"])
+    for name in names:
+        ratios = [found[name] / found[RECIPE] for found in rounds[name]]
+        speeds = [found[name] for found in rounds[name]]
+        row(name, speeds, ratios, per_token / peak32, peaks[name], peaks[RECIPE]["peak_mb"])
+
+
+def device_name() -> str:
+    """The GPU's name, or the CPU's with the matrix units that decide bf16's speed (AMX: several times AVX-512's)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = [line.split(":", 1) for line in cpuinfo if ":" in line]
+    except OSError:
+        return "CPU"
+    info = {key.strip(): value.strip() for key, value in reversed(lines)}
+    units = [flag for flag in ("amx_bf16", "avx512_bf16", "avx512f") if flag in info.get("flags", "").split()]
+    return f"CPU {info.get('model name', '')} ({', '.join(units) or 'no AVX-512'})"
+
+
+def row(name, speeds, ratios, flop_share, peak, base_mb):
+    """A variant's line: median tokens/s and its spread over the rounds (max - min over the median), the median
+    of its rounds' ratios to the recipe's tokens/s in the same round and their spread, MFU, peak memory."""
+    tps, ratio = float(np.median(speeds)), float(np.median(ratios))
+    print(
+        f"{name:<32} {tps:>9.1f} {spread(speeds):>7.1%} {ratio:>9.2f}x {spread(ratios):>7.1%} "
+        f"{flop_share * tps:>5.0%} {peak['peak_mb']:>8.0f} {peak['peak_mb'] / base_mb:>9.0%}"
+        + (f"  GPU peak {peak['gpu_peak_mb']:,.0f} MB" if "gpu_peak_mb" in peak else "")
+    )
+
+
+def spread(values) -> float:
+    return (max(values) - min(values)) / float(np.median(values))
 
 
 if __name__ == "__main__":
