@@ -64,7 +64,11 @@ def poisoned_lm(poison):
 
 
 def test_accumulation_equals_one_large_batch_step():
-    from transformers import AdamWeightDecay
+    """SGD with learning rate 1, so each weight moves by its gradient: an accumulated gradient off in scale (a sum
+    where the mean belongs) fails. Adam's first step is near lr x sign(gradient), blind to scale, and where a
+    gradient is near its epsilon it turns the rounding of four partial sums into 1e-6 of a weight (one of 4,096
+    weights did, on a CPU with AMX)."""
+    import tf_keras as keras
 
     from tfclm.training.trainer import CausalLMTrainer
 
@@ -73,13 +77,13 @@ def test_accumulation_equals_one_large_batch_step():
     for accumulation, size in ((1, 8), (4, 2)):
         lm = tiny_lm()
         trainer = CausalLMTrainer(lm, accumulation_steps=accumulation)
-        trainer.compile(optimizer=AdamWeightDecay(learning_rate=1e-2, weight_decay_rate=0.01))
+        trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=1.0))
         trainer.fit(batches(ids, size), epochs=1, verbose=0)
         assert int(trainer.optimizer.iterations) == 1
         weights.append([v.numpy() for v in lm.trainable_variables])
     untouched = [v.numpy() for v in tiny_lm().trainable_variables]
-    for big, accumulated in zip(*weights):
-        assert np.allclose(big, accumulated, atol=1e-6)
+    for big, accumulated, start in zip(*weights, untouched):
+        np.testing.assert_allclose(accumulated - start, big - start, rtol=1e-5, atol=1e-8)
     assert any(not np.allclose(b, s) for b, s in zip(weights[0], untouched))  # a step was taken
 
 
