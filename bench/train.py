@@ -121,8 +121,8 @@ REPLY = "@@ "  # marks the worker's lines on its stdout: libraries print there t
 
 
 def serve(name, warmup, batch, block):
-    """A worker: builds `name`, runs `warmup` steps, then one timed step for each "step" line on stdin; at "done"
-    (or the end of stdin) its process's peak resident memory. Each reply one JSON line."""
+    """A worker: builds `name`, runs `warmup` steps, then one timed step for each "step" line on stdin; at the end
+    of stdin, the steps it timed and its process's peak resident memory. Each reply one JSON line."""
     blocks = np.random.default_rng(0).integers(0, VOCAB - 1, (batch * 16, block)).astype(np.int32)
     step = VARIANTS[name](blocks, batch)
     for _ in range(warmup):
@@ -170,6 +170,7 @@ class Worker:
         self.process.stdin.close()
         found = self.answer()
         self.process.wait()
+        self.log.close()
         return found
 
     def answer(self) -> dict:
@@ -182,8 +183,7 @@ class Worker:
 
 def measured(name, batch, block) -> dict:
     """One training step of `name` in a process of its own: its peak memory."""
-    worker = Worker(name, 1, batch, block)
-    return worker.close()
+    return Worker(name, 1, batch, block).close()
 
 
 def largest_batch(name: str, budget_mb: float, block: int) -> tuple[int, dict]:
