@@ -277,3 +277,40 @@ def test_a_text_run_over_a_chat_run_leaves_no_chat_template_behind(tmp_path):
     assert text_fit.exit_code == 0, text_fit.output
     assert not os.path.exists(os.path.join(out, "chat_template.jinja"))
     assert load_trained(out)[1].chat_template is None
+
+
+BAD_TEMPLATES = {
+    "does not parse": ("{% for m in messages %}{{ m['content'] }}", "TemplateSyntaxError"),
+    "raises": ("{{ raise_exception('Conversation roles must alternate') }}", "Conversation roles must alternate"),
+    "drops the replies": (
+        "{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}\n{% endif %}{% endfor %}",
+        "leaves the assistant's replies out of the conversation it renders",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(BAD_TEMPLATES))
+def test_a_broken_chat_template_is_one_line_in_fit_generate_and_evaluate(tmp_path, tokenizers, fault):
+    from test_cli_errors import error_line
+
+    template, said = BAD_TEMPLATES[fault]
+    tokenizer = tokenizers[False].__class__.from_pretrained(template_free_model(str(tmp_path / "m"), tokenizers[False]))
+    tokenizer.chat_template = template
+    model = template_free_model(str(tmp_path / "model"), tokenizer)
+    data = tmp_path / "chats.jsonl"
+    records = [{"messages": turns(("user", f"hi {i}"), ("assistant", f"hello {i}"))} for i in range(6)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text(f"model:\n  name_or_path: {model}\ndata:\n  dataset: {data}\n  format: messages\n")
+    out = tmp_path / "out"
+    before = tree(tmp_path)
+    source = f"the chat template of {model!r}"
+    for command, key in (
+        (["generate", "--model", model, "--chat", "--prompt", "hi"], "--chat"),
+        (["evaluate", "--model", model, "--config", str(run_config)], "--model"),
+        (["fit", "--config", DEFAULT_CONFIG, *TINY_CHAT, *sets(f"data.dataset={data}"),
+          *sets(f"tokenizer.name_or_path={model}"), "--output-dir", str(out)], "tokenizer.name_or_path"),
+    ):  # fmt: skip
+        line = error_line(run_cli(command))
+        assert line.startswith(f"Error: {key}: {source} ") and said in line, line
+    assert tree(tmp_path) == before and not out.exists()

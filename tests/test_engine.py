@@ -304,6 +304,8 @@ KINDS = {
     "plain": [],
     "streaming": [*sets("data.streaming=true"), "--max-steps", "1000"],  # 2 passes end it first
     "accumulation": [*sets("train.gradient_accumulation_steps=2"), "--batch-size", "2"],
+    # GPT-2's default dropout, as distilgpt2 and most Hub checkpoints have it
+    "dropout": sets("model.config.resid_pdrop=0.1", "model.config.embd_pdrop=0.1", "model.config.attn_pdrop=0.1"),
 }
 
 
@@ -349,7 +351,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path, kind):
     assert 10 <= resumed_at < steps_per_epoch
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["resumed_from_step"] == resumed_at and results["train_steps"] == expected["train_steps"]
-    # Dropout is 0 and the data order is fixed by (seed, epoch): the resumed run ends on the very same weights.
+    # The data order is fixed by (seed, epoch) and each dropout mask by (seed, step): the very same weights.
     assert results["weights_sha256"] == expected["weights_sha256"]
     assert results["eval_loss"] == expected["eval_loss"]
     # The results cover the whole run, the part before the kill included.

@@ -549,3 +549,82 @@ def test_a_full_run_over_a_lora_run_leaves_no_adapter_behind(base_run, tmp_path)
 
     model, _ = load_trained(out)
     assert adapters_of(model) == {}
+
+
+@pytest.fixture(scope="module")
+def adapter_run(base_run, tmp_path_factory):
+    """A LoRA run of one step on `base_run`."""
+    out = str(tmp_path_factory.mktemp("adapter") / "adapter")
+    args = ["fit", "--config", DEFAULT_CONFIG, *COMMON, *lora_sets(base_run), "--max-steps", "1", "--output-dir", out]
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def copy_of(adapter_run, tmp_path, **config) -> str:
+    """A copy of the adapter dir (no checkpoints), its adapter_config.json's fields replaced by `config`."""
+    import shutil
+
+    adapter = str(tmp_path / "adapter")
+    shutil.copytree(adapter_run, adapter, ignore=shutil.ignore_patterns("checkpoints", "cache", "logs"))
+    path = os.path.join(adapter, "adapter_config.json")
+    saved = json.load(open(path))
+    with open(path, "w") as handle:
+        json.dump(config.pop("whole") if "whole" in config else {**saved, **config}, handle)
+    return adapter
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, said",
+    [
+        (dict(r=0), "ValueError: r is 0, and an adapter's rank is at least 1"),
+        (dict(r=-4), "ValueError: r is -4, and an adapter's rank is at least 1"),
+        (dict(r="8"), "TypeError: r is '8', not a number"),
+        (dict(r=True), "TypeError: r is True, not a number"),
+        (dict(lora_alpha=float("inf")), "lora.alpha: must be positive (such as 16), got inf"),
+        (dict(lora_alpha=None), "TypeError: lora_alpha is None, not a number"),
+        (dict(lora_dropout=1.0), "lora.dropout: must be in [0, 1), got 1.0"),
+        (dict(target_modules="c_attn"), "target_modules is not a list of layer names"),
+        (dict(target_modules=[3]), "lora.target_modules: must be a list of layer names"),
+        (dict(modules_to_save="ln_f"), "lora.modules_to_save: must be a list of layer names"),
+        (dict(fan_in_fan_out="yes"), "TypeError: fan_in_fan_out is 'yes', not true or false"),
+        (dict(use_dora=True), "use_dora is true, and tfclm's adapters have no DoRA"),
+        (dict(whole=[1, 2]), "ValueError: it holds a JSON list, not an object of PEFT's fields"),
+    ],
+)
+def test_a_bad_adapter_config_is_one_line_in_every_command(adapter_run, tmp_path, config, said):
+    adapter = copy_of(adapter_run, tmp_path, **config)
+    before = tree(tmp_path)
+    for command in (
+        ["generate", "--prompt", "hi"],
+        ["evaluate"],
+        ["export", "--merge-lora", "--to", "tf", "--output", str(tmp_path / "merged")],
+    ):
+        line = error_line(run_cli([*command, "--model", adapter]))
+        assert line.startswith(f"Error: --model: {os.path.join(adapter, 'adapter_config.json')!r} "), line
+        assert said in line, line
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_no_command_writes_over_a_dir_it_reads(base_run, adapter_run, tmp_path):
+    """An export or fit whose output is, lies in or holds a folder it reads (the adapter's base, the model, the
+    data), --force and --overwrite or not: one line, and every file as it was."""
+    import shutil
+
+    base = str(tmp_path / "base")
+    shutil.copytree(base_run, base)
+    adapter = copy_of(adapter_run, tmp_path, base_model_name_or_path=base)
+    before = tree(tmp_path)
+    for output in (base, os.path.join(base, "merged"), str(tmp_path)):
+        for target in ("tf", "pytorch", "saved_model"):
+            command = ["export", "--model", adapter, "--merge-lora", "--to", target, "--output", output, "--force"]
+            line = error_line(run_cli(command))
+            assert line.startswith(f"Error: --output: {output!r} is, lies in or holds "), line
+            assert (f"the adapter's base model {base!r}" if output != str(tmp_path) else "the model dir") in line
+    for named, more in (("model.name_or_path", lora_sets(base)), ("data.dataset", sets(f"data.dataset={base}/x.txt"))):
+        fit = ["fit", "--config", DEFAULT_CONFIG, *COMMON, *more, "--output-dir", base, "--overwrite"]
+        line = error_line(run_cli(fit))
+        assert line.startswith(f"Error: output_dir: {base!r} is, lies in or holds {named} "), line
+    assert tree(tmp_path) == before

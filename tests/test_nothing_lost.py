@@ -508,3 +508,15 @@ def test_a_model_that_cannot_sample_still_trains_and_saves(tmp_path):
     assert results["train_steps"] == 6 and results["samples"] == [] and (out / "tf_model.h5").exists()
     refused = run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, *remote[:-2], "--output-dir", str(tmp_path / "x")])
     assert "model.trust_remote_code: true" in error_line(refused) and not (tmp_path / "x").exists()
+
+
+def test_an_export_onto_a_file_or_under_one(model_copy, tmp_path):
+    afile = tmp_path / "export"
+    afile.write_text("not a directory\n")
+    before = tree(tmp_path)
+    for output, said in ((afile, "is a file, not a directory"), (afile / "pt", "which is a file")):
+        line = error_line(
+            run_cli(["export", "--model", model_copy, "--to", "pytorch", "--output", str(output), "--force"])
+        )
+        assert line.startswith(f"Error: --output: {str(output)!r} ") and said in line, line
+    assert tree(tmp_path) == before

@@ -56,6 +56,15 @@ def load():
     return tf, tf_keras
 
 
+def keras_call_context():
+    """Keras' record of the layer call under way, whose `training` flag inner layers inherit when they are not
+    passed one."""
+    load()
+    from tf_keras.src.engine import base_layer_utils
+
+    return base_layer_utils.call_context()
+
+
 def onednn_enabled() -> bool:
     """Whether TensorFlow runs its CPU kernels through oneDNN (on by default on x86; TF_ENABLE_ONEDNN_OPTS=0 turns
     it off): oneDNN's softmax sums in float32 even for bfloat16 inputs, Eigen's does not."""

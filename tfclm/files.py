@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 
+from tfclm.errors import ConfigError
+
 # mkstemp creates files readable by their owner only; tfclm's outputs should
 # get the same permissions as any other file the user creates.
 _UMASK = os.umask(0)
@@ -24,6 +26,41 @@ TEMP_PREFIX = ".tmp-"
 def looks_local(name: str) -> bool:
     """True for a path on this machine (existing, or written like one); False for a Hub id such as `user/name`."""
     return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def parents(path: str):
+    """`path`'s ancestors, nearest first."""
+    path = os.path.abspath(path)
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        yield path
+
+
+def check_dir_target(path: str, key: str, flag: str) -> None:
+    """`path` is a directory, or a path where one can be made: not a file, and not under one."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(key, f"{path!r} is a file, not a directory; choose a directory for {flag}")
+    parent = next((p for p in parents(path) if os.path.exists(p)), None)
+    if parent is not None and not os.path.isdir(parent):
+        raise ConfigError(key, f"{path!r} lies under {parent!r}, which is a file; choose another {flag}")
+
+
+def overlapping(a: str, b: str) -> bool:
+    """Whether one path is, lies in or holds the other (links resolved)."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
+
+
+def check_apart(output: str, reads: dict, key: str) -> None:
+    """What a command writes (`output`) must neither be, lie in, nor hold anything it reads ({what: path}; Hub
+    ids and None pass): a replaced or cleared output would take an input with it."""
+    for what, path in reads.items():
+        if path and looks_local(path) and overlapping(output, path):
+            raise ConfigError(
+                key,
+                f"{output!r} is, lies in or holds {what} {path!r}, which this command reads and must not replace; "
+                "choose a path outside it",
+            )
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

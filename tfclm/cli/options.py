@@ -79,7 +79,7 @@ DECODING_TYPES = {
     "num_beams": click.IntRange(min=1),
     "repetition_penalty": click.FloatRange(min=0, min_open=True),
     "num_return_sequences": click.IntRange(min=1),
-    "seed": int,
+    "seed": click.IntRange(0, 2**31 - 1),
 }
 
 

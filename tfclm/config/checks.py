@@ -1,6 +1,12 @@
 """Checks that need more than a type: ranges and combinations of keys."""
 
+import math
+
 from tfclm.errors import ConfigError
+from tfclm.files import check_apart
+
+SEED_RANGE = (0, 2**32 - 1)  # what Keras and numpy take as a seed
+GENERATION_SEEDS = (0, 2**31 - 1)  # the sampler's seed is an int32
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -23,6 +29,11 @@ def generation_problems(options) -> list[tuple[str, str]]:
         (0.0 < o.top_p <= 1.0, "top_p", f"must be in (0, 1], got {o.top_p}"),
         (o.temperature > 0, "temperature", f"must be positive, got {o.temperature}"),
         (o.num_beams >= 1, "num_beams", f"must be at least 1, got {o.num_beams}"),
+        (
+            o.seed is None or GENERATION_SEEDS[0] <= o.seed <= GENERATION_SEEDS[1],
+            "seed",
+            f"must be a whole number from 0 to 2**31 - 1 ({GENERATION_SEEDS[1]:,}), or null, got {o.seed}",
+        ),
         (o.repetition_penalty > 0, "repetition_penalty", f"must be positive (1.0: off), got {o.repetition_penalty}"),
         (o.num_return_sequences >= 1, "num_return_sequences", f"must be at least 1, got {o.num_return_sequences}"),
         (
@@ -85,6 +96,11 @@ def validate(config) -> None:
         _require(
             "model_type" in model.config, "model.config.model_type", "is missing; name the architecture, such as gpt2"
         )
+    _require(
+        SEED_RANGE[0] <= train.seed <= SEED_RANGE[1],
+        "train.seed",
+        f"must be a whole number from 0 to 2**32 - 1 ({SEED_RANGE[1]:,}), got {train.seed}",
+    )
     _require(train.batch_size >= 1, "train.batch_size", f"must be at least 1, got {train.batch_size}")
     _require(train.learning_rate > 0, "train.learning_rate", f"must be positive, got {train.learning_rate}")
     _require(train.weight_decay >= 0, "train.weight_decay", f"must be 0 or more, got {train.weight_decay}")
@@ -155,6 +171,18 @@ def validate(config) -> None:
     for key, message in generation_problems(gen):
         raise ConfigError(f"generate.{key}", message)
     _check_lora(config.lora, config)
+    check_apart(config.output_dir, _reads(config), "output_dir")
+
+
+def _reads(config) -> dict:
+    """{key: path} of what a run reads from disk: what its output dir must keep apart from."""
+    data = config.data
+    reads = {"model.name_or_path": config.model.name_or_path, "tokenizer.name_or_path": config.tokenizer.name_or_path}
+    if not data.dataset.startswith("builtin:"):
+        reads["data.dataset"] = data.dataset
+    if isinstance(data.validation_split, str):
+        reads["data.validation_split"] = data.validation_split
+    return reads
 
 
 def _check_format(data, train) -> None:
@@ -201,7 +229,9 @@ def validate_lora(lora) -> None:
             "is set but lora.rank is 0, which turns LoRA off; set lora.rank (such as 8) or remove it",
         )
         return
-    _require(lora.alpha > 0, "lora.alpha", f"must be positive (such as 16), got {lora.alpha}")
+    _require(
+        math.isfinite(lora.alpha) and lora.alpha > 0, "lora.alpha", f"must be positive (such as 16), got {lora.alpha}"
+    )
     _require(0.0 <= lora.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {lora.dropout}")
     for key in ("target_modules", "modules_to_save"):
         names = getattr(lora, key)

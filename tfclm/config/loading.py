@@ -123,6 +123,11 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(
             "--config", f"config file {path!r} not found; pass an existing YAML file, such as configs/default.yaml"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "--config",
+            f"{path!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 (iconv -t utf-8), or pass a YAML file",
+        ) from None
     except IsADirectoryError:
         raise ConfigError(
             "--config", f"{path!r} is a directory; pass a YAML file, such as configs/default.yaml"

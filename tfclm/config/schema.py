@@ -124,7 +124,7 @@ class TrainConfig:
     recompute: Literal["none", "blocks"] = setting(
         "none",
         "blocks: keep only each transformer block's input for the backward pass and run the block again there "
-        "(less memory, about a third more compute); the model's dropout must be 0",
+        "(less memory, about a third more compute); a recomputed block draws its forward pass's dropout masks",
     )
     fused_ops: bool = setting(
         True,

@@ -18,7 +18,7 @@ import copy
 import numpy as np
 
 from tfclm.data.packing import Blocks
-from tfclm.errors import ConfigError
+from tfclm.errors import ConfigError, first_line
 
 ROLES = ("system", "user", "assistant")
 START, END = "<|im_start|>", "<|im_end|>"
@@ -45,6 +45,24 @@ def with_template(tokenizer):
 
 def _as_messages(turns) -> list[dict]:
     return [{"role": role, "content": content} for role, content in turns]
+
+
+PROBE = (("user", "Hi"), ("assistant", "Probe reply"), ("user", "And then?"), ("assistant", "Second reply"))
+
+
+def check_template(tokenizer, key: str) -> None:
+    """Render a probe conversation with the tokenizer's chat template once, before anything is written: a template
+    that raises, does not parse, or loses the assistant's text is one line naming where it came from."""
+    source = f"the chat template of {getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'!r}"
+    fix = "mend chat_template in its tokenizer_config.json (or chat_template.jinja), or use another tokenizer"
+    messages = _as_messages(PROBE)
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # jinja2's TemplateSyntaxError and TemplateError, and whatever a template raises
+        raise ConfigError(key, f"{source} fails on a plain conversation ({first_line(exc)}); {fix}") from None
+    if not isinstance(text, str) or any(reply not in text for role, reply in PROBE if role == "assistant"):
+        raise ConfigError(key, f"{source} leaves the assistant's replies out of the conversation it renders; {fix}")
 
 
 def end_of_turn_id(tokenizer) -> int:

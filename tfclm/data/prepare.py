@@ -114,6 +114,9 @@ def _prepare_examples(config: Config, cache_dir: str, own_pad: bool) -> Prepared
     facts = {}
     if data.format == "messages":
         tokenizer, added = chat.with_template(tokenizer)
+        chat.check_template(
+            tokenizer, "tokenizer.name_or_path" if config.tokenizer.name_or_path else "model.name_or_path"
+        )
         facts["chat_template"] = f"tfclm's ChatML, adding {' and '.join(added)}" if added else "the tokenizer's own"
         logger.info(f"data: conversations rendered with {facts['chat_template']}")
     scored = examples.loss_on(data, train.loss_on)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from tfclm import config as config_lib
-from tfclm.data import examples, packing, sources
+from tfclm.data import chat, examples, packing, sources
 from tfclm.data.pipeline import fast_dataset, stream_dataset
 from tfclm.errors import ConfigError
 from tfclm.evaluation.perplexity import evaluate_loss
@@ -128,6 +128,8 @@ def _examples_loss(model, tokenizer, config, block: int, batch: int, byte_table,
     data = config.data
     if stride is not None:
         raise ConfigError("--stride", f"slides over text; a {data.format} run is scored by example (leave it out)")
+    if data.format == "messages":
+        chat.check_template(tokenizer, "--model")
     found = examples.train_and_validation(data, config.train.seed)[1]
     scored = examples.loss_on(data, config.train.loss_on)
     blocks = examples.encode_examples(found, tokenizer, data, scored, block)

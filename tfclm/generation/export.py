@@ -17,22 +17,22 @@ import tempfile
 
 from tfclm.backend import tf
 from tfclm.errors import ConfigError
-from tfclm.files import TOKENIZER_FILES
+from tfclm.files import TOKENIZER_FILES, check_apart, check_dir_target
 from tfclm.generation.sampling import SamplingLogitsProcessor
 from tfclm.model.families import family
-from tfclm.model.loading import load_trained, n_positions
+from tfclm.model.loading import load_trained, n_positions, read_adapter_config
 from tfclm.model.lora import CONFIG_FILE, is_adapter_dir, merge
 from tfclm.model.pytorch_names import pytorch_state_dict
 
 
 def _check_output(output: str, force: bool, model_dir: str) -> None:
-    out, model = os.path.realpath(output), os.path.realpath(model_dir)
-    if out == model or out.startswith(model + os.sep) or model.startswith(out + os.sep):
-        raise ConfigError(
-            "--output",
-            f"{output!r} is, lies in or holds the model dir {model_dir!r}, which export only reads; "
-            "choose a path outside it",
-        )
+    """Before anything loads: `output` is a place for a folder, apart from every folder the export reads (the
+    model dir and, for a LoRA adapter dir, its base), and new unless --force."""
+    check_dir_target(output, "--output", "--output")
+    reads = {"the model dir": model_dir}
+    if os.path.isdir(model_dir) and is_adapter_dir(model_dir):
+        reads["the adapter's base model"] = read_adapter_config(model_dir, "--model")[1]
+    check_apart(output, reads, "--output")
     if os.path.exists(output) and not force:
         raise ConfigError("--output", f"{output!r} already exists; choose a new path, or pass --force to replace it")
 

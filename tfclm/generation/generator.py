@@ -241,6 +241,7 @@ class Generator:
                 "this model's tokenizer has no chat template; train it on data.format: messages (tfclm adds one), "
                 "or leave out --chat",
             )
+        chat.check_template(tok, "--chat")
         prompts = [chat.prompt_text(tok, _turns(c), system) for c in conversations]
         return self(prompts, stop_token_ids=[chat.end_of_turn_id(tok)], **options)
 

@@ -11,11 +11,13 @@ from transformers import AutoConfig, TFAutoModelForCausalLM
 
 from tfclm.backend import tf
 from tfclm.config import LoraConfig, ModelConfig
+from tfclm.config.checks import validate_lora
 from tfclm.data.tokenizer import pretrained_tokenizer
 from tfclm.errors import ConfigError, first_line
 from tfclm.files import looks_local
 from tfclm.model import families, lora
 from tfclm.model.pytorch_names import from_pytorch, pytorch_name
+from tfclm.model.scratch_config import scratch_config
 
 WEIGHT_FILES = (
     "tf_model.h5",
@@ -78,7 +80,7 @@ def check_family(model_config: ModelConfig, train) -> families.Family:
         model_type, key = config.model_type, "model.name_or_path"
     else:
         model_type, key = model_config.config["model_type"], "model.config.model_type"
-    return families.check(
+    found = families.check(
         model_type,
         key,
         train.precision,
@@ -86,6 +88,9 @@ def check_family(model_config: ModelConfig, train) -> families.Family:
         chunked_loss=train.loss_chunk_tokens > 0,
         recompute=train.recompute == "blocks",
     )
+    if not model_config.name_or_path:
+        scratch_config(model_config.config, **found.causal_settings)
+    return found
 
 
 def _match_tokenizer(config, tokenizer, scratch: bool) -> None:
@@ -147,14 +152,9 @@ def load_model(
             model = from_pretrained(model_config.name_or_path, config, model_config.trust_remote_code)
             model.build_in_name_scope()
     else:
-        fields = dict(model_config.config)
-        model_type = fields.pop("model_type")
-        family = families.check(model_type, "model.config.model_type", precision)
-        fields.update(vocab_size=len(tokenizer), **family.causal_settings)
-        try:
-            config = AutoConfig.for_model(model_type, **fields)
-        except ValueError as exc:
-            raise ConfigError("model.config.model_type", f"{exc}") from None
+        family = families.check(model_config.config["model_type"], "model.config.model_type", precision)
+        settings = {"vocab_size": len(tokenizer), **family.causal_settings}
+        config = scratch_config({**model_config.config, **settings})
         _match_tokenizer(config, tokenizer, scratch=True)
         model = TFAutoModelForCausalLM.from_config(config)
         model.build_in_name_scope()
@@ -235,28 +235,54 @@ def _load_adapter_dir(adapter_dir: str, key: str):
 
 
 def read_adapter_config(directory: str, key: str) -> tuple[LoraConfig, str]:
-    """(the LoRA settings, the base model) of a PEFT LoRA adapter directory."""
+    """(the LoRA settings, the base model) of a PEFT LoRA adapter directory, each value checked."""
     path = os.path.join(directory, lora.CONFIG_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
-        if raw.get("peft_type") != "LORA":
-            raise ValueError(f"peft_type is {raw.get('peft_type')!r}, and tfclm reads LORA adapters")
-        targets = raw.get("target_modules")
-        if not isinstance(targets, list):
-            raise ValueError("target_modules is not a list of layer names")
-        settings = LoraConfig(
-            rank=int(raw["r"]),
-            alpha=float(raw["lora_alpha"]),
-            dropout=float(raw.get("lora_dropout") or 0.0),
-            target_modules=targets,
-            modules_to_save=list(raw.get("modules_to_save") or []),
-        )
-        base = raw.get("base_model_name_or_path")
-        if not base:
-            raise ValueError("it names no base_model_name_or_path")
+        settings, base = _adapter_settings(raw)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(key, f"{path!r} is not a LoRA adapter config tfclm can read: {first_line(exc)}") from None
+    try:
+        validate_lora(settings)
+    except ConfigError as exc:
+        raise ConfigError(key, f"{path!r} holds a LoRA setting tfclm cannot use: {exc}") from None
+    return settings, base
+
+
+def _adapter_settings(raw) -> tuple[LoraConfig, str]:
+    """PEFT's names in adapter_config.json to tfclm's; ValueError or TypeError naming the field at fault."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"it holds a JSON {type(raw).__name__}, not an object of PEFT's fields")
+    if raw.get("peft_type") != "LORA":
+        raise ValueError(f"peft_type is {raw.get('peft_type')!r}, and tfclm reads LORA adapters")
+    targets = raw.get("target_modules")
+    if not isinstance(targets, list):
+        raise ValueError("target_modules is not a list of layer names")
+    number = (int, float)
+    for name, kinds in (("r", int), ("lora_alpha", number), ("lora_dropout", (*number, type(None)))):
+        if name != "lora_dropout" and name not in raw:
+            raise KeyError(name)
+        if isinstance(raw.get(name), bool) or not isinstance(raw.get(name), kinds):
+            raise TypeError(f"{name} is {raw.get(name)!r}, not a number")
+    if raw["r"] < 1:
+        raise ValueError(f"r is {raw['r']}, and an adapter's rank is at least 1")
+    for name in ("fan_in_fan_out", "use_dora", "use_rslora"):
+        if not isinstance(raw.get(name, False), bool):
+            raise TypeError(f"{name} is {raw.get(name)!r}, not true or false")
+    for name, meaning in (("use_dora", "DoRA"), ("use_rslora", "rank-stabilised scaling")):
+        if raw.get(name):
+            raise ValueError(f"{name} is true, and tfclm's adapters have no {meaning}; train it without")
+    base = raw.get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
+        raise ValueError("it names no base_model_name_or_path")
+    settings = LoraConfig(
+        rank=raw["r"],
+        alpha=float(raw["lora_alpha"]),
+        dropout=float(raw.get("lora_dropout") or 0.0),
+        target_modules=targets,
+        modules_to_save=raw.get("modules_to_save") or [],
+    )
     return settings, base
 
 

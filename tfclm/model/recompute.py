@@ -9,11 +9,14 @@ third more compute.
 
 Only the training step recomputes: generation needs the blocks' caches, which
 a recomputed block does not return, so the wrapper recomputes only inside
-`recomputing()`, which the trainer's train step enters.
+`recomputing()`, which the trainer's train step enters. A block that drops
+out draws the same masks again when it is recomputed: its dropout is seeded
+by the step and by the call's place in it (`tfclm.model.dropout`), and the
+recomputation rewinds to the block's first call.
 """
 
-from tfclm.backend import keras, tf
-from tfclm.errors import ConfigError
+from tfclm.backend import keras_call_context, tf
+from tfclm.model import dropout
 from tfclm.model.families import check, family
 from tfclm.model.step_flag import StepFlag
 
@@ -34,21 +37,6 @@ def recompute_blocks(lm) -> int:
     attention mask and the rest are inputs without gradients, and the weights are read inside."""
     row = family(lm.config)
     blocks = blocks_of(lm)
-    rates = sorted(
-        {
-            layer.rate
-            for block in blocks
-            for layer in block._flatten_layers()
-            if isinstance(layer, keras.layers.Dropout) and layer.rate > 0
-        }
-    )
-    if rates:
-        # A recomputed block would draw new dropout masks: its gradients would belong to another forward pass.
-        raise ConfigError(
-            "train.recompute",
-            f"{row.name}'s blocks drop out ({', '.join(map(str, rates))}), and a recomputed block draws new masks, "
-            f"so its gradients would not match; set the dropout to 0 (model.config) or train.recompute to none",
-        )
     for block in blocks:
         block.call = _recomputed(block.call, row.block_outputs)
     return len(blocks)
@@ -61,12 +49,20 @@ def _recomputed(call, outputs: int):
         by_name = "hidden_states" in kwargs
         hidden = kwargs.pop("hidden_states") if by_name else args[0]
         rest = args if by_name else args[1:]
+        first_draw = dropout.position()
+        # Inner layers called without `training` take Keras' call context's, which is gone when the backward
+        # pass recomputes the block: it is entered again there, so that dropout drops out there too.
+        context = keras_call_context()
+        entered = (context.layer, context.build_graph, dict(context.call_context_args), context.saving)
 
         @tf.recompute_grad
         def block(states):
-            if by_name:
-                return call(*rest, **kwargs, hidden_states=states)[0]
-            return call(states, *rest, **kwargs)[0]
+            dropout.rewind(first_draw)  # the forward pass's masks, again in the backward pass
+            layer, build_graph, context_args, saving = entered
+            with keras_call_context().enter(layer, states, build_graph, context_args, saving):
+                if by_name:
+                    return call(*rest, **kwargs, hidden_states=states)[0]
+                return call(states, *rest, **kwargs)[0]
 
         # The block's caches and attention maps are not kept; training asks for neither.
         return (block(hidden),) + (None,) * (outputs - 1)

@@ -3,7 +3,8 @@
 import os
 import shutil
 
-from tfclm.errors import ConfigError, EnvironmentFailure
+from tfclm.errors import EnvironmentFailure
+from tfclm.files import check_dir_target, parents
 
 # Room for two checkpoints at once (the one being written while the last is kept: weights and two Adam slots,
 # 4 bytes each) and the saved model (4 bytes): float32 bytes a parameter.
@@ -12,24 +13,12 @@ BYTES_PER_PARAMETER = 2 * 12 + 4
 
 def check_output_dir(out: str) -> None:
     """A directory, or a path where one can be made: not a file, and not under one."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError("output_dir", f"{out!r} is a file, not a directory; choose a directory for --output-dir")
-    parent = next((p for p in _parents(out) if os.path.exists(p)), None)
-    if parent is not None and not os.path.isdir(parent):
-        raise ConfigError("output_dir", f"{out!r} lies under {parent!r}, which is a file; choose another --output-dir")
-
-
-def _parents(path: str):
-    """`path`'s ancestors, nearest first."""
-    path = os.path.abspath(path)
-    while os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-        yield path
+    check_dir_target(out, "output_dir", "--output-dir")
 
 
 def check_free_space(out: str, parameters: int) -> None:
     """Enough free space for the run's checkpoints and model, found before the first write, not at the first save."""
-    existing = out if os.path.isdir(out) else next(p for p in _parents(out) if os.path.isdir(p))
+    existing = out if os.path.isdir(out) else next(p for p in parents(out) if os.path.isdir(p))
     free, need = shutil.disk_usage(existing).free, parameters * BYTES_PER_PARAMETER
     if free < need:
         raise EnvironmentFailure(

@@ -144,7 +144,7 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
         segments = state.schedule
     with strategy.scope():
         settings_of_step = (plan.accumulation, train.loss_chunk_tokens, train.recompute == "blocks", train.fused_ops)
-        trainer = CausalLMTrainer(model, *settings_of_step)
+        trainer = CausalLMTrainer(model, *settings_of_step, seed=train.seed)
         trainer.compile(optimizer=make_optimizer(train, model, segments=segments), jit_compile=jit)
     checkpoints = Checkpoints(dirs.work_dir, model, trainer.optimizer, restore_dir=out)
     start = checkpoints.restore(start_step) if start_step >= 0 else 0

@@ -24,7 +24,8 @@ def sample_options(config: config_lib.Config) -> tuple[list, dict]:
     """(prompts, decoding options) of the `generate:` section; the seed defaults to train.seed."""
     options = dataclasses.asdict(config.generate)
     prompts = options.pop("prompts")
-    options["seed"] = options["seed"] if options["seed"] is not None else config.train.seed
+    # The sampler takes an int32 seed; a train.seed past it wraps into that range.
+    options["seed"] = options["seed"] if options["seed"] is not None else config.train.seed % 2**31
     return prompts, options
 
 

@@ -10,7 +10,10 @@ eval steps take the LM head and its loss that many tokens at a time
 `recompute` each transformer block is recomputed in the backward pass
 (`tfclm.model.recompute`); with `fused_ops` (the default) the MLP's activation
 and the layer norms run as XLA-fused functions in the train step
-(`tfclm.model.fused_ops`). The wrapped model is the one that is saved.
+(`tfclm.model.fused_ops`). Dropout in the train step draws its masks from
+the run's seed and the optimizer step (`tfclm.model.dropout`), so a resumed
+run and a recomputed block draw the masks an uninterrupted run draws. The
+wrapped model is the one that is saved.
 """
 
 import contextlib
@@ -18,6 +21,7 @@ import logging
 
 from tfclm.backend import keras, tf
 from tfclm.errors import ConfigError
+from tfclm.model import dropout
 from tfclm.model.chunked_loss import chunked_token_loss_sums, head_and_body
 from tfclm.model.fused_ops import fuse, fused
 from tfclm.model.loss import token_loss_sums
@@ -84,6 +88,9 @@ class CausalLMTrainer(keras.Model):
     the gradients of every replica before it applies them, counts the step
     and leaves the weights as they were. `skipped_steps` (in the logs) counts such steps and
     `nonfinite_streak` those in a row, for a callback to stop on.
+
+    `seed` (0 to 2**32 - 1) with the optimizer step, the micro-batch and the
+    replica seeds every dropout mask of a step.
     """
 
     def __init__(
@@ -93,10 +100,13 @@ class CausalLMTrainer(keras.Model):
         loss_chunk_tokens: int = 0,
         recompute: bool = False,
         fused_ops: bool = True,
+        seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.lm = lm
+        self.seed = seed
+        dropout.seed_dropout(lm)
         self.accumulation_steps = accumulation_steps
         self.loss_chunk_tokens = loss_chunk_tokens
         self._body, self._head = _closed_form_head(lm, required=bool(loss_chunk_tokens))
@@ -181,7 +191,18 @@ class CausalLMTrainer(keras.Model):
         self.skipped_steps.assign_add(tf.cast(bad, tf.int64))
         self.nonfinite_streak.assign(tf.where(bad, self.nonfinite_streak + 1, tf.constant(0, tf.int64)))
 
+    def _step_seed(self):
+        """This micro-batch's dropout seed, read before the step changes the counters."""
+        micro = self._micro_steps % self.accumulation_steps if self.accumulation_steps > 1 else 0
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return dropout.step_seed(self.seed, self.inner_optimizer.iterations, micro, replica)
+
     def train_step(self, batch):
+        # Around the gradient too: a recomputed block draws its masks again there.
+        with dropout.seeded(self._step_seed()):
+            return self._train_step(batch)
+
+    def _train_step(self, batch):
         variables = self.lm.trainable_variables
         # Only what trains is watched: frozen weights (LoRA's base) keep no activations for gradients never taken.
         with tf.GradientTape(watch_accessed_variables=False) as tape:
