@@ -69,7 +69,7 @@ def recipe(blocks, batch):
     return one_step(model, tf_train_set)
 
 
-def tfclm_engine(blocks, batch, precision, jit, chunk=0, recompute=False, fused_ops=True):
+def tfclm_engine(blocks, batch, precision, jit, chunk=0, recompute=False, fused_ops=True, seed=0):
     from tfclm.config import TrainConfig
     from tfclm.data.packing import Blocks
     from tfclm.data.pipeline import fast_dataset
@@ -78,8 +78,8 @@ def tfclm_engine(blocks, batch, precision, jit, chunk=0, recompute=False, fused_
 
     set_precision(precision)
     try:
-        model = distilgpt2(dropout=0.0 if recompute else 0.1)  # a recomputed block must not drop out
-        trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk, recompute=recompute, fused_ops=fused_ops)
+        model = distilgpt2(dropout=0.1)
+        trainer = CausalLMTrainer(model, loss_chunk_tokens=chunk, recompute=recompute, fused_ops=fused_ops, seed=seed)
         trainer.compile(
             optimizer=make_optimizer(TrainConfig(learning_rate=2e-5, weight_decay=0.01), model, 10**6),
             jit_compile=jit,
@@ -104,6 +104,8 @@ VARIANTS = {
     "tfclm fp32": lambda *run: tfclm_engine(*run, "fp32", False),
     "tfclm bf16": lambda *run: tfclm_engine(*run, "bf16", False),
     "tfclm bf16, transformers' ops": lambda *run: tfclm_engine(*run, "bf16", False, fused_ops=False),
+    # Keras' own dropout, drawn from the process's state (a resume draws other masks): what seeded dropout costs
+    "tfclm bf16, Keras' dropout": lambda *run: tfclm_engine(*run, "bf16", False, seed=None),
     "tfclm bf16 + XLA": lambda *run: tfclm_engine(*run, "bf16", True),
     "tfclm bf16 + chunked loss 512": lambda *run: tfclm_engine(*run, "bf16", False, chunk=512),
     "tfclm bf16 + chunked + recompute": lambda *run: tfclm_engine(*run, "bf16", False, chunk=512, recompute=True),

@@ -5,8 +5,8 @@ import pytest
 from conftest import DEFAULT_CONFIG, run_cli, sets
 
 
-def error_line(result):
-    assert result.exit_code == 2, result.output
+def error_line(result, code=2):
+    assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1, result.output

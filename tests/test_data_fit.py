@@ -17,6 +17,7 @@ def test_rerun_reuses_cached_blocks_and_a_change_rebuilds(tmp_path):
     first = run_cli(args)
     assert first.exit_code == 0, first.output
     assert "reusing the blocks cached" not in first.stdout and "tokenizing training" in first.output
+    assert "; perplexity not measured -> " in first.output  # evaluate.before_training: false
     again = run_cli([*args, "--overwrite"])
     assert "data: reusing the blocks cached in" in again.stdout and "tokenizing" not in again.output
     assert json.load(open(os.path.join(out, "results.json")))["data"]["train_blocks"] > 0

@@ -1,9 +1,12 @@
+import json
 import math
 
 import numpy as np
 import pytest
 
 from tfclm.data.packing import Blocks
+
+from conftest import run_cli
 
 
 def test_perplexity_is_overflow_safe():
@@ -151,3 +154,40 @@ def test_a_second_evaluation_traces_nothing_new():
     traced = sum_and_count(model).experimental_get_tracing_count()
     assert evaluate_loss(model, fast_dataset(blocks, batch_size=2, shuffle=False)) == first
     assert sum_and_count(model).experimental_get_tracing_count() == traced
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["--block-size", "128", "--stride", "32"], "--block-size: sets blocks, and --stride scores windows, whose "
+         "length is --max-length; pass --max-length instead"),
+        (["--max-length", "128"], "--max-length: works with sliding windows, and this evaluation scores blocks; add "
+         "--stride N"),
+        (["--one-stream"], "--per-document: works with sliding windows, and this evaluation scores blocks; add "
+         "--stride N"),
+        (["--tasks", "x", "--stride", "8"], "--stride: has no effect with --tasks (the harness); leave it out"),
+        (["--tasks", "x", "--text-file", "notes.txt"], "--text-file: has no effect with --tasks (the harness); leave "
+         "it out"),
+        (["--limit", "5"], "--limit: has no effect with perplexity; leave it out"),
+    ],
+)  # fmt: skip
+def test_an_option_without_effect_in_its_mode_is_refused(trained_dir, args, said):
+    from test_cli_errors import error_line
+
+    assert error_line(run_cli(["evaluate", "--model", trained_dir[0], *args])) == f"Error: {said}"
+
+
+@pytest.mark.slow
+def test_windows_take_their_length_from_max_length(trained_dir):
+    """`--max-length 128 --stride 32` scores windows of 128, and a shorter window sees less context."""
+    out, _ = trained_dir
+    results = []
+    for window in ("128", "256"):
+        result = run_cli(["evaluate", "--model", out, "--stride", "32", "--max-length", window, "--json"])
+        assert result.exit_code == 0, result.output
+        results.append(json.loads(result.output[result.output.index("{") :]))
+    assert results[0]["method"] == "windows of 128 tokens every 32" and results[1]["method"].startswith(
+        "windows of 256"
+    )
+    assert results[0]["tokens"] == results[1]["tokens"] and results[0]["perplexity"] != results[1]["perplexity"]

@@ -152,3 +152,58 @@ def test_unknown_task_and_missing_folder_are_one_line(trained_dir, tmp_path):
     assert result.exit_code == 2 and "--tasks: unknown task 'no_such_task_anywhere'" in result.output
     result = run_cli(["evaluate", "--model", out, "--tasks", "x", "--include-path", str(tmp_path / "none")])
     assert result.exit_code == 2 and "--include-path:" in result.output and "Traceback" not in result.output
+
+
+def _one_task(folder, name: str, text: str) -> None:
+    (folder / f"{name}.yaml").write_text(text.replace("FOLDER", str(folder)))
+
+
+@pytest.mark.parametrize(
+    "task, said, code",
+    [
+        ("missing_file", "--tasks: could not load the tasks missing_file: ", 2),
+        (
+            "missing_field",
+            "--tasks: could not load the tasks missing_field: UndefinedError: 'question' is undefined",
+            2,
+        ),
+        ("garbled", "--tasks: unknown task 'garbled'; ", 2),
+        ("too_long", "--tasks: task 'too_long' asks for 400 new tokens (max_gen_toks), and the model holds 256", 2),
+        ("empty_prompt", "--tasks: task 'empty_prompt' renders an empty prompt (doc_to_text)", 2),
+        ("hub_offline", "--tasks: could not download a task's data (", 1),
+    ],
+)
+def test_a_task_that_cannot_run_is_one_line_naming_it(trained_dir, tmp_path, monkeypatch, task, said, code):
+    from test_cli_errors import error_line
+
+    from conftest import tree
+
+    out, _ = trained_dir
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "docs.jsonl").write_text('{"prompt": "The list", "target": " type"}\n')
+    data = "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: FOLDER/docs.jsonl\ntest_split: test\n"
+    generate = "output_type: generate_until\ndoc_to_target: '{{target}}'\nmetric_list:\n  - metric: exact_match\n"
+    texts = {
+        "missing_file": data.replace("docs.jsonl", "gone.jsonl") + "doc_to_text: '{{prompt}}'\n" + generate,
+        "missing_field": data + "doc_to_text: '{{question}}'\n" + generate,
+        "garbled": "task: garbled\ndoc_to_text: '{{prompt}\n  - [\n",
+        "too_long": data + "doc_to_text: '{{prompt}}'\n" + generate + "generation_kwargs:\n  max_gen_toks: 400\n",
+        "empty_prompt": data + "doc_to_text: ''\n" + generate + "generation_kwargs:\n  max_gen_toks: 8\n",
+        "hub_offline": "dataset_path: someone/no_such_dataset\ntest_split: test\ndoc_to_text: '{{prompt}}'\n"
+        + generate,
+    }
+    _one_task(tmp_path, task, texts[task] if task == "garbled" else f"task: {task}\n" + texts[task])
+    before = tree(tmp_path)
+    line = error_line(run_cli(["evaluate", "--model", out, "--tasks", task, "--include-path", str(tmp_path)]), code)
+    assert line.startswith(f"Error: {said}"), line
+    if task == "garbled":
+        assert f"{str(tmp_path / 'garbled.yaml')!r} (" in line and "does not parse, and may be it" in line
+    assert tree(tmp_path) == before
+
+
+def test_tasks_of_commas_only_name_no_task(trained_dir):
+    from test_cli_errors import error_line
+
+    line = error_line(run_cli(["evaluate", "--model", trained_dir[0], "--tasks", " , ,"]))
+    assert line == "Error: --tasks: ' , ,' names no task; pass names separated by commas, such as lambada_openai"

@@ -137,6 +137,10 @@ def test_the_eli5_qa_config_runs_on_local_eli5_shaped_data(eli5_qa, tmp_path):
          "data.prompt_template: is set but data.format is text"),
         ([{"title": "a", "answers": {"text": ["x"]}}], ["train.pipeline=recipe"],
          "train.pipeline: recipe packs documents"),
+        ([{"title": "why " * 40 + str(i), "answers": {"text": ["because"]}} for i in range(10)],
+         ["data.block_size=16", "train.batch_size=2"],
+         "data.block_size: 8 of 8 training prompt/completion examples were left out because their prompt fills the "
+         "block within 16 tokens, and 0 are fewer than one step; raise data.block_size"),
     ],
 )  # fmt: skip
 def test_bad_records_are_one_line_naming_the_record_and_field(tmp_path, records, settings, expected):

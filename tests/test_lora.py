@@ -285,6 +285,8 @@ def test_a_lora_run_end_to_end(base_run, tmp_path):
     names = set(os.listdir(out))
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "generation_config.json"} <= names
     assert not names & {"tf_model.h5", "config.json"}  # adapters only: the base stays where it is
+    readme = open(os.path.join(out, "README.md")).read()  # how to load the dir, with and without tfclm
+    assert f"# LoRA adapters for {base_run}" in readme and "`import tfclm` first" in readme and "--merge-lora" in readme
     results = json.load(open(os.path.join(out, "results.json")))
     assert 0 < results["trainable_parameters"] < 0.1 * results["parameters"] and results["adapter_sha256"]
     assert results["eval_loss"] < results["eval_loss_before"]
@@ -308,7 +310,8 @@ def test_a_lora_run_end_to_end(base_run, tmp_path):
     assert greedy(merged) == greedy(out) != greedy(base_run)
     # transformers' TF classes read an adapter dir as its base alone (the run warns); the merged dir is the model,
     # and the seed recipe's inference code runs on it word for word.
-    assert "pipeline() read such a dir as its base model alone" in fit.output
+    assert f"lora: {out} holds adapters; " in fit.output  # the output dir, not the save's staging folder
+    assert "pipeline() read such a dir as its base model alone unless tfclm is imported first" in fit.output
     client = SEED_CLIENT.format(model=merged, framework="") + 'print("DECODED", decoded[0])'
     done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "DECODED Somatic hypermutation" in done.stdout, done.stderr[-3000:]
@@ -544,11 +547,16 @@ def test_a_full_run_over_a_lora_run_leaves_no_adapter_behind(base_run, tmp_path)
     assert result.exit_code == 0, result.output
     names = set(os.listdir(out))
     assert "tf_model.h5" in names and not names & {"adapter_config.json", "adapter_model.safetensors"}, names
+    assert "README.md" not in names  # the adapters' README went with them
     from tfclm.model.loading import load_trained
     from tfclm.model.lora import adapters_of
 
     model, _ = load_trained(out)
     assert adapters_of(model) == {}
+    open(os.path.join(out, "README.md"), "w").write("my notes\n")
+    again = run_cli(["fit", "--config", DEFAULT_CONFIG, *COMMON, *lora_sets(base_run), "--max-steps", "1"]
+                    + ["--output-dir", out, "--overwrite"])  # fmt: skip
+    assert again.exit_code == 0 and open(os.path.join(out, "README.md")).read() == "my notes\n"  # a user's stays
 
 
 @pytest.fixture(scope="module")
@@ -628,3 +636,22 @@ def test_no_command_writes_over_a_dir_it_reads(base_run, adapter_run, tmp_path):
         line = error_line(run_cli(fit))
         assert line.startswith(f"Error: output_dir: {base!r} is, lies in or holds {named} "), line
     assert tree(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_transformers_tf_auto_class_reads_an_adapter_dir_after_import_tfclm(base_run, adapter_run, tmp_path):
+    """`TFAutoModelForCausalLM.from_pretrained(ADAPTER_DIR)`: the base with the adapters (tfclm's logits exactly),
+    not the base alone; and the seed recipe's client code after `import tfclm`, in a process of its own."""
+    from transformers import TFAutoModelForCausalLM
+
+    from tfclm.model.loading import load_trained
+
+    ids = np.array([[5, 9, 30, 7, 2, 11]], np.int32)
+    adapted = TFAutoModelForCausalLM.from_pretrained(adapter_run)
+    expected = load_trained(adapter_run)[0](input_ids=ids).logits.numpy()
+    np.testing.assert_array_equal(adapted(input_ids=ids).logits.numpy(), expected)
+    base = TFAutoModelForCausalLM.from_pretrained(base_run)(input_ids=ids).logits.numpy()
+    assert np.abs(base - expected).max() > 1e-4  # the adapters change the logits: they were not dropped
+    client = "import tfclm\n" + SEED_CLIENT.format(model=adapter_run, framework="") + 'print("DECODED", decoded[0])'
+    done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "DECODED Somatic hypermutation" in done.stdout, done.stderr[-3000:]

@@ -520,3 +520,35 @@ def test_an_export_onto_a_file_or_under_one(model_copy, tmp_path):
         )
         assert line.startswith(f"Error: --output: {str(output)!r} ") and said in line, line
     assert tree(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_an_export_past_the_file_size_limit_is_an_environment_failure(model_copy, tmp_path):
+    """safetensors' own error (not an OSError) for a write the file-size limit stops: one line, exit 1."""
+    import resource
+    import sys
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    output = tmp_path / "exported"
+    before = tree(tmp_path)
+    command = [sys.executable, "-m", "tfclm", "export", "--model", model_copy, "--to", "pytorch", "--output", output]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, preexec_fn=small_files)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("Error:")]
+    assert "could not write a file: File too large" in line and "ulimit -f" in line
+    assert tree(tmp_path) == before and not output.exists()
+
+
+def test_running_out_of_memory_is_not_called_a_failed_write():
+    from tfclm.backend import tf
+    from tfclm.errors import environment_failure
+
+    exc = tf.errors.ResourceExhaustedError(
+        None, None, "OOM when allocating tensor with shape[768,1000000] and type float"
+    )
+    line = environment_failure(exc)
+    assert line.startswith("out of memory (allocating a tensor with shape[768,1000000]); lower train.batch_size"), line
+    assert "disk" not in line

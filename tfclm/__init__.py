@@ -14,6 +14,9 @@ import logging
 import sys
 
 from tfclm import backend  # noqa: F401  - must run before anything imports TensorFlow
+from tfclm.auto import install as _install_auto_hooks
+
+_install_auto_hooks()  # TFAutoModelForCausalLM reads adapter dirs (tfclm.auto)
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,7 @@
 """Errors that tfclm shows to users as one line, without a traceback."""
 
 import errno
+import re
 import sys
 
 
@@ -22,6 +23,10 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
 
 
+WRITE_FAILURES = (
+    "No space left on device", "Disk quota exceeded", "File too large", "Read-only file system", "Permission denied",
+)  # fmt: skip
+
 # What the machine, not the input, got wrong: exit 1 with one line, as `fit` leaves what it wrote intact.
 ENVIRONMENT_HINTS = {
     errno.ENOSPC: "free some disk space",
@@ -40,17 +45,20 @@ def environment_failure(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_HINTS:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}; {ENVIRONMENT_HINTS[exc.errno]}"
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and isinstance(
-        exc, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError, tf.errors.OutOfRangeError)
-    ):
-        text = str(exc)
-        # TensorFlow's message leads with its op's internals; the cause is a phrase inside it.
-        causes = ("File too large", "No space left on device", "Disk quota exceeded", "Permission denied", "Read-only")
-        cause = next((c for c in causes if c in text), text.strip().splitlines()[0][:200] if text.strip() else "")
+    text = str(exc)
+    # TensorFlow's and safetensors' messages lead with their internals; the cause is a phrase inside.
+    cause = next((c for c in WRITE_FAILURES if c in text), None)
+    if cause is not None:
         return (
-            f"TensorFlow could not write a file: {cause}; free some disk space, raise the file-size limit "
+            f"{type(exc).__name__}: could not write a file: {cause}; free some disk space, raise the file-size limit "
             "(ulimit -f), or choose a writable directory"
+        )
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(exc, tf.errors.ResourceExhaustedError):
+        shape = re.search(r"tensor with shape\s*\[[^\]]*\]", text)
+        return (
+            f"out of memory{f' (allocating a {shape.group(0)})' if shape else ''}; lower train.batch_size, "
+            "data.block_size or lora.rank, or try train.precision bf16, train.loss_chunk_tokens or train.recompute"
         )
     return None
 

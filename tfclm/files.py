@@ -100,22 +100,48 @@ MODEL_FILES = (
 )  # fmt: skip
 
 
+# The first line of the README.md that tfclm writes into an adapter dir: a README without it is the user's.
+ADAPTER_README_MARK = "<!-- written by tfclm beside LoRA adapters; replaced with them -->"
+
+
+def _tfclm_readme(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\n") == ADAPTER_README_MARK
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def save_pretrained_atomic(objects, output_dir: str, replaces: tuple = ()) -> None:
     """`save_pretrained` each object into a temporary folder, then move each file into place; files matching
-    `replaces` (name patterns) that this save did not write go, being an earlier model's."""
+    `replaces` (name patterns) that this save did not write go, being an earlier model's, and so does the README
+    of an earlier LoRA run (never a README of the user's)."""
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}save-", dir=output_dir)
     try:
         for obj in objects:
             obj.save_pretrained(staging)
         written = set(os.listdir(staging))
+        if "README.md" in written and os.path.exists(os.path.join(output_dir, "README.md")):
+            if not _tfclm_readme(os.path.join(output_dir, "README.md")):  # the user's stays
+                written.discard("README.md")
         for name in sorted(written):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for name in sorted(set(os.listdir(output_dir)) - written):
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in replaces):
-            os.unlink(os.path.join(output_dir, name))
+        path = os.path.join(output_dir, name)
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in replaces) or (
+            name == "README.md" and replaces and _tfclm_readme(path)
+        ):
+            os.unlink(path)
+
+
+def landing_dir(directory: str) -> str:
+    """Where a save into `directory` ends up: its parent for a `save_pretrained_atomic` staging folder."""
+    if os.path.basename(os.path.normpath(directory)).startswith(TEMP_PREFIX):
+        return os.path.dirname(os.path.normpath(directory))
+    return directory
 
 
 def remove_temporaries(directory: str) -> None:

@@ -21,7 +21,7 @@ from tfclm.cli.options import (
     read_prompts,
     serving_sampling_options,
 )
-from tfclm.errors import EnvironmentFailure, raise_interrupted
+from tfclm.errors import ConfigError, EnvironmentFailure, raise_interrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,6 +87,11 @@ def fit_command(ctx, config_path, overrides, overwrite, **_):
             f"{config.output_dir} is complete, and `python -m tfclm push --model {config.output_dir} --repo-id "
             f"{repo}` pushes it when the Hub answers"
         )
+
+
+# evaluate's options that only one of its two ways of scoring reads; given to the other, they are refused.
+HARNESS_ONLY = ("--include-path", "--limit")
+PERPLEXITY_ONLY = ("--config", "--text-file", "--block-size", "--stride", "--per-document")
 
 
 @cli.command("evaluate")
@@ -165,6 +170,12 @@ def evaluate_command(
     from tfclm.evaluation.model_dir import evaluate_dir
     from tfclm.evaluation.perplexity import eval_line
 
+    given = {"--config": config_path, "--text-file": text_file, "--block-size": block_size, "--stride": stride,
+             "--per-document": per_document, "--include-path": include_path, "--limit": limit}  # fmt: skip
+    for flag in HARNESS_ONLY if not tasks else PERPLEXITY_ONLY:
+        if given[flag] is not None:
+            mode = "perplexity" if not tasks else "--tasks (the harness)"
+            raise ConfigError(flag, f"has no effect with {mode}; leave it out")
     if tasks:
         from tfclm.evaluation.tasks import run_tasks
 

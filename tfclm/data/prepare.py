@@ -19,6 +19,7 @@ from tfclm.config import Config, DataConfig
 from tfclm.data import chat, examples, packing, sources
 from tfclm.data.packing import Blocks
 from tfclm.data.tokenizer import load_tokenizer
+from tfclm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,20 @@ def prepare(config: Config, cache_dir: str | None = None, own_pad: bool = False)
     return PreparedData(tokenizer, train, validation, facts, writes)
 
 
+def _check_room(found, data, train, kind: str) -> None:
+    """Examples whose prompt fills the block are left out; when that leaves less than one step, the block is what
+    to change, not the batch."""
+    left_out = found.documents - len(found.input_ids)
+    if left_out and len(found.input_ids) < train.batch_size * train.gradient_accumulation_steps:
+        what = "conversation reaches no reply" if data.format == "messages" else "prompt fills the block"
+        raise ConfigError(
+            "data.block_size",
+            f"{left_out:,} of {found.documents:,} training {kind} were left out because their {what} within "
+            f"{data.block_size} tokens, and {len(found.input_ids):,} are fewer than one step; raise data.block_size "
+            f"(up to the model's positions) or shorten the prompts",
+        )
+
+
 def _prepare_examples(config: Config, cache_dir: str, own_pad: bool) -> PreparedData:
     """Prompt/completion examples or conversations, one padded row each (see `tfclm.data.examples` and
     `tfclm.data.chat`); tokenized on every run."""
@@ -124,6 +139,7 @@ def _prepare_examples(config: Config, cache_dir: str, own_pad: bool) -> Prepared
         side: examples.encode_examples(found, tokenizer, data, scored, data.block_size)
         for side, found in (("train", train_found), ("validation", eval_found))
     }
+    _check_room(sides["train"], data, train, kind)
     lengths = sides["train"].attention_mask.sum(axis=1)
     share = examples.padding_share(lengths, train.batch_size, train.seed, data.block_size)
     for side, found in sides.items():

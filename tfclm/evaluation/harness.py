@@ -20,6 +20,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from tfclm.backend import tf
+from tfclm.errors import ConfigError
 from tfclm.evaluation.strided import right_padded
 from tfclm.generation.generator import Generator
 from tfclm.model.loading import load_trained, n_positions
@@ -107,10 +108,12 @@ class TfclmLM(TemplateLM):
         """
         eos = self.tokenizer.decode([self.eot_token_id])
         groups = {}  # settings -> [(request index, context)]
-        for index, (context, gen_kwargs) in enumerate(request.args for request in requests):
+        for index, request in enumerate(requests):
+            context, gen_kwargs = request.args
             options = normalize_gen_kwargs(dict(gen_kwargs), self._max_gen_toks)
             until = tuple(handle_stop_sequences(options.pop("until", None), eos=eos))
             new_tokens = int(options.pop("max_gen_toks"))
+            _check_request(getattr(request, "task_name", None), context, new_tokens, self.max_length)
             temperature = float(options.get("temperature", 0.0) or 0.0)
             do_sample = bool(options.get("do_sample")) and temperature > 0
             groups.setdefault((until, new_tokens, do_sample, temperature), []).append((index, context))
@@ -135,6 +138,18 @@ class TfclmLM(TemplateLM):
         """The end of a context too long for the window, as the harness's own models keep it."""
         ids = self.tok_encode(context)
         return self.tokenizer.decode(ids[-room:]) if len(ids) > room else context
+
+
+def _check_request(task: str | None, context: str, new_tokens: int, max_length: int) -> None:
+    """A generation request the model cannot answer, named by its task and the task's setting."""
+    if new_tokens >= max_length:
+        raise ConfigError(
+            "--tasks",
+            f"task {task!r} asks for {new_tokens} new tokens (max_gen_toks), and the model holds {max_length} "
+            "positions; lower max_gen_toks in its generation_kwargs",
+        )
+    if not context:
+        raise ConfigError("--tasks", f"task {task!r} renders an empty prompt (doc_to_text); a generation needs one")
 
 
 def _cut(text: str, stops) -> str:

@@ -44,7 +44,11 @@ def evaluate_dir(
         )
     block = block_size or min(config.data.block_size, limit or config.data.block_size)
     ev = config.evaluate
+    given = {"--block-size": block_size, "--stride": stride, "--max-length": max_length, "--per-document": per_document}
     stride = stride or ev.stride
+    mode = "examples" if text_file is None and config.data.format != "text" else "windows" if stride else "blocks"
+    typed = {flag for flag, value in given.items() if value is not None}
+    check_mode(mode, typed | ({"--stride"} if mode == "examples" and stride else set()), given["--stride"] is None)
     window = max_length or ev.max_length or limit or 1024
     per_document = ev.per_document if per_document is None else per_document
     batch = batch_size or ev.batch_size
@@ -52,7 +56,7 @@ def evaluate_dir(
         _check_window(stride, window, limit, "--max-length" if max_length else "evaluate.max_length")
     byte_table = token_bytes(tokenizer)
     if text_file is None and config.data.format != "text":
-        return _examples_loss(model, tokenizer, config, block, batch, byte_table, stride)
+        return _examples_loss(model, tokenizer, config, block, batch, byte_table)
     if text_file is not None:
         texts, source = [_read_text(text_file)], text_file
     elif config.data.streaming:
@@ -78,6 +82,29 @@ def evaluate_dir(
         raise ConfigError("--model", f"{source} gave no token to evaluate; pass --text-file with more text")
     result["source"] = source
     return result
+
+
+# Which of evaluate's options take effect in each way of scoring; any other one is refused, never ignored.
+APPLIES = {
+    "blocks": {"--block-size"},
+    "windows": {"--stride", "--max-length", "--per-document"},
+    "examples": {"--block-size"},
+}
+
+
+def check_mode(mode: str, given: set, stride_from_config: bool = False) -> None:
+    """Refuse an option that would have no effect in `mode` (blocks, windows, examples), naming the one that
+    would."""
+    extra = sorted(given - APPLIES[mode])
+    if not extra:
+        return
+    flag = extra[0]
+    if mode == "windows":
+        why = "the run's evaluate.stride scores sliding windows" if stride_from_config else "--stride scores windows"
+        raise ConfigError(flag, f"sets blocks, and {why}, whose length is --max-length; pass --max-length instead")
+    if mode == "blocks":
+        raise ConfigError(flag, "works with sliding windows, and this evaluation scores blocks; add --stride N")
+    raise ConfigError(flag, "works with sliding windows over text, and this run is scored by example; leave it out")
 
 
 def _read_text(text_file: str) -> str:
@@ -123,11 +150,9 @@ def _block_loss(model, tokenizer, config, texts, block: int, batch: int, byte_ta
     return evaluate_loss(model, dataset, byte_table)
 
 
-def _examples_loss(model, tokenizer, config, block: int, batch: int, byte_table, stride) -> dict:
+def _examples_loss(model, tokenizer, config, block: int, batch: int, byte_table) -> dict:
     """A prompt/completion or messages run's validation examples, scored as the run scored them."""
     data = config.data
-    if stride is not None:
-        raise ConfigError("--stride", f"slides over text; a {data.format} run is scored by example (leave it out)")
     if data.format == "messages":
         chat.check_template(tokenizer, "--model")
     found = examples.train_and_validation(data, config.train.seed)[1]

@@ -270,6 +270,26 @@ def adapter_config(lm, lora: LoraConfig, patterns: list[str], base: str) -> dict
     }
 
 
+ADAPTER_README = (
+    files.ADAPTER_README_MARK
+    + """
+# LoRA adapters for {base}
+
+This folder holds LoRA adapters in PEFT's format (`adapter_config.json`, `adapter_model.safetensors`) for the base
+model `{base}`, trained with tfclm. The base's own weights are not here.
+
+- With tfclm installed, `import tfclm` first: then transformers' `TFAutoModelForCausalLM.from_pretrained(FOLDER)`
+  and `pipeline("text-generation", model=FOLDER)` load the base with these adapters, as
+  `python -m tfclm generate --model FOLDER` does.
+- Without tfclm, transformers' TF classes load this folder as the base alone and drop the adapters without a word.
+  Write the merged model first: `python -m tfclm export --model FOLDER --merge-lora --to tf --output MERGED`.
+- In PyTorch with PEFT: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), FOLDER)`, where
+  `BASE` is the base in PyTorch's format (for a TF base: `python -m tfclm export --model {base} --to pytorch
+  --output BASE`).
+"""
+)
+
+
 class Adapters:
     """What `save_pretrained` of a LoRA run writes: the adapter files PEFT reads (with the tokenizer and the
     generation config beside them, see `tfclm.training.run`)."""
@@ -283,13 +303,15 @@ class Adapters:
         if not getattr(self, "_told", False):  # once per run: the pitfall is silent otherwise
             self._told = True
             logger.warning(
-                f"lora: {directory} holds adapters; transformers' TF classes and pipeline() read such a dir as its "
-                f"base model alone, without them. For those, write the merged model: python -m tfclm export "
-                f"--model {directory} --merge-lora --to tf --output MERGED_DIR"
+                f"lora: {files.landing_dir(directory)} holds adapters; transformers' TF classes and pipeline() read "
+                f"such a dir as its base model alone unless tfclm is imported first. Without tfclm, write the merged "
+                f"model: python -m tfclm export --model {files.landing_dir(directory)} --merge-lora --to tf --output "
+                f"MERGED_DIR"
             )
 
         config = adapter_config(self.lm, self.lora, self.patterns, self.base)
         files.atomic_write_text(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
+        files.atomic_write_text(os.path.join(directory, "README.md"), ADAPTER_README.format(base=self.base))
         state = adapter_state(self.lm)
         files.atomic_write_bytes(os.path.join(directory, WEIGHTS_FILE), save(state, metadata={"format": "pt"}))
 

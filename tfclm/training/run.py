@@ -341,9 +341,10 @@ def _fit(config: config_lib.Config, verbose, policy, strategy, described: str, d
             results["hub_failures"] = list(pusher.failures)
             files.atomic_write_json(os.path.join(out, RESULTS_FILENAME), results)
     mfu = "" if throughput.mfu is None else f", MFU {throughput.mfu:.1%}"
+    first = f"{before['perplexity']:,.2f}" if before else "not measured"  # evaluate.before_training: false
     logger.info(
         f"done: {optimizer_steps:,} optimizer steps ({throughput.steps:,} batches this run), {throughput.tokens:,} "
         f"tokens in {train_seconds:,.1f} s ({throughput.tokens_per_second:,.0f} tokens/s{mfu}); perplexity "
-        f"{before['perplexity'] if before else float('nan'):,.2f} -> {after['perplexity']:,.2f}; saved to {out}"
+        f"{first} -> {after['perplexity']:,.2f}; saved to {out}"
     )
     return results

@@ -90,7 +90,9 @@ class CausalLMTrainer(keras.Model):
     `nonfinite_streak` those in a row, for a callback to stop on.
 
     `seed` (0 to 2**32 - 1) with the optimizer step, the micro-batch and the
-    replica seeds every dropout mask of a step.
+    replica seeds every dropout mask of a step; None leaves Keras' own dropout
+    (drawn from the process's random state: a resumed run draws other masks),
+    for comparison.
     """
 
     def __init__(
@@ -100,13 +102,14 @@ class CausalLMTrainer(keras.Model):
         loss_chunk_tokens: int = 0,
         recompute: bool = False,
         fused_ops: bool = True,
-        seed: int = 0,
+        seed: int | None = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.lm = lm
         self.seed = seed
-        dropout.seed_dropout(lm)
+        if seed is not None:
+            dropout.seed_dropout(lm)
         self.accumulation_steps = accumulation_steps
         self.loss_chunk_tokens = loss_chunk_tokens
         self._body, self._head = _closed_form_head(lm, required=bool(loss_chunk_tokens))
@@ -198,6 +201,8 @@ class CausalLMTrainer(keras.Model):
         return dropout.step_seed(self.seed, self.inner_optimizer.iterations, micro, replica)
 
     def train_step(self, batch):
+        if self.seed is None:
+            return self._train_step(batch)
         # Around the gradient too: a recomputed block draws its masks again there.
         with dropout.seeded(self._step_seed()):
             return self._train_step(batch)
