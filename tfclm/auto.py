@@ -1,5 +1,9 @@
 """What `import tfclm` adds to transformers' TF auto classes, without importing TensorFlow itself.
 
+The Llama-style families that transformers has no TF classes for (`tfclm.model.llama`: llama, qwen2, qwen3)
+are registered with `TFAutoModelForCausalLM` and `TFAutoModel` the first time either builds a model, so
+`from_pretrained`, `from_config` and `generate` work on their checkpoints.
+
 `TFAutoModelForCausalLM.from_pretrained(ADAPTER_DIR)` in transformers loads
 a PEFT adapter dir as its base model alone: transformers finds the base in
 adapter_config.json, and only its PyTorch classes then load the adapters.
@@ -14,7 +18,6 @@ that module loads.
 """
 
 import importlib.abc
-import importlib.util
 import os
 import sys
 
@@ -23,7 +26,7 @@ _PATCHED = "_tfclm_reads_adapter_dirs"
 
 
 def install() -> None:
-    """Patch transformers' TF causal-LM auto class now or when it loads; idempotent."""
+    """Patch transformers' TF auto classes now or when they load; idempotent."""
     if TF_AUTO in sys.modules:
         _patch(sys.modules[TF_AUTO])
     elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
@@ -31,22 +34,40 @@ def install() -> None:
 
 
 def _patch(module) -> None:
-    auto = module.TFAutoModelForCausalLM
-    if getattr(auto, _PATCHED, False):
-        return
-    original = auto.from_pretrained.__func__
+    """Wrap the auto classes' constructors: they register tfclm's families on first use (not at import, when
+    transformers' TF modules may still be loading each other) and read adapter dirs."""
+    for auto in (module.TFAutoModelForCausalLM, module.TFAutoModel):
+        if getattr(auto, _PATCHED, False):
+            continue
+        for name in ("from_pretrained", "from_config"):
+            setattr(auto, name, classmethod(_registering(module, getattr(auto, name).__func__)))
+        setattr(auto, _PATCHED, True)
 
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        path = pretrained_model_name_or_path
-        if isinstance(path, (str, os.PathLike)) and _adapter_dir(os.fspath(path)):
+
+def _registering(module, original):
+    def construct(cls, source, *args, **kwargs):
+        _register(module)
+        path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+        if original.__name__ == "from_pretrained" and path is not None and _adapter_dir(path):
             from tfclm.model.loading import load_trained
 
-            return load_trained(os.fspath(path), key="pretrained_model_name_or_path")[0]
-        return original(cls, path, *model_args, **kwargs)
+            return load_trained(path, key="pretrained_model_name_or_path")[0]
+        return original(cls, source, *args, **kwargs)
 
-    from_pretrained.__doc__ = original.__doc__
-    auto.from_pretrained = classmethod(from_pretrained)
-    setattr(auto, _PATCHED, True)
+    construct.__name__, construct.__doc__ = original.__name__, original.__doc__
+    return construct
+
+
+def _register(module) -> None:
+    """tfclm's TF classes with the auto classes, once."""
+    if getattr(module, _PATCHED, False):
+        return
+    from tfclm.model.llama.modeling import CLASSES, CONFIGS
+
+    for model_type, (base, causal) in CLASSES.items():
+        module.TFAutoModel.register(CONFIGS[model_type], base, exist_ok=True)
+        module.TFAutoModelForCausalLM.register(CONFIGS[model_type], causal, exist_ok=True)
+    setattr(module, _PATCHED, True)
 
 
 def _adapter_dir(path: str) -> bool:

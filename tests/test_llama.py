@@ -1,0 +1,144 @@
+"""tfclm's TF Llama, Qwen 2 and Qwen 3 against PyTorch transformers: checkpoints saved by PyTorch's
+`save_pretrained` load through `TFAutoModelForCausalLM` after `import tfclm` and give PyTorch's logits and
+greedy tokens."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+SMALL = dict(
+    vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=95,
+)  # fmt: skip
+LLAMA3_ROPE = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}  # fmt: skip
+CONFIGS = {
+    "llama": dict(model_type="llama", tie_word_embeddings=False),
+    "llama, llama3 rope, biases, tied": dict(
+        model_type="llama", rope_scaling=LLAMA3_ROPE, attention_bias=True, mlp_bias=True, tie_word_embeddings=True
+    ),
+    "llama, linear rope, MHA": dict(
+        model_type="llama",
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+        num_key_value_heads=4,
+        rope_theta=500000.0,
+    ),  # fmt: skip
+    "qwen2": dict(model_type="qwen2", tie_word_embeddings=True),
+    "qwen3, head_dim, q/k norms": dict(model_type="qwen3", head_dim=16, tie_word_embeddings=False),
+}
+
+
+def pytorch_model(fields: dict, folder, dtype=None, **save):
+    """A random tiny PyTorch model of `fields`, saved in `folder` as the Hub's checkpoints are."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**SMALL, **fields})).eval()
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(str(folder), **save)
+    return model.float()
+
+
+def pytorch_logits(model, ids, mask):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.numpy()
+
+
+BATCH = np.random.default_rng(0).integers(2, 90, (2, 10)).astype(np.int32)
+MASK = np.ones_like(BATCH)
+MASK[1, 7:] = 0  # right padding
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_the_tf_class_gives_pytorchs_logits(name, tmp_path):
+    from transformers import TFAutoModelForCausalLM
+
+    reference = pytorch_model(CONFIGS[name], tmp_path)
+    model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert type(model).__module__ == "tfclm.model.llama.modeling"
+    got = model(input_ids=BATCH, attention_mask=MASK).logits.numpy()
+    expected = pytorch_logits(reference, BATCH, MASK)
+    np.testing.assert_allclose(got[MASK == 1], expected[MASK == 1], atol=1e-4, rtol=0)
+
+
+def test_a_sharded_bfloat16_checkpoint_loads(tmp_path):
+    from transformers import TFAutoModelForCausalLM
+
+    reference = pytorch_model(CONFIGS["qwen2"], tmp_path, dtype=__import__("torch").bfloat16, max_shard_size="40KB")
+    assert os.path.exists(tmp_path / "model.safetensors.index.json")
+    model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
+    got = model(input_ids=BATCH, attention_mask=MASK).logits.numpy()
+    np.testing.assert_allclose(got[MASK == 1], pytorch_logits(reference, BATCH, MASK)[MASK == 1], atol=1e-4)
+
+
+def test_a_config_in_transformers_v5s_form_gives_the_same_model(tmp_path):
+    """v5 writes `rope_parameters` where 4.x wrote `rope_theta` and `rope_scaling`."""
+    from transformers import TFAutoModelForCausalLM
+
+    reference = pytorch_model(CONFIGS["llama, llama3 rope, biases, tied"], tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    config["rope_parameters"] = {**config.pop("rope_scaling"), "rope_theta": config.pop("rope_theta")}
+    path.write_text(json.dumps(config))
+    got = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))(input_ids=BATCH, attention_mask=MASK).logits.numpy()
+    np.testing.assert_allclose(got[MASK == 1], pytorch_logits(reference, BATCH, MASK)[MASK == 1], atol=1e-4)
+
+
+def test_cached_decoding_greedy_tokens_padding_and_xla(tmp_path):
+    """Step by step through the cache equals one pass; greedy tokens are PyTorch's; a left-padded batch gives
+    each prompt its own tokens; XLA gives eager's."""
+    import torch
+    from transformers import TFAutoModelForCausalLM
+
+    from tfclm.backend import tf
+
+    reference = pytorch_model(CONFIGS["qwen2"], tmp_path)
+    model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
+    ids = BATCH[:1, :6]
+    out = model(input_ids=ids[:, :3], use_cache=True)
+    steps, past = [out.logits.numpy()], out.past_key_values
+    for t in range(3, 6):
+        out = model(input_ids=ids[:, t : t + 1], past_key_values=past, use_cache=True)
+        steps.append(out.logits.numpy())
+        past = out.past_key_values
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), model(input_ids=ids).logits.numpy(), atol=1e-5)
+
+    greedy = dict(max_new_tokens=12, do_sample=False)
+    tokens = model.generate(input_ids=tf.constant(ids), attention_mask=tf.ones_like(ids), **greedy).numpy()
+    with torch.no_grad():
+        pt_ids = torch.tensor(ids, dtype=torch.long)
+        expected = reference.generate(input_ids=pt_ids, attention_mask=torch.ones_like(pt_ids), **greedy).numpy()
+    assert tokens.tolist() == expected.tolist()
+
+    padded = np.array([[0, 0, 5, 7, 9], [3, 4, 5, 7, 9]], np.int32)
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.int32)
+    batch = model.generate(input_ids=tf.constant(padded), attention_mask=tf.constant(mask), **greedy).numpy()
+    alone = model.generate(input_ids=tf.constant(padded[:1, 2:]), **greedy).numpy()
+    assert batch[0, 2:].tolist() == alone[0].tolist()
+    xla = tf.function(model.generate, jit_compile=True)
+    assert xla(input_ids=tf.constant(padded), attention_mask=tf.constant(mask), **greedy).numpy().tolist() == (
+        batch.tolist()
+    )
+
+
+@pytest.mark.parametrize(
+    "fields, said",
+    [
+        (dict(model_type="llama", rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling.rope_type 'yarn'"),
+        (dict(model_type="qwen2", use_sliding_window=True), "use_sliding_window: tfclm's TF qwen2 attends"),
+        (dict(model_type="llama", pretraining_tp=2), "pretraining_tp: tfclm's TF llama computes"),
+    ],
+)
+def test_a_config_value_the_class_does_not_implement_is_refused_before_weights_load(fields, said):
+    from transformers import AutoConfig, TFAutoModelForCausalLM
+
+    with pytest.raises(ValueError, match=said.replace("(", r"\(")):
+        TFAutoModelForCausalLM.from_config(AutoConfig.for_model(**{**SMALL, **fields}))
