@@ -25,6 +25,14 @@ from conftest import DEFAULT_CONFIG, PYDOC_TOPICS, TINY, run_cli, sets, tree
 BERT_LIKE = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
 ROBERTA_LIKE = dict(BERT_LIKE, max_position_embeddings=130)  # positions start after the pad id
 GPT2_LIKE = dict(n_layer=2, n_embd=32, n_head=2, n_positions=128)
+LLAMA_LIKE = dict(
+    num_hidden_layers=2,
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+)
 TINY_CONFIGS = {
     "gpt2": GPT2_LIKE,
     "gpt-sw3": GPT2_LIKE,
@@ -48,6 +56,10 @@ TINY_CONFIGS = {
         max_position_embeddings=128,
     ),
     "ctrl": dict(n_layer=2, n_embd=32, n_head=2, dff=64, n_positions=128),
+    **{
+        model_type: dict(LLAMA_LIKE, tie_word_embeddings=model_type != "llama")
+        for model_type in ("llama", "qwen2", "qwen3")
+    },
     "bert": dict(BERT_LIKE, max_position_embeddings=128),
     "rembert": dict(BERT_LIKE, max_position_embeddings=128, input_embedding_size=32, output_embedding_size=32),
     "roberta": ROBERTA_LIKE,
@@ -274,8 +286,10 @@ def test_each_family_end_to_end(model_type, tmp_path):
     else:
         assert exported.exit_code == 2 and "--to pytorch" in exported.output and not os.path.exists(served)
 
-    # The seed recipe's inference code, word for word (pipeline, then generate: 26 + 100 tokens) on the fine-tuned dir.
-    client = SEED_CLIENT.format(model=second, framework="") + 'print("DECODED", decoded[0])'
+    # The seed recipe's inference code, word for word (pipeline, then generate: 26 + 100 tokens) on the fine-tuned dir;
+    # after `import tfclm` for the families whose TF classes are tfclm's.
+    client = "import tfclm\n" if FAMILIES[model_type].tfclm_classes else ""
+    client += SEED_CLIENT.format(model=second, framework="") + 'print("DECODED", decoded[0])'
     done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "DECODED Somatic hypermutation" in done.stdout, done.stderr[-3000:]
 

@@ -142,3 +142,17 @@ def test_a_config_value_the_class_does_not_implement_is_refused_before_weights_l
 
     with pytest.raises(ValueError, match=said.replace("(", r"\(")):
         TFAutoModelForCausalLM.from_config(AutoConfig.for_model(**{**SMALL, **fields}))
+
+
+def test_fit_refuses_what_the_class_does_not_implement_before_any_write(tmp_path):
+    from test_cli_errors import error_line
+
+    from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+
+    fields = {**SMALL, "model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    out = tmp_path / "out"
+    line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, *sets(f"model.config={json.dumps(fields)}"),
+                               "--output-dir", str(out)]))  # fmt: skip
+    assert line.startswith("Error: model.config: rope_scaling.rope_type 'yarn': tfclm's TF llama computes") and (
+        not out.exists()
+    )

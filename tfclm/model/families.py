@@ -25,6 +25,7 @@ from tfclm.errors import ConfigError
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
 OPT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MASK_IN_FLOAT32 = "its TF attention mask is built in float32 and fails inside TensorFlow under bf16 and fp16"
 # The BERT-likes see later tokens unless built as decoders.
 AS_DECODER = {"is_decoder": True}
@@ -48,6 +49,7 @@ class Family:
     blocks: str = ""  # the path of the transformer blocks, for recomputation; empty: not supported
     block_outputs: int = 2  # how many values a block returns (its caller unpacks them)
     refused: str = ""  # why tfclm does not train it; empty: it does
+    tfclm_classes: bool = False  # the TF classes are tfclm's (tfclm.model.llama): `import tfclm` registers them
     note: str = ""
 
     @property
@@ -154,7 +156,21 @@ FAMILIES = {
             block_outputs=3,
             body="model",
             fp32_only=MASK_IN_FLOAT32,
-            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+            lora_targets=LLAMA_TARGETS,
+        ),
+        *(
+            Family(
+                model_type,
+                name,
+                blocks="model.layers",
+                block_outputs=2,
+                body="model",
+                lora_targets=LLAMA_TARGETS,
+                tfclm_classes=True,
+                note="tfclm's own TF classes (transformers has none): transformers' TF API loads them after "
+                "`import tfclm`",
+            )
+            for model_type, name in (("llama", "Llama"), ("qwen2", "Qwen 2"), ("qwen3", "Qwen 3"))
         ),
         Family(
             "ctrl",

@@ -79,7 +79,7 @@ def check_family(model_config: ModelConfig, train) -> families.Family:
         config = pretrained_config(model_config.name_or_path, model_config.trust_remote_code)
         model_type, key = config.model_type, "model.name_or_path"
     else:
-        model_type, key = model_config.config["model_type"], "model.config.model_type"
+        config, model_type, key = None, model_config.config["model_type"], "model.config.model_type"
     found = families.check(
         model_type,
         key,
@@ -89,7 +89,14 @@ def check_family(model_config: ModelConfig, train) -> families.Family:
         recompute=train.recompute == "blocks",
     )
     if not model_config.name_or_path:
-        scratch_config(model_config.config, **found.causal_settings)
+        config, key = scratch_config(model_config.config, **found.causal_settings), "model.config"
+    if found.tfclm_classes:
+        from tfclm.model.llama.modeling import switches
+
+        try:
+            switches(config)  # what tfclm's own classes do not implement, before any weight loads
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
     return found
 
 

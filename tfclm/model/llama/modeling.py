@@ -65,6 +65,18 @@ def build_children(layer, *children) -> None:
                 child.build(shape)
 
 
+def initializer(config):
+    """PyTorch's: normal(0, initializer_range) for the embeddings and every projection."""
+    return keras.initializers.RandomNormal(stddev=getattr(config, "initializer_range", 0.02))
+
+
+def dense_of(config):
+    def dense(units, **kwargs):
+        return keras.layers.Dense(units, kernel_initializer=initializer(config), **kwargs)
+
+    return dense
+
+
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
@@ -97,10 +109,11 @@ class TFLlamaAttention(keras.layers.Layer):
     def __init__(self, config, flags: Switches, **kwargs):
         super().__init__(**kwargs)
         self.heads, self.kv_heads, self.dim = config.num_attention_heads, config.num_key_value_heads, head_dim(config)
-        self.q_proj = keras.layers.Dense(self.heads * self.dim, use_bias=flags.qkv_bias, name="q_proj")
-        self.k_proj = keras.layers.Dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="k_proj")
-        self.v_proj = keras.layers.Dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="v_proj")
-        self.o_proj = keras.layers.Dense(config.hidden_size, use_bias=flags.o_bias, name="o_proj")
+        dense = dense_of(config)
+        self.q_proj = dense(self.heads * self.dim, use_bias=flags.qkv_bias, name="q_proj")
+        self.k_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="k_proj")
+        self.v_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="v_proj")
+        self.o_proj = dense(config.hidden_size, use_bias=flags.o_bias, name="o_proj")
         if flags.qk_norm:
             self.q_norm = TFLlamaRMSNorm(self.dim, config.rms_norm_eps, name="q_norm")
             self.k_norm = TFLlamaRMSNorm(self.dim, config.rms_norm_eps, name="k_norm")
@@ -143,10 +156,10 @@ class TFLlamaMLP(keras.layers.Layer):
         super().__init__(**kwargs)
         from transformers.activations_tf import get_tf_activation
 
-        width, bias = config.intermediate_size, flags.mlp_bias
-        self.gate_proj = keras.layers.Dense(width, use_bias=bias, name="gate_proj")
-        self.up_proj = keras.layers.Dense(width, use_bias=bias, name="up_proj")
-        self.down_proj = keras.layers.Dense(config.hidden_size, use_bias=bias, name="down_proj")
+        width, bias, dense = config.intermediate_size, flags.mlp_bias, dense_of(config)
+        self.gate_proj = dense(width, use_bias=bias, name="gate_proj")
+        self.up_proj = dense(width, use_bias=bias, name="up_proj")
+        self.down_proj = dense(config.hidden_size, use_bias=bias, name="down_proj")
         self.act_fn = get_tf_activation(config.hidden_act)
         self.sizes = (config.hidden_size, width)
 
@@ -185,7 +198,9 @@ class TFLlamaMainLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.config = config
         flags = switches(config)
-        self.embed_tokens = keras.layers.Embedding(config.vocab_size, config.hidden_size, name="embed_tokens")
+        self.embed_tokens = keras.layers.Embedding(
+            config.vocab_size, config.hidden_size, embeddings_initializer=initializer(config), name="embed_tokens"
+        )
         self.layers = [TFLlamaDecoderLayer(config, flags, name=f"layers.{i}") for i in range(config.num_hidden_layers)]
         self.norm = TFLlamaRMSNorm(config.hidden_size, config.rms_norm_eps, name="norm")
         self.inverse_frequencies = rope.inverse_frequencies(config, head_dim(config))
@@ -280,7 +295,7 @@ class TFLlamaForCausalLM(TFLlamaPreTrainedModel, TFCausalLanguageModelingLoss):
         self.model = TFLlamaMainLayer(config, name="model")
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
         if not self.tied:
-            self.lm_head = keras.layers.Dense(config.vocab_size, use_bias=False, name="lm_head")
+            self.lm_head = dense_of(config)(config.vocab_size, use_bias=False, name="lm_head")
 
     def build(self, input_shape=None):
         head = None if self.tied else (self.lm_head, (None, None, self.config.hidden_size))
