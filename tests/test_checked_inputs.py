@@ -39,10 +39,13 @@ def fit_error(out, *settings, config=DEFAULT_CONFIG) -> str:
         ("train.seed=4294967296", "train.seed: must be a whole number from 0 to 2**32 - 1"),
         ("generate.seed=2147483648", "generate.seed: must be a whole number from 0 to 2**31 - 1 (2,147,483,647)"),
         ("lora.alpha=.inf", "lora.alpha: must be positive (such as 16), got inf"),
+        ("train.pipeline=recipe", "train.pipeline: recipe packs in memory through transformers' prepare_tf_dataset"),
     ],
 )
 def test_a_bad_value_is_one_line_before_any_write(earlier, setting, said):
     more = ["model.config=null", "model.name_or_path=gpt2", "lora.rank=4"] if setting.startswith("lora.") else []
+    if setting.startswith("train.pipeline"):
+        more = ["data.streaming=true", "train.max_steps=4"]  # the recipe's pipeline reads no stream
     assert said in fit_error(earlier, *more, setting)
 
 

@@ -608,6 +608,7 @@ def test_a_bad_adapter_config_is_one_line_in_every_command(adapter_run, tmp_path
         ["generate", "--prompt", "hi"],
         ["evaluate"],
         ["export", "--merge-lora", "--to", "tf", "--output", str(tmp_path / "merged")],
+        ["push", "--repo-id", "me/adapter"],  # refused before any request
     ):
         line = error_line(run_cli([*command, "--model", adapter]))
         assert line.startswith(f"Error: --model: {os.path.join(adapter, 'adapter_config.json')!r} "), line

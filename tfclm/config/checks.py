@@ -76,6 +76,12 @@ def validate(config) -> None:
         "as --max-steps 1000",
     )
     _require(data.num_proc >= 1, "data.num_proc", f"must be at least 1, got {data.num_proc}")
+    _require(
+        not (data.streaming and config.train.pipeline == "recipe"),
+        "train.pipeline",
+        "recipe packs in memory through transformers' prepare_tf_dataset, and data.streaming: true reads through "
+        "tfclm's stream; set train.pipeline: fast, or data.streaming: false",
+    )
     _check_format(data, config.train)
     _require(
         data.max_documents is None or data.max_documents >= 2,

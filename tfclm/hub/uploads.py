@@ -21,7 +21,7 @@ import yaml
 
 from tfclm.errors import ConfigError, first_line
 from tfclm.hub.modelcard import model_card
-from tfclm.model.loading import check_model_dir
+from tfclm.model.loading import check_model_dir, read_adapter_config
 from tfclm.model.lora import is_adapter_dir
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ def push_dir(
     check_repo_id(repo_id, "--repo-id")
     if not (os.path.isdir(model_dir) and is_adapter_dir(model_dir)):  # adapters alone are a LoRA run's model
         check_model_dir(model_dir, "--model")
+    else:
+        read_adapter_config(model_dir, "--model")  # an adapter no reader could load is not pushed
     config_path, results_path = os.path.join(model_dir, "tfclm.yaml"), os.path.join(model_dir, "results.json")
     config = yaml.safe_load(open(config_path, encoding="utf-8")) if os.path.exists(config_path) else None
     results = json.load(open(results_path, encoding="utf-8")) if os.path.exists(results_path) else None
