@@ -48,7 +48,8 @@ def _registering(module, original):
     def construct(cls, source, *args, **kwargs):
         _register(module)
         path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-        if original.__name__ == "from_pretrained" and path is not None and _adapter_dir(path):
+        causal = issubclass(cls, module.TFAutoModelForCausalLM)  # an adapter dir is a causal LM's
+        if causal and original.__name__ == "from_pretrained" and path is not None and _adapter_dir(path):
             from tfclm.model.loading import load_trained
 
             return load_trained(path, key="pretrained_model_name_or_path")[0]
