@@ -19,8 +19,9 @@ from tfclm.backend import tf
 from tfclm.errors import ConfigError
 from tfclm.files import TOKENIZER_FILES, check_apart, check_dir_target
 from tfclm.generation.sampling import SamplingLogitsProcessor
+from tfclm.model.adapter_files import read_adapter_config
 from tfclm.model.families import family
-from tfclm.model.loading import load_trained, n_positions, read_adapter_config
+from tfclm.model.loading import load_trained, n_positions
 from tfclm.model.lora import CONFIG_FILE, is_adapter_dir, merge
 from tfclm.model.pytorch_names import pytorch_state_dict
 

@@ -21,7 +21,8 @@ import yaml
 
 from tfclm.errors import ConfigError, first_line
 from tfclm.hub.modelcard import model_card
-from tfclm.model.loading import check_model_dir, read_adapter_config
+from tfclm.model.adapter_files import read_adapter_config
+from tfclm.model.loading import check_model_dir
 from tfclm.model.lora import is_adapter_dir
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,186 @@
+"""The layers of the Llama-style decoder: RMSNorm, grouped-query attention with rotary embeddings, the gated
+MLP, a decoder block, the causal mask, and each family's switches (`tfclm.model.llama.modeling` puts them
+together into transformers TF models)."""
+
+import math
+from dataclasses import dataclass
+
+from tfclm.backend import keras, tf
+from tfclm.model.llama import rope
+
+MASKED = -1e30  # added to a score that must not count; float32, so any compute dtype is safe
+
+
+@dataclass(frozen=True)
+class Switches:
+    """What one family's decoder has beyond Llama's plain form."""
+
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+
+
+def switches(config) -> Switches:
+    """The family's switches, after refusing what the TF classes do not implement."""
+    rope.check(config)
+    if getattr(config, "use_sliding_window", False):
+        raise ValueError(f"use_sliding_window: tfclm's TF {config.model_type} attends to the whole context only")
+    if getattr(config, "pretraining_tp", 1) != 1:
+        raise ValueError("pretraining_tp: tfclm's TF llama computes the projections whole; set it to 1")
+    bias = bool(getattr(config, "attention_bias", False))
+    if config.model_type == "qwen2":
+        return Switches(qkv_bias=True)
+    if config.model_type == "qwen3":
+        return Switches(qkv_bias=bias, o_bias=bias, qk_norm=True)
+    return Switches(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)))
+
+
+def build_children(layer, *children) -> None:
+    """Build each (sublayer, input shape) in its own name scope, once: the variables get PyTorch's module paths
+    (`model/layers.0/self_attn/q_proj/kernel`) without a forward pass, as transformers' TF models build."""
+    if layer.built:
+        return
+    layer.built = True
+    for child, shape in children:
+        if child is not None:
+            with tf.name_scope(child.name):
+                child.build(shape)
+
+
+def initializer(config):
+    """PyTorch's: normal(0, initializer_range) for the embeddings and every projection."""
+    return keras.initializers.RandomNormal(stddev=getattr(config, "initializer_range", 0.02))
+
+
+def dense_of(config):
+    def dense(units, **kwargs):
+        return keras.layers.Dense(units, kernel_initializer=initializer(config), **kwargs)
+
+    return dense
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class TFLlamaRMSNorm(keras.layers.Layer):
+    """x / rms(x) * weight, the mean square taken in float32."""
+
+    def __init__(self, size: int, eps: float, **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.eps = size, eps
+
+    def build(self, input_shape=None):
+        self.weight = self.add_weight(name="weight", shape=(self.size,), initializer="ones")
+        super().build(input_shape)
+
+    def call(self, hidden):
+        dtype = hidden.dtype
+        wide = tf.cast(hidden, tf.float32)
+        wide = wide * tf.math.rsqrt(tf.reduce_mean(tf.square(wide), axis=-1, keepdims=True) + self.eps)
+        return tf.cast(self.weight, dtype) * tf.cast(wide, dtype)
+
+
+def rotate(x, cos, sin):
+    """x [batch, length, heads, dim] turned by the angles whose cos and sin are [batch, length, 1, dim]."""
+    half = x.shape[-1] // 2
+    return x * cos + tf.concat([-x[..., half:], x[..., :half]], axis=-1) * sin
+
+
+class TFLlamaAttention(keras.layers.Layer):
+    def __init__(self, config, flags: Switches, **kwargs):
+        super().__init__(**kwargs)
+        self.heads, self.kv_heads, self.dim = config.num_attention_heads, config.num_key_value_heads, head_dim(config)
+        dense = dense_of(config)
+        self.q_proj = dense(self.heads * self.dim, use_bias=flags.qkv_bias, name="q_proj")
+        self.k_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="k_proj")
+        self.v_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="v_proj")
+        self.o_proj = dense(config.hidden_size, use_bias=flags.o_bias, name="o_proj")
+        if flags.qk_norm:
+            self.q_norm = TFLlamaRMSNorm(self.dim, config.rms_norm_eps, name="q_norm")
+            self.k_norm = TFLlamaRMSNorm(self.dim, config.rms_norm_eps, name="k_norm")
+        self.qk_norm, self.hidden_size = flags.qk_norm, config.hidden_size
+        self.dropout = keras.layers.Dropout(getattr(config, "attention_dropout", 0.0))
+
+    def build(self, input_shape=None):
+        width = (None, None, self.hidden_size)
+        norms = [(self.q_norm, None), (self.k_norm, None)] if self.qk_norm else []
+        projections = [(getattr(self, name), width) for name in ("q_proj", "k_proj", "v_proj")]
+        build_children(self, *projections, (self.o_proj, (None, None, self.heads * self.dim)), *norms)
+
+    def call(self, hidden, cos, sin, mask, past=None, training=False):
+        batch, length = tf.shape(hidden)[0], tf.shape(hidden)[1]
+
+        def heads(x, count):
+            return tf.reshape(x, [batch, length, count, self.dim])
+
+        q, k = heads(self.q_proj(hidden), self.heads), heads(self.k_proj(hidden), self.kv_heads)
+        v = heads(self.v_proj(hidden), self.kv_heads)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if past is not None:  # the cache holds [batch, kv heads, length, dim], as transformers' TF models keep it
+            k = tf.concat([tf.transpose(past[0], [0, 2, 1, 3]), k], axis=1)
+            v = tf.concat([tf.transpose(past[1], [0, 2, 1, 3]), v], axis=1)
+        present = (tf.transpose(k, [0, 2, 1, 3]), tf.transpose(v, [0, 2, 1, 3]))
+        # Grouped queries: [batch, q length, kv heads, group, dim] against each kv head's keys.
+        group = self.heads // self.kv_heads
+        q = tf.reshape(q, [batch, length, self.kv_heads, group, self.dim])
+        scores = tf.cast(tf.einsum("bqhgd,bkhd->bhgqk", q, k), tf.float32) / math.sqrt(self.dim)
+        weights = tf.nn.softmax(scores + mask[:, :, None], axis=-1)
+        weights = self.dropout(tf.cast(weights, v.dtype), training=training)
+        out = tf.einsum("bhgqk,bkhd->bqhgd", weights, v)
+        return self.o_proj(tf.reshape(out, [batch, length, self.heads * self.dim])), present
+
+
+class TFLlamaMLP(keras.layers.Layer):
+    def __init__(self, config, flags: Switches, **kwargs):
+        super().__init__(**kwargs)
+        from transformers.activations_tf import get_tf_activation
+
+        width, bias, dense = config.intermediate_size, flags.mlp_bias, dense_of(config)
+        self.gate_proj = dense(width, use_bias=bias, name="gate_proj")
+        self.up_proj = dense(width, use_bias=bias, name="up_proj")
+        self.down_proj = dense(config.hidden_size, use_bias=bias, name="down_proj")
+        self.act_fn = get_tf_activation(config.hidden_act)
+        self.sizes = (config.hidden_size, width)
+
+    def build(self, input_shape=None):
+        hidden, wide = ((None, None, size) for size in self.sizes)
+        build_children(self, (self.gate_proj, hidden), (self.up_proj, hidden), (self.down_proj, wide))
+
+    def call(self, hidden):
+        return self.down_proj(self.act_fn(self.gate_proj(hidden)) * self.up_proj(hidden))
+
+
+class TFLlamaDecoderLayer(keras.layers.Layer):
+    def __init__(self, config, flags: Switches, **kwargs):
+        super().__init__(**kwargs)
+        self.input_layernorm = TFLlamaRMSNorm(config.hidden_size, config.rms_norm_eps, name="input_layernorm")
+        self.self_attn = TFLlamaAttention(config, flags, name="self_attn")
+        self.post_attention_layernorm = TFLlamaRMSNorm(
+            config.hidden_size, config.rms_norm_eps, name="post_attention_layernorm"
+        )
+        self.mlp = TFLlamaMLP(config, flags, name="mlp")
+
+    def build(self, input_shape=None):
+        parts = (self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp)
+        build_children(self, *((part, None) for part in parts))
+
+    def call(self, hidden_states, cos, sin, mask, past=None, training=False):
+        attended, present = self.self_attn(
+            self.input_layernorm(hidden_states), cos, sin, mask, past=past, training=training
+        )
+        hidden_states = hidden_states + attended
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), present
+
+
+def causal_mask(attention_mask, length, cached):
+    """float32 [batch, 1, q length, kv length]: 0 where a query may look, MASKED where not (later positions,
+    padding)."""
+    total = cached + length
+    query = tf.range(cached, total)[:, None]
+    allowed = tf.range(total)[None, :] <= query
+    padding = tf.cast(attention_mask[:, None, None, :total], tf.bool)
+    return tf.where(tf.logical_and(allowed[None, None], padding), 0.0, MASKED)
