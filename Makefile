@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: train test test-fast lint format install clean
+.PHONY: train test test-fast lint format install docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ $(VENV)/transformers-v5/.installed: | $(PY)
 	touch $@
 
 install: $(VENV)/.installed
+
+$(VENV)/.installed-docs: setup.cfg setup.py | $(PY)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $@
+
+# The documentation site, from docs/ into site/; --strict fails on a broken link or a page left out of the nav.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 train: $(VENV)/.installed
 	$(PY) -m tfclm fit --config $(CONFIG)
@@ -49,4 +57,4 @@ format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format tfclm tests bench
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

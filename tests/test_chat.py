@@ -5,9 +5,8 @@ import os
 import sys
 
 import pytest
-from test_instructions import TINY_MODEL
 
-from conftest import DEFAULT_CONFIG, PYDOC_TOPICS, ROOT, run_cli, sets, tree
+from helpers import DEFAULT_CONFIG, PYDOC_TOPICS, ROOT, TINY_MODEL, run_cli, sets, tree
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
@@ -117,7 +116,7 @@ GOOD = {"messages": turns(("user", "hi"), ("assistant", "hello"))}
     ],
 )  # fmt: skip
 def test_bad_conversations_are_one_line_naming_the_record_and_turn(tmp_path, record, settings, expected):
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     data = tmp_path / "chats.jsonl"
     data.write_text(json.dumps(GOOD) + "\n" + json.dumps(record) + "\n", encoding="utf-8")
@@ -223,7 +222,7 @@ def template_free_model(path: str, tokenizer) -> str:
 
 
 def test_system_without_chat_and_chat_without_a_template_are_one_line(tmp_path, tokenizers):
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     plain = template_free_model(str(tmp_path / "plain"), tokenizers[False])
     line = error_line(run_cli(["generate", "--model", plain, "--system", "Be brief.", "--prompt", "hi"]))
@@ -235,7 +234,7 @@ def test_system_without_chat_and_chat_without_a_template_are_one_line(tmp_path, 
 @pytest.mark.slow
 def test_lora_on_chat_data_must_train_the_embeddings_of_the_new_tokens(tmp_path, tokenizers):
     """A base whose tokenizer has no template gets two tokens; LoRA would leave their embeddings untrained."""
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     base = template_free_model(str(tmp_path / "base"), tokenizers[False])
     data = tmp_path / "chats.jsonl"
@@ -291,7 +290,7 @@ BAD_TEMPLATES = {
 
 @pytest.mark.parametrize("fault", sorted(BAD_TEMPLATES))
 def test_a_broken_chat_template_is_one_line_in_fit_generate_and_evaluate(tmp_path, tokenizers, fault):
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     template, said = BAD_TEMPLATES[fault]
     tokenizer = tokenizers[False].__class__.from_pretrained(template_free_model(str(tmp_path / "m"), tokenizers[False]))

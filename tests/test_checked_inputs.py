@@ -2,9 +2,8 @@
 traceback, and the output dir (an earlier run's, with a file of the user's) byte-identical."""
 
 import pytest
-from test_cli_errors import error_line
 
-from conftest import DEFAULT_CONFIG, TINY, run_cli, sets, tree
+from helpers import DEFAULT_CONFIG, TINY, error_line, run_cli, sets, tree
 
 
 @pytest.fixture()

@@ -2,27 +2,12 @@
 
 import numpy as np
 import pytest
-from test_families import TINY_CONFIGS
 
 from tfclm.model.families import FAMILIES, TRAINED
 
+from helpers import TINY_CONFIGS, one_batch, plain_sgd_step, tiny
+
 CHUNKED = [t for t in TRAINED if FAMILIES[t].body]
-
-
-def tiny(model_type, vocab=96, dropout=True):
-    """`dropout=False` zeroes every dropout rate: a step compared with one by hand draws no masks."""
-    from transformers import AutoConfig, TFAutoModelForCausalLM
-
-    from tfclm.backend import keras
-
-    keras.utils.set_random_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=vocab, pad_token_id=1, **TINY_CONFIGS[model_type])
-    for name, value in vars(config).copy().items():
-        if not dropout and "drop" in name and isinstance(value, float):
-            setattr(config, name, 0.0)
-    model = TFAutoModelForCausalLM.from_config(config)
-    model.build_in_name_scope()
-    return model
 
 
 def loss_and_gradients(model, batch, chunk_tokens, graph=False):
@@ -120,26 +105,6 @@ def test_a_head_that_transforms_first_is_refused():
         head_and_body(tiny("bert"))
 
 
-def one_batch(batch):
-    from tfclm.backend import tf
-
-    return tf.data.Dataset.from_tensors(batch)
-
-
-def plain_sgd_step(model, batch, learning_rate):
-    """One SGD step by hand on the model's own logits: the reference every trainer step is held to."""
-    from tfclm.backend import tf
-    from tfclm.model.loss import token_loss_sums
-
-    with tf.GradientTape() as tape:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], training=True).logits
-        total, count = token_loss_sums(batch["labels"], logits)
-        loss = total / count
-    for variable, grad in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables)):
-        variable.assign_sub(learning_rate * tf.convert_to_tensor(grad))
-    return float(loss)
-
-
 @pytest.mark.parametrize("model_type", ["gpt2", "opt", "mistral"])
 def test_a_trainer_step_with_the_chunked_loss_updates_as_the_plain_one(model_type):
     """The trainer's default (the head in one chunk, gradients in closed form) and 24-token chunks both move the
@@ -183,7 +148,7 @@ def test_a_family_whose_head_transforms_first_trains_on_its_own_logits():
 def test_the_chunked_loss_of_a_family_that_cannot_is_refused_before_any_write(tmp_path):
     import json
 
-    from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+    from helpers import DEFAULT_CONFIG, TINY, run_cli, sets
 
     config = json.dumps({"model_type": "bert", **TINY_CONFIGS["bert"]})
     out = tmp_path / "run"
@@ -254,7 +219,7 @@ def test_a_fit_with_the_chunked_loss_and_recomputation_trains_as_the_plain_one(t
     summation order differs, so the losses agree to float rounding."""
     import json
 
-    from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+    from helpers import DEFAULT_CONFIG, TINY, run_cli, sets
 
     results = []
     dropout = ["model.config.resid_pdrop=0.1", "model.config.attn_pdrop=0.1"]
@@ -273,7 +238,7 @@ def test_a_fit_with_the_chunked_loss_and_recomputation_trains_as_the_plain_one(t
 def test_recomputing_a_family_without_known_blocks_is_refused_before_any_write(tmp_path):
     import json
 
-    from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+    from helpers import DEFAULT_CONFIG, TINY, run_cli, sets
 
     config = json.dumps({"model_type": "bert", **TINY_CONFIGS["bert"]})
     out = tmp_path / "run"

@@ -2,15 +2,7 @@
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, run_cli, sets
-
-
-def error_line(result, code=2):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
+from helpers import DEFAULT_CONFIG, error_line, run_cli, sets
 
 
 def test_missing_config_file(tmp_path):

@@ -4,7 +4,7 @@ import yaml
 from tfclm.config import Config, from_dict, load_config, parse_override, to_yaml
 from tfclm.errors import ConfigError
 
-from conftest import DEFAULT_CONFIG, RECIPE_CONFIG
+from helpers import DEFAULT_CONFIG, RECIPE_CONFIG
 
 
 def test_default_and_recipe_configs_load():
@@ -127,7 +127,7 @@ def test_resolved_config_round_trips():
 def test_a_leading_tilde_is_the_home_directory(tmp_path, monkeypatch):
     from tfclm.data.sources import load_documents
 
-    from conftest import run_cli
+    from helpers import run_cli
 
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "x.txt").write_text("a first paragraph\n\na second one\n", encoding="utf-8")

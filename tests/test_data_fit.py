@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+from helpers import DEFAULT_CONFIG, TINY, run_cli, sets
 
 FAST = [*TINY, "--set", "evaluate.before_training=false", "--set", "generate.max_new_tokens=4"]
 

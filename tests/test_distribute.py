@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, fit_command, run_cli, sets
+from helpers import DEFAULT_CONFIG, ROOT, TINY, fit_command, run_cli, sets
 
 QUIET = [
     *sets("logging.sample_every_n_epochs=null", "logging.report_to=[none]", "generate.max_new_tokens=4"),
@@ -25,7 +25,7 @@ def test_mirrored_on_two_logical_cpus_matches_the_default_strategy(tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from tfclm.config import load_config
-        from tfclm.training.run import fit
+        from tfclm.run.fit import fit
         common = {overrides!r} + ["logging.every_n_steps=1", "train.max_steps=6"]
         def run(strategy, batch_size):
             settings = [f"train.strategy={{strategy}}", f"train.batch_size={{batch_size}}"]

@@ -3,9 +3,10 @@ and a recomputed block draw the masks an uninterrupted run draws."""
 
 import numpy as np
 import pytest
-from test_families import TINY_CONFIGS
 
 from tfclm.model.families import TRAINED
+
+from helpers import TINY_CONFIGS
 
 
 def dropping(model_type, rate=0.1, seed=0):

@@ -6,7 +6,7 @@ import pytest
 
 from tfclm.data.packing import Blocks
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_perplexity_is_overflow_safe():
@@ -122,7 +122,7 @@ def test_bits_per_byte_count_every_byte_of_the_text_once(vocab_size):
 def test_evaluate_command_with_a_stride(trained_dir, tmp_path):
     import json
 
-    from conftest import run_cli
+    from helpers import run_cli
 
     out, _ = trained_dir
     notes = tmp_path / "notes.txt"
@@ -173,7 +173,7 @@ def test_a_second_evaluation_traces_nothing_new():
     ],
 )  # fmt: skip
 def test_an_option_without_effect_in_its_mode_is_refused(trained_dir, args, said):
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     assert error_line(run_cli(["evaluate", "--model", trained_dir[0], *args])) == f"Error: {said}"
 

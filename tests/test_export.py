@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 PROMPTS = ["The list type", "Return the value of"]
 

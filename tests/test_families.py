@@ -2,9 +2,11 @@
 
 Each claim of `tfclm.model.families` is tested here: causal attention, an
 untrained perplexity near the vocabulary size, batched and XLA greedy
-generation equal to each prompt decoded alone, the refusals, and (slow) a
-scratch fit, a fine-tune from the saved dir, evaluation and the PyTorch export
-read back by transformers without TensorFlow, in this venv and in v5.
+generation equal to each prompt decoded alone, the refusals, every family's
+PyTorch export read back by transformers without TensorFlow (in this venv and
+in v5) and the seed recipe's client on every family; and (slow) for a few
+representative families the whole chain: a scratch fit, a fine-tune from the
+saved dir, evaluation, the SavedModel and the exports.
 """
 
 import json
@@ -16,73 +18,16 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_seed_client import SEED_CLIENT
 
 from tfclm.model.families import FAMILIES, TRAINED
 
-from conftest import DEFAULT_CONFIG, PYDOC_TOPICS, TINY, run_cli, sets, tree
+from helpers import DEFAULT_CONFIG, PYDOC_TOPICS, SEED_CLIENT, TINY, TINY_CONFIGS, run_cli, scratch, sets, tree
 
-BERT_LIKE = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
-ROBERTA_LIKE = dict(BERT_LIKE, max_position_embeddings=130)  # positions start after the pad id
-GPT2_LIKE = dict(n_layer=2, n_embd=32, n_head=2, n_positions=128)
-LLAMA_LIKE = dict(
-    num_hidden_layers=2,
-    hidden_size=32,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=128,
-)
-TINY_CONFIGS = {
-    "gpt2": GPT2_LIKE,
-    "gpt-sw3": GPT2_LIKE,
-    "openai-gpt": GPT2_LIKE,
-    "gptj": dict(GPT2_LIKE, rotary_dim=8),
-    "opt": dict(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=2,
-        ffn_dim=64,
-        word_embed_proj_dim=32,
-        max_position_embeddings=128,
-    ),
-    "xglm": dict(num_layers=2, d_model=32, attention_heads=2, ffn_dim=64, max_position_embeddings=128),
-    "mistral": dict(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    ),
-    "ctrl": dict(n_layer=2, n_embd=32, n_head=2, dff=64, n_positions=128),
-    **{
-        model_type: dict(LLAMA_LIKE, tie_word_embeddings=model_type != "llama")
-        for model_type in ("llama", "qwen2", "qwen3")
-    },
-    "bert": dict(BERT_LIKE, max_position_embeddings=128),
-    "rembert": dict(BERT_LIKE, max_position_embeddings=128, input_embedding_size=32, output_embedding_size=32),
-    "roberta": ROBERTA_LIKE,
-    "roberta-prelayernorm": ROBERTA_LIKE,
-    "camembert": ROBERTA_LIKE,
-    "xlm-roberta": ROBERTA_LIKE,
-}
 PROMPTS = ["The list type", "Return the value of the first"]
 
 
 def test_every_trained_family_is_tested_here():
     assert sorted(TINY_CONFIGS) == sorted(TRAINED)
-
-
-def scratch(model_type, tokenizer, block_size=32, precision="fp32"):
-    from tfclm.backend import keras
-    from tfclm.config import ModelConfig
-    from tfclm.model.loading import load_model
-
-    keras.utils.set_random_seed(0)
-    return load_model(
-        ModelConfig(config={"model_type": model_type, **TINY_CONFIGS[model_type]}), tokenizer, block_size, precision
-    )
 
 
 def logits(model, ids):
@@ -189,32 +134,56 @@ def test_every_other_family_takes_a_training_step_in_bf16(model_type, tokenizer)
 
 
 V5_SITE = os.path.join(sys.prefix, "transformers-v5")
+# One process reads every export: [(target, expected logits .npy, token rows), ...] -> a report a target.
 PT_CHECK = textwrap.dedent("""
     import json, sys, numpy as np, torch, transformers
     from transformers import AutoModelForCausalLM
-    target, expected, rows = sys.argv[1], np.load(sys.argv[2]), json.loads(sys.argv[3])
-    model, info = AutoModelForCausalLM.from_pretrained(target, output_loading_info=True)
-    with torch.no_grad():
-        got = np.stack([model.eval()(torch.tensor([r])).logits.numpy()[0] for r in rows])
-    print(json.dumps({"version": transformers.__version__, "diff": float(np.abs(got - expected).max()),
-                      "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
-                      "tensorflow": "tensorflow" in sys.modules}))
+    reports = {}
+    for target, expected_file, rows in json.loads(sys.argv[1]):
+        expected = np.load(expected_file)
+        model, info = AutoModelForCausalLM.from_pretrained(target, output_loading_info=True)
+        with torch.no_grad():
+            got = np.stack([model.eval()(torch.tensor([r])).logits.numpy()[0] for r in rows])
+        reports[target] = {"version": transformers.__version__, "diff": float(np.abs(got - expected).max()),
+                           "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+                           "tensorflow": "tensorflow" in sys.modules}
+    print(json.dumps(reports))
 """)
 
 
-def pytorch_logits_check(target: str, expected_file: str, rows, v5: bool) -> dict:
+def pytorch_logits_checks(checks: list, v5: bool) -> dict:
+    """{target: report} for [(target, expected .npy, rows)], read by PyTorch transformers without TensorFlow."""
     env = {**os.environ, "USE_TF": "0", "USE_TORCH": "1", "PYTHONUNBUFFERED": "1"}
     if v5:
         env["PYTHONPATH"] = V5_SITE
     done = subprocess.run(
-        [sys.executable, "-c", PT_CHECK, target, expected_file, json.dumps(rows)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+        [sys.executable, "-c", PT_CHECK, json.dumps(checks)], capture_output=True, text=True, env=env, timeout=600
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_pytorch_reads(checks: list) -> None:
+    """The exports' logits in PyTorch equal TF's (1e-4), with transformers 4.x and, where installed, v5."""
+    for v5 in [False, True] if os.path.isdir(V5_SITE) else [False]:
+        for target, found in pytorch_logits_checks(checks, v5).items():
+            assert found["version"].startswith("5." if v5 else "4."), (target, found)
+            assert found["diff"] < 1e-4 and found["unexpected"] == [] and not found["tensorflow"], (target, found)
+            assert all("lm_head" in key or "decoder" in key for key in found["missing"]), (target, found)  # tied
+
+
+def saved_run_dir(model_type, tokenizers, folder) -> str:
+    """A tiny random model of the family saved as a run saves it (model, tokenizer and the generate: section's
+    decoding, 4 new tokens), ready to export or load."""
+    from tfclm.config import Config, GenerateConfig
+    from tfclm.run.report import set_decoding_defaults
+
+    tokenizer = tokenizers[FAMILIES[model_type].pad_id is not None]
+    model = scratch(model_type, tokenizer)
+    set_decoding_defaults(model, Config(generate=GenerateConfig(max_new_tokens=4)), tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 def served_greedy(served: str, model_dir: str) -> list[str]:
@@ -248,12 +217,18 @@ def generated_greedy(model_dir: str) -> list[str]:
     return [sample.completion for sample in generator(PROMPTS, do_sample=False, max_new_tokens=4)]
 
 
+# The whole chain for a few families that stand for the rest: GPT-2 (transformers' reference), Llama (tfclm's own
+# TF classes) and RoBERTa (a BERT-like: its own LM head, eager generation, no SavedModel, padding at id 1). Every
+# family's export, PyTorch's reading of it, its SavedModel and the seed recipe's client are tested below, on a
+# saved dir rather than a fit each.
+CHAIN = ["gpt2", "llama", "roberta"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", TRAINED)
+@pytest.mark.parametrize("model_type", CHAIN)
 def test_each_family_end_to_end(model_type, tmp_path):
     """Scratch fit, fine-tune from the saved dir, evaluate, generate, export; PyTorch reads the export."""
     pytest.importorskip("torch")
-    from transformers import AutoTokenizer, TFAutoModelForCausalLM
 
     config = json.dumps({"model_type": model_type, **TINY_CONFIGS[model_type]})
     first, second = str(tmp_path / "scratch"), str(tmp_path / "tuned")
@@ -286,60 +261,76 @@ def test_each_family_end_to_end(model_type, tmp_path):
     else:
         assert exported.exit_code == 2 and "--to pytorch" in exported.output and not os.path.exists(served)
 
-    # The seed recipe's inference code, word for word (pipeline, then generate: 26 + 100 tokens) on the fine-tuned dir;
-    # after `import tfclm` for the families whose TF classes are tfclm's.
-    client = "import tfclm\n" if FAMILIES[model_type].tfclm_classes else ""
-    client += SEED_CLIENT.format(model=second, framework="") + 'print("DECODED", decoded[0])'
-    done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "DECODED Somatic hypermutation" in done.stdout, done.stderr[-3000:]
-
+    # The fine-tuned dir exports as every family's saved dir does (which PyTorch reads back, below).
     target = str(tmp_path / "pt")
     exported = run_cli(["export", "--model", second, "--to", "pytorch", "--output", target])
     assert exported.exit_code == 0, exported.output
-    tokenizer = AutoTokenizer.from_pretrained(second)
-    model = TFAutoModelForCausalLM.from_pretrained(second)
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(os.listdir(target))
+
+
+def export_check(model_dir: str, target: str, folder) -> tuple:
+    """(target, expected logits file, rows): the TF model's logits on a prompt, for the PyTorch process."""
+    from transformers import AutoTokenizer, TFAutoModelForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = TFAutoModelForCausalLM.from_pretrained(model_dir)
     rows = [tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"][:6]]
-    np.save(tmp_path / "expected.npy", np.stack([logits(model, [row])[0] for row in rows]))
-    versions = [False, True] if os.path.isdir(V5_SITE) else [False]
-    for v5 in versions:
-        found = pytorch_logits_check(target, str(tmp_path / "expected.npy"), rows, v5)
-        assert found["version"].startswith("5." if v5 else "4."), found
-        assert found["diff"] < 1e-4 and found["unexpected"] == [] and not found["tensorflow"], found
-        assert all("lm_head" in key or "decoder" in key for key in found["missing"]), found  # tied heads only
+    expected = os.path.join(str(folder), f"expected-{os.path.basename(target)}.npy")
+    np.save(expected, np.stack([logits(model, [row])[0] for row in rows]))
+    return target, expected, rows
 
 
-@pytest.mark.parametrize("model_type", [t for t in TRAINED if FAMILIES[t].pad_id is not None])
-def test_roberta_positions_skip_nothing_of_the_text(model_type, tokenizer, tmp_path):
-    """TF's RoBERTa-likes skip id 1 when they number positions; in a plain BPE that id is "!"."""
-    from tfclm.config import ModelConfig
-    from tfclm.data.tokenizer import train_bpe
-    from tfclm.errors import ConfigError
-    from tfclm.model.loading import load_model
-
-    model = scratch(model_type, tokenizer)
-    ids = np.array([tokenizer("Stop! Go! Wait!!", add_special_tokens=False)["input_ids"]], dtype=np.int32)
-    assert tokenizer.pad_token_id == 1 and 1 not in ids and ids.shape[1] > 5
-    counted = np.arange(ids.shape[1])[None] + 2  # every token a position of its own, after the pad id
-    expected = model(input_ids=ids, attention_mask=np.ones_like(ids), position_ids=counted).logits.numpy()
-    np.testing.assert_array_equal(logits(model, ids), expected)
-
-    model.save_pretrained(tmp_path)
-    plain = train_bpe(["Stop! Go! Wait!! " * 20], 300)  # pads with EOS (id 0), and its id 1 is "!"
-    with pytest.raises(ConfigError, match=r"^tokenizer.name_or_path: .* takes id 1 as padding .* pads with id 0"):
-        load_model(ModelConfig(name_or_path=str(tmp_path)), plain, 32)
+@pytest.mark.slow
+def test_every_family_exports_to_pytorch_and_pytorch_reads_it(tokenizers, tmp_path):
+    """`tfclm export --to pytorch` of each family's saved dir; one PyTorch process per transformers version reads
+    them all back without TensorFlow, and their logits equal TF's."""
+    pytest.importorskip("torch")
+    checks = []
+    for model_type in TRAINED:
+        run_dir = saved_run_dir(model_type, tokenizers, tmp_path / model_type)
+        target = str(tmp_path / f"{model_type}-pt")
+        exported = run_cli(["export", "--model", run_dir, "--to", "pytorch", "--output", target])
+        assert exported.exit_code == 0, (model_type, exported.output)
+        checks.append(export_check(run_dir, target, tmp_path))
+    assert_pytorch_reads(checks)
 
 
-def test_the_readme_table_and_the_families_command_are_the_table():
-    from tfclm.model.families import README_END, README_START, render_markdown
+@pytest.mark.slow
+@pytest.mark.parametrize("own", [False, True], ids=["transformers-classes", "tfclm-classes"])
+def test_the_seed_recipes_client_runs_on_every_family(own, tokenizers, tmp_path):
+    """The seed recipe's inference code, word for word (pipeline, then generate: 26 + 100 tokens), on each
+    family's saved dir: transformers' families in a process of plain transformers, tfclm's own after `import
+    tfclm`."""
+    dirs = [saved_run_dir(t, tokenizers, tmp_path / t) for t in TRAINED if FAMILIES[t].tfclm_classes == own]
+    client = "import tfclm\n" if own else ""
+    client += "".join(
+        SEED_CLIENT.format(model=d, framework="") + f'print("DECODED", {d!r}, repr(decoded[0][:40]))\n' for d in dirs
+    )
+    done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    decoded = [line for line in done.stdout.splitlines() if line.startswith("DECODED ")]
+    assert [line.split()[1] for line in decoded] == dirs, done.stdout[-2000:]
+    assert all("Somatic hypermutation" in line for line in decoded), decoded
 
-    from conftest import ROOT
 
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    table = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
-    assert table.strip("\n") + "\n" == render_markdown()
-    assert run_cli(["families", "--markdown"]).output == render_markdown()
-    text = run_cli(["families"])
-    assert text.exit_code == 0
-    for f in FAMILIES.values():
-        assert f"{f.name} ({f.model_type})\n" in text.output
-    assert text.output.count("trains in: refused") == 4 and "trains in: fp32\n" in text.output
+@pytest.mark.slow  # an XLA compile per family
+@pytest.mark.parametrize("model_type", [t for t in TRAINED if FAMILIES[t].saved_model and t not in CHAIN])
+def test_the_saved_model_of_every_other_family_generates_as_tfclm_does(model_type, tokenizers, tmp_path):
+    run_dir = saved_run_dir(model_type, tokenizers, tmp_path / "run")
+    served = str(tmp_path / "served")
+    exported = run_cli(
+        ["export", "--model", run_dir, "--to", "saved_model", "--output", served]
+        + ["--prompt-length", "16", "--max-new-tokens", "4"]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert served_greedy(served, run_dir) == generated_greedy(run_dir)
+
+
+@pytest.mark.parametrize("model_type", [t for t in TRAINED if not FAMILIES[t].saved_model])
+def test_a_family_without_a_saved_model_is_pointed_to_pytorch(model_type, tokenizers, tmp_path):
+    run_dir = saved_run_dir(model_type, tokenizers, tmp_path / "run")
+    before = tree(tmp_path)
+    served = str(tmp_path / "served")
+    exported = run_cli(["export", "--model", run_dir, "--to", "saved_model", "--output", served])
+    assert exported.exit_code == 2 and "--to pytorch" in exported.output and not os.path.exists(served)
+    assert tree(tmp_path) == before

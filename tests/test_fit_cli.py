@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+from helpers import DEFAULT_CONFIG, TINY, run_cli, sets
 
 
 @pytest.mark.slow

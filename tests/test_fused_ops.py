@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from test_chunked_loss import one_batch, plain_sgd_step, tiny
+
+from helpers import one_batch, plain_sgd_step, tiny
 
 # Inputs across the range an MLP sees, the tails (where GELU's 1 + tanh cancels) and zero.
 GRID = np.concatenate([np.linspace(-12.0, 12.0, 4001), [0.0, 1e-6, -1e-6, 30.0, -30.0]]).astype(np.float32)

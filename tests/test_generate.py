@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 @pytest.fixture(scope="module")

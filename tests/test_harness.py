@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 QUESTIONS = [
     ("The list type", ["holds items in order", "is a kind of fish", "sorts nothing"], 0),
@@ -174,9 +174,7 @@ def _one_task(folder, name: str, text: str) -> None:
     ],
 )
 def test_a_task_that_cannot_run_is_one_line_naming_it(trained_dir, tmp_path, monkeypatch, task, said, code):
-    from test_cli_errors import error_line
-
-    from conftest import tree
+    from helpers import error_line, tree
 
     out, _ = trained_dir
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -203,7 +201,7 @@ def test_a_task_that_cannot_run_is_one_line_naming_it(trained_dir, tmp_path, mon
 
 
 def test_tasks_of_commas_only_name_no_task(trained_dir):
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     line = error_line(run_cli(["evaluate", "--model", trained_dir[0], "--tasks", " , ,"]))
     assert line == "Error: --tasks: ' , ,' names no task; pass names separated by commas, such as lambada_openai"

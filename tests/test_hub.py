@@ -13,67 +13,14 @@ import urllib.request
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, sets, tree
+from helpers import DEFAULT_CONFIG, ROOT, TINY, TOKEN, HubServer, client_env, run, sets, tree
 
-TOKEN = "hf_tfclmTestToken0123456789abcdef"
 FIT = [
     *TINY,
     *sets("evaluate.before_training=false", "generate.max_new_tokens=4", "data.max_documents=60"),
     "--batch-size",
     "8",
 ]
-
-
-class HubServer:
-    def __init__(self):
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                os.path.join(ROOT, "tests", "hubserver.py"),
-                "--port",
-                "0",
-                "--token",
-                TOKEN,
-                "--max-seconds",
-                "900",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        line = self.process.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.url = line.split()[-1]
-
-    def state(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/_test/state", timeout=10) as response:
-            return json.load(response)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.kill()  # by PID: the server never gets a say
-        self.process.wait(timeout=30)
-
-
-@pytest.fixture()
-def hub():
-    server = HubServer()
-    yield server
-    server.stop()
-
-
-def client_env(hub_url, home):
-    return {
-        **os.environ,
-        "HF_ENDPOINT": hub_url,
-        "HF_HOME": str(home),
-        "HF_TOKEN": TOKEN,
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def run(args, env, timeout=600):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -190,7 +137,7 @@ def test_server_lost_mid_training_then_push_later(hub, tmp_path):
 
 @pytest.mark.slow
 def test_push_bad_input_and_bad_token(hub, tmp_path, trained_dir):
-    from conftest import run_cli
+    from helpers import run_cli
 
     result = run_cli(["push", "--model", str(tmp_path), "--repo-id", "tester/x"])
     assert result.exit_code == 2 and "holds no model weights" in result.output

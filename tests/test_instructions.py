@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, eli5_records, run_cli, sets, tree
+from helpers import DEFAULT_CONFIG, ROOT, TINY_MODEL, eli5_records, run_cli, sets, tree
 
 QA = sets(
     "data.format=prompt_completion",
@@ -85,16 +85,6 @@ def eli5_qa(tmp_path):
     return str(path)
 
 
-TINY_MODEL = sets(
-    "tokenizer.vocab_size=300",
-    "model.config.n_layer=1",
-    "model.config.n_embd=32",
-    "model.config.n_head=2",
-    "logging.report_to=[none]",
-    "generate.max_new_tokens=4",
-)
-
-
 @pytest.mark.slow
 def test_the_eli5_qa_config_runs_on_local_eli5_shaped_data(eli5_qa, tmp_path):
     out = str(tmp_path / "qa")
@@ -144,7 +134,7 @@ def test_the_eli5_qa_config_runs_on_local_eli5_shaped_data(eli5_qa, tmp_path):
     ],
 )  # fmt: skip
 def test_bad_records_are_one_line_naming_the_record_and_field(tmp_path, records, settings, expected):
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -165,7 +155,7 @@ def test_bad_records_are_one_line_naming_the_record_and_field(tmp_path, records,
 
 
 def test_text_keys_refuse_the_completion_loss():
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *sets("train.loss_on=completion")]))
     assert "train.loss_on: completion needs data.format: prompt_completion" in line
@@ -197,7 +187,7 @@ def test_an_example_whose_prompt_fills_the_block_is_left_out_and_counted(tokeniz
 
 
 def test_a_validation_file_with_the_training_prompts_is_refused(eli5_qa, tmp_path):
-    from test_cli_errors import error_line
+    from helpers import error_line
 
     qa = sets(f"data.dataset={eli5_qa}", f"data.validation_split={eli5_qa}")
     line = error_line(

@@ -7,30 +7,30 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGE = os.path.join(ROOT, "tfclm")
 
-# Importer prefix -> what it must never import. Earlier stages never import later ones.
+# Importer prefix -> what it must never import. Earlier stages never import later ones; the run (tfclm.run) sits
+# above every stage, and only the CLI and tfclm.fit import it.
+LATER = ("tfclm.run", "tfclm.cli")
 FORBIDDEN = {
-    "tfclm.config": (
-        "tfclm.data",
-        "tfclm.model",
-        "tfclm.training",
-        "tfclm.evaluation",
-        "tfclm.generation",
-        "tfclm.hub",
-    ),
-    "tfclm.data": ("tfclm.model", "tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub", "tfclm.cli"),
-    "tfclm.model": ("tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub", "tfclm.cli"),
+    "tfclm.config": ("tfclm.data", "tfclm.model", "tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub",
+                     "tfclm.tracking", *LATER),
+    "tfclm.data": ("tfclm.model", "tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub", *LATER),
+    "tfclm.model": ("tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub", *LATER),
     # Evaluation may generate (the harness's generation tasks); generation never evaluates.
-    "tfclm.evaluation": ("tfclm.training", "tfclm.hub", "tfclm.cli"),
-    "tfclm.generation": ("tfclm.training", "tfclm.evaluation", "tfclm.hub", "tfclm.cli"),
-    "tfclm.training.callbacks": ("tfclm.config", "tfclm.cli"),
-    "tfclm.hub": ("tfclm.cli", "tfclm.training.run", "tfclm.training.trainer"),
-    "tfclm.tracking": ("tfclm.cli", "tfclm.config", "tfclm.hub", "tfclm.training.run", "tfclm.training.trainer"),
-    "tfclm.training": ("tfclm.cli",),
-}
+    "tfclm.evaluation": ("tfclm.training", "tfclm.hub", "tfclm.tracking", *LATER),
+    "tfclm.generation": ("tfclm.training", "tfclm.evaluation", "tfclm.hub", "tfclm.tracking", *LATER),
+    "tfclm.training.callbacks": ("tfclm.config", *LATER),
+    # Training is below the Hub and the trackers, which count its steps; the run puts them all together.
+    "tfclm.training": ("tfclm.hub", "tfclm.tracking", *LATER),
+    "tfclm.hub": ("tfclm.tracking", "tfclm.training.trainer", *LATER),
+    "tfclm.tracking": ("tfclm.config", "tfclm.hub", "tfclm.training.trainer", *LATER),
+    "tfclm.run": ("tfclm.cli",),
+    "tfclm.callbacks": LATER,
+    "tfclm.auto": ("tfclm.training", "tfclm.hub", "tfclm.tracking", *LATER),
+}  # fmt: skip
 
 
 def module_name(root: str, path: str) -> str:
@@ -74,14 +74,72 @@ def test_stages_import_only_earlier_stages():
 def test_the_import_check_catches_a_forbidden_import(tmp_path):
     data = tmp_path / "tfclm" / "data"
     data.mkdir(parents=True)
-    (data / "packing.py").write_text("import numpy\n\ndef f():\n    from tfclm.training.run import fit\n")
+    (data / "packing.py").write_text("import numpy\n\ndef f():\n    from tfclm.run.fit import fit\n")
     (tmp_path / "tfclm" / "generation").mkdir()
     (tmp_path / "tfclm" / "generation" / "x.py").write_text("from tfclm.data import packing\nimport tfclm.training\n")
     assert forbidden_imports(str(tmp_path / "tfclm")) == [
-        "tfclm.data.packing -> tfclm.training.run",
-        "tfclm.data.packing -> tfclm.training.run.fit",
+        "tfclm.data.packing -> tfclm.run.fit",
+        "tfclm.data.packing -> tfclm.run.fit.fit",
         "tfclm.generation.x -> tfclm.training",
     ]
+
+
+def import_cycles(root: str) -> list[list[str]]:
+    """The groups of tfclm modules that import each other, round and round (imports inside functions too)."""
+    paths = {}
+    for directory, _, filenames in os.walk(root):
+        paths.update({module_name(root, os.path.join(directory, f)): os.path.join(directory, f) for f in filenames
+                      if f.endswith(".py")})  # fmt: skip
+    graph = {name: imported_from(path, paths) - {name} for name, path in paths.items()}
+    cycles, done = [], set()
+    for start in sorted(graph):  # the modules that reach `start` and that `start` reaches: its cycle
+        if start in done:
+            continue
+        reach, todo = set(), [start]
+        while todo:
+            for m in graph[todo.pop()] - reach:
+                reach.add(m)
+                todo.append(m)
+        group = sorted(m for m in reach if m == start or start in _reachable(graph, m))
+        if start in reach:
+            cycles.append(group)
+        done.update(group)
+    return cycles
+
+
+def imported_from(path: str, modules) -> set[str]:
+    """The tfclm modules a file imports; `from package import module` imports the module, as Python resolves it."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), filename=path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in modules else node.module)
+    return found & set(modules)
+
+
+def _reachable(graph: dict, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for m in graph[todo.pop()] - seen:
+            seen.add(m)
+            todo.append(m)
+    return seen
+
+
+def test_no_import_cycle():
+    assert import_cycles(PACKAGE) == []
+
+
+def test_the_cycle_check_catches_a_cycle(tmp_path):
+    data = tmp_path / "tfclm" / "data"
+    data.mkdir(parents=True)
+    (data / "chat.py").write_text("def f():\n    from tfclm.data.examples import field\n")
+    (data / "examples.py").write_text("from tfclm.data import chat\n")
+    (data / "packing.py").write_text("from tfclm.data import chat\n")
+    assert import_cycles(str(tmp_path / "tfclm")) == [["tfclm.data.chat", "tfclm.data.examples"]]
 
 
 def test_top_level_is_small_and_no_module_is_long():
@@ -148,22 +206,22 @@ def test_public_api():
     for name in tfclm.callbacks.__all__:
         assert issubclass(getattr(tfclm.callbacks, name), tfclm.backend.keras.callbacks.Callback), name
     # Importing the run module must not replace the public function (the old tfclm/fit.py did).
-    import tfclm.training.run  # noqa: F401
+    import tfclm.run.fit  # noqa: F401
 
     assert callable(tfclm.fit) and tfclm.fit.__module__ == "tfclm"
 
 
-def test_readme_config_table_is_the_generated_one():
+def test_docs_config_table_is_the_generated_one():
     from tfclm.config.reference import readme_table, render_markdown
 
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    assert readme_table(readme) == render_markdown()
+    page = open(os.path.join(ROOT, "docs", "reference", "config.md"), encoding="utf-8").read()
+    assert readme_table(page) == render_markdown()
 
 
 def test_config_command_prints_every_key_and_resolved_values(tmp_path):
     from tfclm.config.reference import rows
 
-    from conftest import RECIPE_CONFIG, run_cli
+    from helpers import RECIPE_CONFIG, run_cli
 
     keys = [key for key, *_ in rows()]
     assert len(keys) == 83 and "data.messages_column" in keys and "train.peak_tflops" in keys
@@ -194,3 +252,14 @@ def test_library_lines_go_to_the_tfclm_logger(caplog, tmp_path):
     finally:
         logging.getLogger("tfclm").setLevel(logging.NOTSET)
     assert caplog.records == []
+
+
+def test_no_test_file_imports_another():
+    """Shared helpers live in tests/helpers.py (and fixtures in conftest.py), never in a test file or conftest."""
+    tests = os.path.join(ROOT, "tests")
+    found = []
+    for filename in sorted(os.listdir(tests)):
+        if filename.endswith(".py"):
+            imported = imported_modules(os.path.join(tests, filename))
+            found += [f"{filename} -> {m}" for m in sorted(imported) if m.startswith("test_") or m == "conftest"]
+    assert found == []

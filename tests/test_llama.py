@@ -145,9 +145,7 @@ def test_a_config_value_the_class_does_not_implement_is_refused_before_weights_l
 
 
 def test_fit_refuses_what_the_class_does_not_implement_before_any_write(tmp_path):
-    from test_cli_errors import error_line
-
-    from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+    from helpers import DEFAULT_CONFIG, TINY, error_line, run_cli, sets
 
     fields = {**SMALL, "model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
     out = tmp_path / "out"

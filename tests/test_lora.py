@@ -13,12 +13,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_families import TINY_CONFIGS, scratch
-from test_seed_client import SEED_CLIENT
 
 from tfclm.model.families import FAMILIES, TRAINED
 
-from conftest import DEFAULT_CONFIG, PYDOC_TOPICS, TINY, run_cli, sets, tree
+from helpers import DEFAULT_CONFIG, PYDOC_TOPICS, SEED_CLIENT, TINY, TINY_CONFIGS, run_cli, scratch, sets, tree
 
 PROMPTS = ["The list type", "Return the value of the first"]
 SAVED_NORM = {"gpt2": "ln_f", "opt": "final_layer_norm", "mistral": "norm"}  # a module trained in full
@@ -159,7 +157,7 @@ def test_the_lora_recipe_config_trains_what_its_comment_counts():
     from tfclm.config import load_config
     from tfclm.model import lora
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     config = load_config(os.path.join(ROOT, "configs", "distilgpt2-eli5-lora.yaml"))
     model = TFGPT2LMHeadModel(GPT2Config(n_layer=6))  # distilgpt2's shape, random weights
@@ -341,7 +339,7 @@ def yaml_config(out):
 
 @pytest.mark.slow
 def test_kill_9_and_resume_gives_the_uninterrupted_adapter(base_run, tmp_path):
-    from conftest import ROOT, fit_command, kill_after_checkpoint
+    from helpers import ROOT, fit_command, kill_after_checkpoint
 
     def command(out):
         return fit_command(
@@ -380,7 +378,7 @@ def test_kill_9_and_resume_gives_the_uninterrupted_adapter(base_run, tmp_path):
 
 
 def error_line(result):
-    from test_cli_errors import error_line as one_line
+    from helpers import error_line as one_line
 
     return one_line(result)
 
@@ -485,7 +483,7 @@ def test_lora_on_two_mirrored_replicas_matches_one(base_run, tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from tfclm.config import load_config
-        from tfclm.training.run import fit
+        from tfclm.run.fit import fit
         common = {settings!r} + ["logging.every_n_steps=1", "train.max_steps=4"]
         def run(strategy, batch_size):
             settings = [f"train.strategy={{strategy}}", f"train.batch_size={{batch_size}}"]
@@ -508,7 +506,8 @@ def test_a_lora_run_pushes_its_adapters_only(base_run, tmp_path):
     import urllib.request
 
     from huggingface_hub import ModelCard
-    from test_hub import HubServer, client_env, run
+
+    from helpers import HubServer, client_env, run
 
     hub = HubServer()
     try:

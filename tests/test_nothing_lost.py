@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, fit_command, run_cli, sets, tree
+from helpers import DEFAULT_CONFIG, ROOT, TINY, fit_command, run_cli, sets, tree
 
 
 def error_line(result, code=2) -> str:
@@ -210,7 +210,7 @@ def test_the_model_card_says_validation_once():
 
 
 def test_a_garbled_checkpoint_state_file_never_restarts_a_finished_run(model_copy):
-    from conftest import TINY_BUILTIN
+    from helpers import TINY_BUILTIN
 
     with open(os.path.join(model_copy, "checkpoints", "checkpoint"), "w") as handle:
         handle.write("model_checkpoint_path: \x00\x01 not a state file {{{\n")
@@ -259,7 +259,7 @@ def test_every_kind_of_damaged_checkpoint_is_passed_over(model_copy, how):
 def test_a_damaged_checkpoint_gives_way_to_the_one_before(model_copy):
     import json
 
-    from conftest import TINY_BUILTIN
+    from helpers import TINY_BUILTIN
 
     expected = json.load(open(os.path.join(model_copy, "results.json")))["weights_sha256"]
     steps = _damage_last_checkpoint(model_copy, "truncated .data")
@@ -275,7 +275,7 @@ def test_a_damaged_checkpoint_gives_way_to_the_one_before(model_copy):
 
 
 def test_overwrite_with_a_bad_input_loses_nothing(model_copy):
-    from conftest import TINY_BUILTIN
+    from helpers import TINY_BUILTIN
 
     before = tree(model_copy)
     args = [*TINY_BUILTIN, *sets("data.dataset=/no/such/corpus.txt"), "--overwrite", "--output-dir", model_copy]
@@ -285,7 +285,7 @@ def test_overwrite_with_a_bad_input_loses_nothing(model_copy):
 
 
 def test_a_finished_run_without_checkpoints_is_not_overwritten(model_copy):
-    from conftest import TINY_BUILTIN
+    from helpers import TINY_BUILTIN
 
     shutil.rmtree(os.path.join(model_copy, "checkpoints"))
     before = tree(model_copy)
@@ -355,7 +355,7 @@ def test_a_rerun_after_the_last_checkpoint_keeps_the_whole_run(model_copy):
     """A run killed after its final checkpoint, before its results: the rerun writes the same results and curves."""
     import json
 
-    from conftest import TINY_BUILTIN
+    from helpers import TINY_BUILTIN
 
     original = json.load(open(os.path.join(model_copy, "results.json")))
     os.unlink(os.path.join(model_copy, "results.json"))
@@ -391,7 +391,7 @@ def test_a_run_refused_after_reading_its_data_writes_nothing(tmp_path, setting, 
 
 
 def test_overwrite_refused_after_reading_the_data_loses_nothing(model_copy):
-    from conftest import TINY_BUILTIN
+    from helpers import TINY_BUILTIN
 
     before = tree(model_copy)
     args = [*TINY_BUILTIN, *sets("data.block_size=512"), "--overwrite", "--output-dir", model_copy]

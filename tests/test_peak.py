@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+from helpers import DEFAULT_CONFIG, TINY, run_cli, sets
 
 
 @pytest.mark.parametrize(

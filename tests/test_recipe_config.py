@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import RECIPE_CONFIG, eli5_records, run_cli, sets
+from helpers import RECIPE_CONFIG, eli5_records, run_cli, sets
 
 
 def local_gpt2(path, corpus):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, TINY, run_cli, sets
+from helpers import DEFAULT_CONFIG, TINY, run_cli, sets
 
 QUIET = sets("evaluate.before_training=false", "logging.sample_every_n_epochs=null", "logging.every_n_steps=1")
 

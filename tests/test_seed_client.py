@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT, SEED_CLIENT
 
 HIDE_TORCH = """
 import sys
@@ -42,27 +42,6 @@ class _Hidden:
 
 
 sys.meta_path[:] = [_Hidden(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
-"""
-
-# From the transformers causal-LM tutorial (TensorFlow tab), with the Hub id replaced by the output dir.
-SEED_CLIENT = """
-prompt = "Somatic hypermutation allows the immune system to"
-
-from transformers import pipeline
-
-generator = pipeline("text-generation", model={model!r}{framework})
-generated = generator(prompt)
-
-from transformers import AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained({model!r})
-inputs = tokenizer(prompt, return_tensors="tf").input_ids
-
-from transformers import TFAutoModelForCausalLM
-
-model = TFAutoModelForCausalLM.from_pretrained({model!r})
-outputs = model.generate(input_ids=inputs, max_new_tokens=100, do_sample=True, top_k=50, top_p=0.95)
-decoded = tokenizer.batch_decode(outputs, skip_special_tokens=True)
 """
 
 

@@ -7,7 +7,7 @@ from tfclm.data.corpus import load_builtin, pydoc_topics
 from tfclm.data.sources import load_documents, parse_split, split_documents, unique_documents
 from tfclm.errors import ConfigError
 
-from conftest import eli5_records
+from helpers import eli5_records
 
 
 @pytest.mark.slow

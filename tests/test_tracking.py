@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY, fit_command, kill_after_checkpoint, run_cli, sets
+from helpers import DEFAULT_CONFIG, ROOT, TINY, fit_command, kill_after_checkpoint, run_cli, sets
 
 # Every test here runs a fit, a server or a tracker's own service process.
 pytestmark = pytest.mark.slow

@@ -59,7 +59,7 @@ def fit(config, verbose=None, overwrite=False):
     The same config on the same output dir resumes from the last checkpoint; `overwrite` starts over.
     """
     from tfclm.config import Config, load_config
-    from tfclm.training.run import fit as run_fit
+    from tfclm.run.fit import fit as run_fit
 
     _show_logs_unless_configured()
     return run_fit(config if isinstance(config, Config) else load_config(config), verbose=verbose, overwrite=overwrite)

@@ -155,13 +155,53 @@ def remove_temporaries(directory: str) -> None:
                 os.unlink(path)
 
 
+class OutputDir:
+    """A run's output directory: the one place that knows the names of its files, and writes the run's own.
+
+    `out / OutputDir.RESULTS` is a file's path. What else lies there: the model's and tokenizer's files
+    (MODEL_FILES, TOKENIZER_FILES) and, with no tracking URI of their own, the trackers' (TRACKER_FILES).
+    """
+
+    CONFIG = "tfclm.yaml"  # the resolved config
+    RESULTS = "results.json"
+    CHECKPOINTS = "checkpoints"  # the checkpoints, each with its run state ckpt-N.json
+    CACHE = "cache"  # the trained tokenizer and the packed blocks
+    LOGS = "logs"  # TensorBoard's
+    CURVES = "training_curves.png"
+    LOCK = ".tfclm.lock"  # held while a run writes here (DirLock)
+    CARD = "README.md"  # the model card, or the README of an adapter dir
+    TRACKER_FILES = ("mlflow.db", "mlruns", "wandb")
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __truediv__(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self / self.CONFIG, text)
+
+    def write_results(self, results: dict) -> None:
+        atomic_write_json(self / self.RESULTS, results)
+
+    def read(self, name: str):
+        """A JSON or YAML (safe_load) file of the dir, parsed, or None where there is none."""
+        import yaml
+
+        path = self / name
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f) if name.endswith(".json") else yaml.safe_load(f)
+
+
 class DirLock:
     """An advisory lock on a directory for the length of a run; the kernel drops it when the process dies.
 
     A second run into the same directory stops with a one-line error naming the holder's PID.
     """
 
-    NAME = ".tfclm.lock"
+    NAME = OutputDir.LOCK
 
     def __init__(self, directory: str):
         self.directory = directory

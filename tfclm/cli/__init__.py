@@ -13,6 +13,7 @@ import click
 
 from tfclm.cli.options import (
     config_options,
+    config_type,
     decoding_options,
     domain_errors,
     expand_user,
@@ -21,6 +22,7 @@ from tfclm.cli.options import (
     read_prompts,
     serving_sampling_options,
 )
+from tfclm.cli.reference import config_command, families_command
 from tfclm.errors import ConfigError, EnvironmentFailure, raise_interrupted
 
 
@@ -56,11 +58,19 @@ FIT_FLAGS = {
 @cli.command("fit")
 @config_options("YAML run config, such as configs/default.yaml; without it, the built-in defaults.")
 @click.option("--output-dir", metavar="DIR", help="Where the model, results and checkpoints go (output_dir).")
-@click.option("--epochs", type=int, help="Passes over the training data (train.epochs).")
-@click.option("--max-steps", type=int, help="Stop after this many optimizer steps (train.max_steps).")
-@click.option("--batch-size", type=int, help="Blocks per optimizer step (train.batch_size).")
-@click.option("--learning-rate", type=float, help="Peak learning rate (train.learning_rate).")
-@click.option("--seed", type=int, help="Seed for the split, shuffling and initialisation (train.seed).")
+@click.option("--epochs", type=config_type("train.epochs"), help="Passes over the training data (train.epochs).")
+@click.option(
+    "--max-steps", type=config_type("train.max_steps"), help="Stop after this many optimizer steps (train.max_steps)."
+)
+@click.option(
+    "--batch-size", type=config_type("train.batch_size"), help="Blocks per optimizer step (train.batch_size)."
+)
+@click.option(
+    "--learning-rate", type=config_type("train.learning_rate"), help="Peak learning rate (train.learning_rate)."
+)
+@click.option(
+    "--seed", type=config_type("train.seed"), help="Seed for the split, shuffling and initialisation (train.seed)."
+)
 @click.option("--overwrite", is_flag=True, help="Start over where a checkpoint or a finished run is.")
 @click.pass_context
 @domain_errors
@@ -77,7 +87,7 @@ def fit_command(ctx, config_path, overrides, overwrite, **_):
     from tfclm.config import load_config
 
     config = load_config(config_path, overrides, explicit_flags(ctx, FIT_FLAGS))
-    from tfclm.training.run import fit
+    from tfclm.run.fit import fit
 
     results = fit(config, overwrite=overwrite)
     if results.get("hub_failures"):
@@ -110,18 +120,20 @@ PERPLEXITY_ONLY = ("--config", "--text-file", "--block-size", "--stride", "--per
     help="Evaluate on this UTF-8 text file instead of the validation split.",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), help="Blocks per evaluation batch (default: evaluate.batch_size)."
+    "--batch-size",
+    type=config_type("evaluate.batch_size"),
+    help="Blocks per evaluation batch (default: evaluate.batch_size).",
 )
-@click.option("--block-size", type=click.IntRange(min=2), help="Tokens per block (default: data.block_size).")
+@click.option("--block-size", type=config_type("data.block_size"), help="Tokens per block (default: data.block_size).")
 @click.option(
     "--stride",
-    type=click.IntRange(min=1),
+    type=config_type("evaluate.stride"),
     help="Score through sliding windows that start every N tokens, each token once with up to the window's "
     "context (evaluate.stride; default: blocks).",
 )
 @click.option(
     "--max-length",
-    type=click.IntRange(min=2),
+    type=config_type("evaluate.max_length"),
     help="Tokens in a sliding window (evaluate.max_length; default: the model's positions).",
 )
 @click.option(
@@ -306,41 +318,8 @@ def export_command(model_dir, target, output, force, merge_lora, prompt_length, 
     click.echo(f"exported {model_dir} to {output} ({target})")
 
 
-@cli.command("config")
-@config_options("Print this YAML file's resolved values instead of the defaults.")
-@click.option("--markdown", is_flag=True, help="Print the defaults as the README's Markdown table.")
-@domain_errors
-def config_command(config_path, overrides, markdown):
-    """Print every config key with its value, type and meaning.
-
-    \b
-    Example:
-        python -m tfclm config
-        python -m tfclm config --config configs/distilgpt2-eli5.yaml --set train.epochs=1
-    """
-    from tfclm.config import load_config
-    from tfclm.config.reference import render_markdown, render_text
-
-    if markdown:
-        click.echo(render_markdown(), nl=False)
-    else:
-        config = load_config(config_path, overrides) if config_path or overrides else None
-        click.echo(render_text(config), nl=False)
-
-
-@cli.command("families")
-@click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
-def families_command(markdown):
-    """Print what tfclm does with each transformers TF causal-LM family: precision, batched generation,
-    export, LoRA targets, and why a family is refused.
-
-    \b
-    Example:
-        python -m tfclm families
-    """
-    from tfclm.model.families import render_markdown, render_text
-
-    click.echo(render_markdown() if markdown else render_text(), nl=False)
+cli.add_command(config_command)
+cli.add_command(families_command)
 
 
 def main():

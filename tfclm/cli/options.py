@@ -69,18 +69,23 @@ def model_option(help_text: str = "A tfclm output dir or save_pretrained folder.
     return click.option("--model", "model_dir", required=True, metavar="DIR", callback=expand_user, help=help_text)
 
 
-# Ranges that click checks with the option's name in the message; the help text is the config field's.
-DECODING_TYPES = {
-    "max_new_tokens": click.IntRange(min=1),
-    "min_new_tokens": click.IntRange(min=0),
-    "top_k": click.IntRange(min=0),
-    "top_p": click.FloatRange(min=0, max=1, min_open=True),
-    "temperature": click.FloatRange(min=0, min_open=True),
-    "num_beams": click.IntRange(min=1),
-    "repetition_penalty": click.FloatRange(min=0, min_open=True),
-    "num_return_sequences": click.IntRange(min=1),
-    "seed": click.IntRange(0, 2**31 - 1),
-}
+def config_field(key: str) -> dataclasses.Field:
+    """The Config field of a dotted key (train.epochs)."""
+    from tfclm.config.schema import Config
+
+    cls, found = Config, None
+    for name in key.split("."):
+        found = next(f for f in dataclasses.fields(cls) if f.name == name)
+        cls = found.type
+    return found
+
+
+def config_type(key: str):
+    """The click type of an option that sets `key`: the key's number type and bounds, so click refuses what the
+    config would (naming the option)."""
+    from tfclm.config.bounds import click_type
+
+    return click_type(config_field(key))
 
 
 def decoding_options(command):
@@ -94,10 +99,17 @@ def decoding_options(command):
         else:
             name = "--" + f.name.replace("_", "-")
             option = click.option(
-                name, type=DECODING_TYPES[f.name], default=f.default, show_default=f.default is not None, help=text
+                name, type=_decoding_type(f.name), default=f.default, show_default=f.default is not None, help=text
             )
         command = option(command)
     return command
+
+
+def _decoding_type(name: str):
+    from tfclm.config.bounds import click_type
+    from tfclm.config.schema import GenerationOptions
+
+    return click_type(next(f for f in dataclasses.fields(GenerationOptions) if f.name == name))
 
 
 def serving_sampling_options(command):
@@ -105,7 +117,7 @@ def serving_sampling_options(command):
     for name, default in (("temperature", 1.0), ("top_p", 0.95), ("top_k", 50)):
         flag = "--" + name.replace("_", "-")
         help_text = f"saved_model: {flag[2:]} when sampling."
-        command = click.option(flag, type=DECODING_TYPES[name], default=default, show_default=True, help=help_text)(
+        command = click.option(flag, type=_decoding_type(name), default=default, show_default=True, help=help_text)(
             command
         )
     return command

@@ -5,7 +5,7 @@ flags), `checks` (ranges and combinations) and `reference` (the key table).
 Imports nothing from the other stages.
 """
 
-from tfclm.config.checks import generation_problems, validate, validate_lora
+from tfclm.config.checks import validate, validate_lora
 from tfclm.config.loading import flatten, from_dict, load_config, parse_override, read_yaml, to_yaml
 from tfclm.config.schema import (
     CONFIG_FILENAME,
@@ -37,7 +37,6 @@ __all__ = [
     "TrainConfig",
     "flatten",
     "from_dict",
-    "generation_problems",
     "load_config",
     "parse_override",
     "read_yaml",

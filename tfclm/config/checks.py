@@ -1,12 +1,12 @@
 """Checks that need more than a type: ranges and combinations of keys."""
 
-import math
-
+from tfclm.config import bounds
+from tfclm.config.schema import LoraConfig
 from tfclm.errors import ConfigError
 from tfclm.files import check_apart
 
-SEED_RANGE = (0, 2**32 - 1)  # what Keras and numpy take as a seed
-GENERATION_SEEDS = (0, 2**31 - 1)  # the sampler's seed is an int32
+# Sections whose numbers are checked against their fields' bounds; generate's (GenerationOptions) check themselves.
+BOUNDED = ("data", "tokenizer", "train", "lora", "evaluate", "hub", "logging")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -14,44 +14,14 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
-def generation_problems(options) -> list[tuple[str, str]]:
-    """(key, message) for each decoding option out of range; `options` has GenerateConfig's fields."""
-    o = options
-    checks = [
-        (o.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {o.max_new_tokens}"),
-        (o.min_new_tokens >= 0, "min_new_tokens", f"must be 0 or more, got {o.min_new_tokens}"),
-        (
-            o.min_new_tokens <= o.max_new_tokens,
-            "min_new_tokens",
-            f"({o.min_new_tokens}) must not exceed max_new_tokens ({o.max_new_tokens})",
-        ),
-        (o.top_k >= 0, "top_k", f"must be 0 (off) or more, got {o.top_k}"),
-        (0.0 < o.top_p <= 1.0, "top_p", f"must be in (0, 1], got {o.top_p}"),
-        (o.temperature > 0, "temperature", f"must be positive, got {o.temperature}"),
-        (o.num_beams >= 1, "num_beams", f"must be at least 1, got {o.num_beams}"),
-        (
-            o.seed is None or GENERATION_SEEDS[0] <= o.seed <= GENERATION_SEEDS[1],
-            "seed",
-            f"must be a whole number from 0 to 2**31 - 1 ({GENERATION_SEEDS[1]:,}), or null, got {o.seed}",
-        ),
-        (o.repetition_penalty > 0, "repetition_penalty", f"must be positive (1.0: off), got {o.repetition_penalty}"),
-        (o.num_return_sequences >= 1, "num_return_sequences", f"must be at least 1, got {o.num_return_sequences}"),
-        (
-            o.do_sample or o.num_return_sequences <= o.num_beams,
-            "num_return_sequences",
-            "greedy decoding gives one sequence per prompt (num_beams at most); sample (--do-sample) or ask for fewer",
-        ),
-    ]
-    return [(key, message) for ok, key, message in checks if not ok]
-
-
 def validate(config) -> None:
-    """Checks that need more than a type: ranges and combinations of keys."""
+    """Checks that need more than a type: each number against its field's bounds, then combinations of keys."""
     data, model, train, gen = config.data, config.model, config.train, config.generate
+    for key, message in [p for name in BOUNDED for p in bounds.problems(getattr(config, name), name)]:
+        raise ConfigError(key, message)
     _require(bool(config.output_dir), "output_dir", "must name a directory, such as runs/mine")
     _require(bool(data.dataset), "data.dataset", "must name a Hub dataset, a local file or folder, or builtin:pydoc")
     _require(bool(data.text_column), "data.text_column", "must name the text field, such as text or answers.text")
-    _require(data.block_size >= 2, "data.block_size", f"must be at least 2, got {data.block_size}")
     _require(
         train.peak_tflops in ("auto", None) or train.peak_tflops > 0,
         "train.peak_tflops",
@@ -75,7 +45,6 @@ def validate(config) -> None:
         "is required with data.streaming: true (a stream has no known length to plan the schedule by); set it, such "
         "as --max-steps 1000",
     )
-    _require(data.num_proc >= 1, "data.num_proc", f"must be at least 1, got {data.num_proc}")
     _require(
         not (data.streaming and config.train.pipeline == "recipe"),
         "train.pipeline",
@@ -83,16 +52,6 @@ def validate(config) -> None:
         "tfclm's stream; set train.pipeline: fast, or data.streaming: false",
     )
     _check_format(data, config.train)
-    _require(
-        data.max_documents is None or data.max_documents >= 2,
-        "data.max_documents",
-        "must be at least 2 (one to train on, one to evaluate) or null",
-    )
-    _require(
-        config.tokenizer.vocab_size >= 260,
-        "tokenizer.vocab_size",
-        "must be at least 260 (the 256 bytes and the special tokens)",
-    )
     _require(
         (model.name_or_path is None) != (model.config is None),
         "model",
@@ -103,63 +62,7 @@ def validate(config) -> None:
             "model_type" in model.config, "model.config.model_type", "is missing; name the architecture, such as gpt2"
         )
     _require(
-        SEED_RANGE[0] <= train.seed <= SEED_RANGE[1],
-        "train.seed",
-        f"must be a whole number from 0 to 2**32 - 1 ({SEED_RANGE[1]:,}), got {train.seed}",
-    )
-    _require(train.batch_size >= 1, "train.batch_size", f"must be at least 1, got {train.batch_size}")
-    _require(train.learning_rate > 0, "train.learning_rate", f"must be positive, got {train.learning_rate}")
-    _require(train.weight_decay >= 0, "train.weight_decay", f"must be 0 or more, got {train.weight_decay}")
-    _require(0.0 <= train.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {train.warmup_ratio}")
-    _require(train.clipnorm is None or train.clipnorm > 0, "train.clipnorm", "must be positive or null")
-    _require(train.epochs >= 1, "train.epochs", f"must be at least 1, got {train.epochs}")
-    _require(
-        train.max_steps is None or train.max_steps >= 1,
-        "train.max_steps",
-        f"must be at least 1 or null, got {train.max_steps}",
-    )
-    _require(
-        train.max_nonfinite_steps is None or train.max_nonfinite_steps >= 1,
-        "train.max_nonfinite_steps",
-        "must be at least 1, or null to never stop on skipped steps",
-    )
-    _require(
-        train.loss_chunk_tokens >= 0,
-        "train.loss_chunk_tokens",
-        f"must be 0 (off) or a number of tokens such as 1024, got {train.loss_chunk_tokens}",
-    )
-    _require(
-        train.gradient_accumulation_steps >= 1,
-        "train.gradient_accumulation_steps",
-        f"must be at least 1, got {train.gradient_accumulation_steps}",
-    )
-    _require(
-        train.checkpoint_steps is None or train.checkpoint_steps >= 1,
-        "train.checkpoint_steps",
-        "must be at least 1, or null for epoch ends only",
-    )
-    _require(
-        config.evaluate.batch_size >= 1, "evaluate.batch_size", f"must be at least 1, got {config.evaluate.batch_size}"
-    )
-    _require(
         all(isinstance(p, str) and p for p in gen.prompts), "generate.prompts", "must be a list of non-empty strings"
-    )
-    _require(
-        config.logging.every_n_steps >= 1,
-        "logging.every_n_steps",
-        f"must be at least 1, got {config.logging.every_n_steps}",
-    )
-    _require(
-        config.logging.sample_every_n_epochs is None or config.logging.sample_every_n_epochs >= 1,
-        "logging.sample_every_n_epochs",
-        "must be at least 1, or null",
-    )
-    ev = config.evaluate
-    _require(ev.stride is None or ev.stride >= 1, "evaluate.stride", f"must be at least 1, or null, got {ev.stride}")
-    _require(
-        ev.max_length is None or ev.max_length >= 2,
-        "evaluate.max_length",
-        f"must be at least 2, or null, got {ev.max_length}",
     )
     _check_report_to(config.logging.report_to)
     hub = config.hub
@@ -168,14 +71,13 @@ def validate(config) -> None:
         "hub.save_steps",
         "must be at least 1 with hub.save_strategy: steps",
     )
-    _require(hub.max_retries >= 0, "hub.max_retries", f"must be 0 or more, got {hub.max_retries}")
     _require(
         hub.model_id is None or hub.model_id.count("/") <= 1,
         "hub.model_id",
         f"{hub.model_id!r} is not a repo id; write it as user/name",
     )
-    for key, message in generation_problems(gen):
-        raise ConfigError(f"generate.{key}", message)
+    for key, message in gen.problems("generate"):
+        raise ConfigError(key, message)
     _check_lora(config.lora, config)
     check_apart(config.output_dir, _reads(config), "output_dir")
 
@@ -224,10 +126,9 @@ def _check_format(data, train) -> None:
 
 def validate_lora(lora) -> None:
     """The lora section's own values, with or without a run around them."""
-    _require(lora.rank >= 0, "lora.rank", f"must be 0 (off) or a rank such as 8, got {lora.rank}")
+    for key, message in bounds.problems(lora, "lora"):
+        raise ConfigError(key, message)
     if lora.rank == 0:
-        from tfclm.config.schema import LoraConfig
-
         changed = [key for key, value in vars(lora).items() if key != "rank" and value != getattr(LoraConfig(), key)]
         _require(
             not changed,
@@ -235,10 +136,6 @@ def validate_lora(lora) -> None:
             "is set but lora.rank is 0, which turns LoRA off; set lora.rank (such as 8) or remove it",
         )
         return
-    _require(
-        math.isfinite(lora.alpha) and lora.alpha > 0, "lora.alpha", f"must be positive (such as 16), got {lora.alpha}"
-    )
-    _require(0.0 <= lora.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {lora.dropout}")
     for key in ("target_modules", "modules_to_save"):
         names = getattr(lora, key)
         _require(

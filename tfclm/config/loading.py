@@ -39,46 +39,51 @@ def type_name(hint) -> str:
     return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def _coerce(value: Any, hint, key: str) -> Any:
+_NOT = object()  # a value that is not of the type asked
+
+
+def _number(value, hint):
+    if isinstance(value, bool):
+        return _NOT
+    if hint is int:
+        return value if isinstance(value, int) else _NOT
+    if isinstance(value, (int, float)):
+        return float(value)
+    # PyYAML follows YAML 1.1, which reads 2e-5 (no dot) as a string.
+    return float(value) if isinstance(value, str) and _FLOAT.match(value.strip()) else _NOT
+
+
+def _as(value: Any, hint, key: str) -> Any:
+    """`value` as `hint` says, or _NOT."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is not type(None):
-                try:
-                    return _coerce(value, arg, key)
-                except ConfigError:
-                    pass
-    elif origin is Literal:
-        if value in typing.get_args(hint):
-            return value
-    elif dataclasses.is_dataclass(hint):
-        if isinstance(value, dict):
-            return _build(hint, value, key)
-    elif hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # PyYAML follows YAML 1.1, which reads 2e-5 (no dot) as a string.
-        if isinstance(value, str) and _FLOAT.match(value.strip()):
-            return float(value)
-    elif hint is list:
-        if isinstance(value, list):
-            return value
-    elif isinstance(value, hint):
-        return value
-    raise ConfigError(
-        key,
-        f"must be {type_name(hint)}, got {value!r} ({type(value).__name__}); fix it in the YAML file or with --set "
-        f"{key}=...",
-    )
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        return _NOT
+    if origin is Literal:
+        return value if value in typing.get_args(hint) else _NOT
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key) if isinstance(value, dict) else _NOT
+    if hint in (int, float):
+        return _number(value, hint)
+    return value if isinstance(value, hint) else _NOT  # bool, list, str
+
+
+def _coerce(value: Any, hint, key: str) -> Any:
+    coerced = _as(value, hint, key)
+    if coerced is _NOT:
+        raise ConfigError(
+            key,
+            f"must be {type_name(hint)}, got {value!r} ({type(value).__name__}); fix it in the YAML file or with "
+            f"--set {key}=...",
+        )
+    return coerced
 
 
 def _build(cls, raw: dict, prefix: str = ""):

@@ -1,10 +1,11 @@
-"""Every config key with its type, default or value, and meaning: for `python -m tfclm config` and the README."""
+"""Every config key with its type, default or value, and meaning: for `python -m tfclm config` and the docs."""
 
 import dataclasses
 import typing
 
 import yaml
 
+from tfclm.config.bounds import bounds_of, nullable
 from tfclm.config.loading import type_name
 from tfclm.config.schema import Config
 
@@ -25,10 +26,17 @@ def rows(config: Config | None = None) -> list[tuple[str, str, str, str]]:
                 walk(value, key + ".")
             else:
                 shown = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-                out.append((key, type_name(hints[f.name]), shown, f.metadata.get("help", "")))
+                out.append((key, type_name(hints[f.name]), shown, _meaning(f)))
 
     walk(config, "")
     return out
+
+
+def _meaning(f: dataclasses.Field) -> str:
+    """The help text, and a number's bounds in the words its error uses."""
+    bounds = bounds_of(f)
+    text = f.metadata.get("help", "")
+    return f"{text} (must be {bounds.phrase(nullable(f))})" if bounds else text
 
 
 def render_text(config: Config | None = None) -> str:
@@ -47,6 +55,6 @@ def render_markdown() -> str:
 
 
 def readme_table(readme_text: str) -> str:
-    """The generated table as it stands in the README, between its markers."""
+    """The generated table as it stands in a page (docs/reference/config.md), between its markers."""
     start = readme_text.index(README_START) + len(README_START)
     return readme_text[start : readme_text.index(README_END)].strip("\n") + "\n"

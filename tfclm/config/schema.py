@@ -1,23 +1,29 @@
 """The run configuration's sections and keys, each with its type, default and help text.
 
 The help text lives on the fields (`metadata["help"]`), so `python -m tfclm
-config` and the README's configuration table are rendered from one source.
+config` and the configuration reference (docs/reference/config.md) are rendered from one source.
 """
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-from tfclm.config.checks import generation_problems
+from tfclm.config.bounds import Bounds, problems
 from tfclm.errors import ConfigError
+from tfclm.files import OutputDir
 
-CONFIG_FILENAME = "tfclm.yaml"
+CONFIG_FILENAME = OutputDir.CONFIG
+# Seeds: what Keras and numpy take, and the sampler's int32.
+TRAIN_SEEDS = "a whole number from 0 to 2**32 - 1 (4,294,967,295)"
+GENERATION_SEEDS = "a whole number from 0 to 2**31 - 1 (2,147,483,647)"
+TWO_DOCUMENTS = "at least 2 (one to train on, one to evaluate), or null"
 
 
-def setting(default, help: str):
-    """A config key: its default and what it means."""
+def setting(default, help: str, **bounds):
+    """A config key: its default, what it means, and for a number its bounds (tfclm.config.bounds.Bounds)."""
+    metadata = {"help": help, **({"bounds": Bounds(**bounds)} if bounds else {})}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def section(cls, help: str):
@@ -66,11 +72,13 @@ class DataConfig:
         'a seeded fraction of the documents (0.2), a split of the same dataset ("validation", "test[:500]"), or a '
         "file or folder",
     )
-    max_documents: Optional[int] = setting(None, "keep only the first N distinct documents (quick runs)")
-    block_size: int = setting(128, "tokens per training example; at most the model's positions")
+    max_documents: Optional[int] = setting(
+        None, "keep only the first N distinct documents (quick runs)", min=2, must=TWO_DOCUMENTS
+    )
+    block_size: int = setting(128, "tokens per training example; at most the model's positions", min=2)
     pack: bool = setting(True, "pack documents end to end; false: one document per example, padded or truncated")
     streaming: bool = setting(False, "read and pack on the fly, for corpora larger than memory (needs train.max_steps)")
-    num_proc: int = setting(2, "tokenization processes; more than the cores only slows it")
+    num_proc: int = setting(2, "tokenization processes; more than the cores only slows it", min=1)
 
 
 @dataclass
@@ -78,7 +86,12 @@ class TokenizerConfig:
     name_or_path: Optional[str] = setting(
         None, "a tokenizer to use; default: the model's, or for a scratch model a BPE trained on the data"
     )
-    vocab_size: int = setting(8192, "size of the byte-level BPE trained on the corpus for a scratch model")
+    vocab_size: int = setting(
+        8192,
+        "size of the byte-level BPE trained on the corpus for a scratch model",
+        min=260,
+        must="at least 260 (the 256 bytes and the special tokens)",
+    )
 
 
 @dataclass
@@ -96,15 +109,17 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = setting(16, "blocks per replica per micro-batch")
-    learning_rate: float = setting(2e-5, "peak learning rate")
-    weight_decay: float = setting(0.01, "AdamW decay of weight matrices and embeddings (never of biases and norms)")
+    batch_size: int = setting(16, "blocks per replica per micro-batch", min=1)
+    learning_rate: float = setting(2e-5, "peak learning rate", above=0)
+    weight_decay: float = setting(
+        0.01, "AdamW decay of weight matrices and embeddings (never of biases and norms)", min=0
+    )
     lr_schedule: Literal["constant", "linear", "cosine"] = setting("constant", "decay to 0 after the warm-up")
-    warmup_ratio: float = setting(0.0, "fraction of the optimizer steps spent warming up linearly")
-    clipnorm: Optional[float] = setting(None, "global gradient norm clipping")
-    epochs: int = setting(3, "passes over the training data")
-    max_steps: Optional[int] = setting(None, "stop after N optimizer steps (mid-epoch if need be)")
-    gradient_accumulation_steps: int = setting(1, "micro-batches of batch_size per optimizer step")
+    warmup_ratio: float = setting(0.0, "fraction of the optimizer steps spent warming up linearly", min=0, below=1)
+    clipnorm: Optional[float] = setting(None, "global gradient norm clipping", above=0)
+    epochs: int = setting(3, "passes over the training data", min=1)
+    max_steps: Optional[int] = setting(None, "stop after N optimizer steps (mid-epoch if need be)", min=1)
+    gradient_accumulation_steps: int = setting(1, "micro-batches of batch_size per optimizer step", min=1)
     precision: Literal["fp32", "bf16", "fp16"] = setting(
         "fp32",
         "fp32, bf16 (mixed bfloat16: CPUs with bf16, GPUs, TPUs) or fp16 (mixed float16 with loss scaling, GPUs)",
@@ -114,6 +129,8 @@ class TrainConfig:
         "compute the LM head and its loss this many tokens at a time, each chunk's gradients taken in the same "
         "pass, so the batch x length x vocabulary logits never exist at once (0: all tokens in one chunk, still "
         "faster than the model's own head where the family allows; the BERT-likes use their own)",
+        min=0,
+        must="0 (off) or a number of tokens such as 1024",
     )
     loss_on: Literal["auto", "all", "completion", "assistant"] = setting(
         "auto",
@@ -143,9 +160,15 @@ class TrainConfig:
         1,
         "stop after this many optimizer steps in a row whose loss or gradients are not finite (each is skipped); "
         "null: never; fp16 leaves skipping to its loss scaling",
+        min=1,
+        must="at least 1, or null to never stop on skipped steps",
     )
-    checkpoint_steps: Optional[int] = setting(500, "also checkpoint every N optimizer steps (null: epoch ends only)")
-    seed: int = setting(42, "seed of the split, shuffling, initialisation and sampling")
+    checkpoint_steps: Optional[int] = setting(
+        500, "also checkpoint every N optimizer steps (null: epoch ends only)", min=1
+    )
+    seed: int = setting(
+        42, "seed of the split, shuffling, initialisation and sampling", min=0, max=2**32 - 1, must=TRAIN_SEEDS
+    )
     pipeline: Literal["fast", "recipe"] = setting(
         "fast",
         "fast: packed blocks through tf.data, no Python per batch; recipe: prepare_tf_dataset with the LM collator",
@@ -159,9 +182,14 @@ class TrainConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = setting(0, "LoRA rank: trains low-rank adapters beside the targeted layers, the rest frozen (0: off)")
-    alpha: float = setting(16.0, "scales the adapters' output by alpha / rank")
-    dropout: float = setting(0.0, "dropout on the adapters' input while training")
+    rank: int = setting(
+        0,
+        "LoRA rank: trains low-rank adapters beside the targeted layers, the rest frozen (0: off)",
+        min=0,
+        must="0 (off) or a rank such as 8",
+    )
+    alpha: float = setting(16.0, "scales the adapters' output by alpha / rank", above=0, must="positive (such as 16)")
+    dropout: float = setting(0.0, "dropout on the adapters' input while training", min=0, below=1)
     target_modules: Optional[list] = setting(
         None,
         "layer names to adapt (a name matches a layer whose path ends with it, as in PEFT); null: the family's "
@@ -175,13 +203,13 @@ class LoraConfig:
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = setting(16, "blocks per evaluation batch")
+    batch_size: int = setting(16, "blocks per evaluation batch", min=1)
     before_training: bool = setting(True, "also measure the untrained model's perplexity")
     stride: Optional[int] = setting(
-        None, "tfclm evaluate: score through sliding windows that start every N tokens; null: blocks"
+        None, "tfclm evaluate: score through sliding windows that start every N tokens; null: blocks", min=1
     )
     max_length: Optional[int] = setting(
-        None, "tfclm evaluate: the sliding window's tokens; null: the model's positions"
+        None, "tfclm evaluate: the sliding window's tokens; null: the model's positions", min=2
     )
     per_document: bool = setting(False, "tfclm evaluate: slide over each document on its own, not one stream")
 
@@ -190,22 +218,44 @@ class EvaluateConfig:
 class GenerationOptions:
     """Decoding controls, for `tfclm.generate`, the generate command and the config's `generate:` section."""
 
-    max_new_tokens: int = setting(100, "tokens to add to each prompt, at most")
-    min_new_tokens: int = setting(0, "tokens to add before EOS may end a text")
+    max_new_tokens: int = setting(100, "tokens to add to each prompt, at most", min=1)
+    min_new_tokens: int = setting(0, "tokens to add before EOS may end a text", min=0)
     do_sample: bool = setting(True, "sample (with top-k/top-p/temperature), or take the likeliest token")
-    top_k: int = setting(50, "sample among the k likeliest tokens (0: off)")
-    top_p: float = setting(0.95, "sample among the likeliest tokens holding this probability mass")
-    temperature: float = setting(1.0, "below 1 sharpens, above 1 flattens the distribution")
-    num_beams: int = setting(1, "beam search width (1: no beam search)")
-    repetition_penalty: float = setting(1.0, "above 1 discourages repeating tokens (1.0: off)")
-    num_return_sequences: int = setting(1, "samples per prompt")
+    top_k: int = setting(50, "sample among the k likeliest tokens (0: off)", min=0, must="0 (off) or more")
+    top_p: float = setting(0.95, "sample among the likeliest tokens holding this probability mass", above=0, max=1)
+    temperature: float = setting(1.0, "below 1 sharpens, above 1 flattens the distribution", above=0)
+    num_beams: int = setting(1, "beam search width (1: no beam search)", min=1)
+    repetition_penalty: float = setting(
+        1.0, "above 1 discourages repeating tokens (1.0: off)", above=0, must="positive (1.0: off)"
+    )
+    num_return_sequences: int = setting(1, "samples per prompt", min=1)
     seed: Optional[int] = setting(
-        None, "the same seed gives the same text; default: train.seed in a run, a random one elsewhere"
+        None,
+        "the same seed gives the same text; default: train.seed in a run, a random one elsewhere",
+        min=0,
+        max=2**31 - 1,
+        must=GENERATION_SEEDS + ", or null",
     )
 
     def validate(self) -> None:
-        for key, message in generation_problems(self):
+        for key, message in self.problems():
             raise ConfigError(key, message)
+
+    def problems(self, prefix: str = "") -> list[tuple[str, str]]:
+        """(key, message) for each option out of range, and for the options that contradict each other."""
+        found = [(key.lstrip("."), message) for key, message in problems(self, prefix)]
+        if self.min_new_tokens > self.max_new_tokens:
+            limits = f"({self.min_new_tokens}) must not exceed max_new_tokens ({self.max_new_tokens})"
+            found.append((f"{prefix}.min_new_tokens".lstrip("."), limits))
+        if not self.do_sample and self.num_return_sequences > self.num_beams:
+            found.append(
+                (
+                    f"{prefix}.num_return_sequences".lstrip("."),
+                    "greedy decoding gives one sequence per prompt (num_beams at most); sample (--do-sample) or ask "
+                    "for fewer",
+                )
+            )
+        return found
 
 
 @dataclass
@@ -223,9 +273,9 @@ class HubConfig:
     save_strategy: Literal["epoch", "steps", "no"] = setting(
         "epoch", "push at each epoch end, every hub.save_steps steps, or only at the end (no)"
     )
-    save_steps: Optional[int] = setting(None, "with save_strategy: steps")
+    save_steps: Optional[int] = setting(None, "with save_strategy: steps", min=1)
     checkpoint: bool = setting(False, "also push checkpoints/")
-    max_retries: int = setting(3, "per push, with exponential backoff; a push that still fails is reported")
+    max_retries: int = setting(3, "per push, with exponential backoff; a push that still fails is reported", min=0)
 
 
 @dataclass
@@ -236,8 +286,10 @@ class LoggingConfig:
     project: str = setting("tfclm", "the MLflow experiment or W&B project the run goes to")
     run_name: Optional[str] = setting(None, "the run's name in MLflow and W&B; null: the output dir's name")
     log_model: bool = setting(False, "also upload the saved model (not checkpoints or cache) to MLflow and W&B")
-    every_n_steps: int = setting(10, "step-level scalars and curve points")
-    sample_every_n_epochs: Optional[int] = setting(1, "sample generate.prompts during training; null: only at the end")
+    every_n_steps: int = setting(10, "step-level scalars and curve points", min=1)
+    sample_every_n_epochs: Optional[int] = setting(
+        1, "sample generate.prompts during training; null: only at the end", min=1
+    )
     curves: bool = setting(True, "draw OUTPUT_DIR/training_curves.png")
 
 

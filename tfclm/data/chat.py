@@ -18,6 +18,7 @@ import copy
 import numpy as np
 
 from tfclm.data.packing import Blocks
+from tfclm.data.sources import record_field
 from tfclm.errors import ConfigError, first_line
 
 ROLES = ("system", "user", "assistant")
@@ -77,10 +78,8 @@ def end_of_turn_id(tokenizer) -> int:
 
 def conversation_of(record: dict, path: str, index: int) -> tuple:
     """The record's turns as ((role, content), ...), or a one-line error naming the record and turn."""
-    from tfclm.data.examples import _field
-
     key = "data.messages_column"
-    turns = _field(record, path, key, index)
+    turns = record_field(record, path, key, index)
     if not isinstance(turns, list) or not turns:
         raise ConfigError(key, f"record {index}: {path!r} is not a list of {{role, content}} turns")
     found = []

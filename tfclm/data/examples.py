@@ -30,18 +30,6 @@ BUCKET_BATCHES = 32  # batches sorted by length together: enough to group length
 LENGTH_MULTIPLE = 16  # a batch is cut to its longest example, rounded up to this: fewer shapes to trace
 
 
-def _field(record: dict, path: str, key: str, index: int):
-    """The value at `path`; missing or null (a JSON lines record without it) is an error naming the record."""
-    try:
-        value = sources.lookup(record, path, key)
-    except ConfigError:
-        value = None
-    if value is None:
-        fields = ", ".join(name for name, v in record.items() if v is not None)
-        raise ConfigError(key, f"record {index} has no field {path!r}; its fields are: {fields}")
-    return value
-
-
 def _text(value, key: str, index: int, path: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(key, f"record {index}: {path!r} holds {type(value).__name__}, not text")
@@ -50,15 +38,15 @@ def _text(value, key: str, index: int, path: str) -> str:
 
 def prompt_of(record: dict, data: DataConfig, index: int) -> str:
     if data.prompt_template is None:
-        return _text(_field(record, data.prompt_column, "data.prompt_column", index), "data.prompt_column", index,
-                     data.prompt_column)  # fmt: skip
+        key = "data.prompt_column"
+        return _text(sources.record_field(record, data.prompt_column, key, index), key, index, data.prompt_column)
     key = "data.prompt_template"
     fields = _FIELD.findall(data.prompt_template)
     if not fields:
         raise ConfigError(key, "names no field; write fields in braces, such as 'Question: {title}\\nAnswer: '")
     values = {}
     for name in fields:
-        value = _field(record, name, key, index)
+        value = sources.record_field(record, name, key, index)
         values[name] = _text(value, key, index, name)
     return _FIELD.sub(lambda m: values[m.group(1)], data.prompt_template)
 
@@ -66,7 +54,7 @@ def prompt_of(record: dict, data: DataConfig, index: int) -> str:
 def completions_of(record: dict, data: DataConfig, index: int) -> list[str]:
     """The record's completion(s), as `data.completion_pick` says; an empty one is an error."""
     key, path = "data.completion_column", data.completion_column
-    value = _field(record, path, key, index)
+    value = sources.record_field(record, path, key, index)
     found = [value] if isinstance(value, str) else value
     if not isinstance(found, list) or not all(isinstance(v, str) for v in found):
         raise ConfigError(key, f"record {index}: {path!r} holds {type(value).__name__}, not text or a list of text")
@@ -76,7 +64,7 @@ def completions_of(record: dict, data: DataConfig, index: int) -> list[str]:
     if pick == "first":
         return found[:1]
     if pick.startswith("max:"):
-        scores = _field(record, pick[4:], "data.completion_pick", index)
+        scores = sources.record_field(record, pick[4:], "data.completion_pick", index)
         if not isinstance(scores, list) or len(scores) != len(found):
             raise ConfigError(
                 "data.completion_pick",

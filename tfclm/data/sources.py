@@ -336,3 +336,15 @@ def train_and_validation(data: DataConfig, seed: int) -> tuple[list[str], list[s
                 "every training document is also in the validation data; use a different split or file",
             )
     return train, val, describe_validation(data, len(train), len(val))
+
+
+def record_field(record: dict, path: str, key: str, index: int):
+    """The value at `path`; missing or null (a JSON lines record without it) is an error naming the record."""
+    try:
+        value = lookup(record, path, key)
+    except ConfigError:
+        value = None
+    if value is None:
+        fields = ", ".join(name for name, v in record.items() if v is not None)
+        raise ConfigError(key, f"record {index} has no field {path!r}; its fields are: {fields}")
+    return value

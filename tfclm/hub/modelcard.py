@@ -37,7 +37,16 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
     lora = config.get("lora") or {}
     adapter = bool(lora.get("rank"))
     base = card_args.get("finetuned_from") or _hub_id(model.get("name_or_path"))
-    dataset = card_args.get("dataset") or _hub_id(data.get("dataset"))
+    name = card_args.get("model_name") or repo_id.split("/")[-1]
+    lines = [f"# {name}", "", _summary(model, lora, base), ""]
+    lines += _data_section(data, results) + _train_section(train) + _results_section(results)
+    lines += _adapter_usage(repo_id, base or model.get("name_or_path")) if adapter else _usage(repo_id)
+    metadata = _metadata(card_args, adapter=adapter, base=base, dataset=_hub_id(data.get("dataset")))
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + "\n".join(lines)
+
+
+def _metadata(card_args: dict, *, adapter: bool, base: str | None, dataset: str | None) -> dict:
+    """The card's YAML header: what the Hub indexes the repo by."""
     metadata = {
         "library_name": "peft" if adapter else "transformers",
         "pipeline_tag": "text-generation",
@@ -52,94 +61,100 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
     }
     if base:
         metadata["base_model"] = base
+    dataset = card_args.get("dataset") or dataset
     if dataset:
         metadata["datasets"] = [dataset]
     for key in ("language", "license"):
         if card_args.get(key):
             metadata[key] = card_args[key]
+    return metadata
 
-    name = card_args.get("model_name") or repo_id.split("/")[-1]
-    lines = [f"# {name}", ""]
-    if adapter:
+
+def _summary(model: dict, lora: dict, base: str | None) -> str:
+    """The card's first paragraph: adapters, a fine-tune or a model from scratch."""
+    if lora.get("rank"):
         where = f"[{base}](https://huggingface.co/{base})" if base else f"`{model.get('name_or_path')}`"
-        lines.append(
+        return (
             f"LoRA adapters (rank {lora['rank']}, alpha {lora.get('alpha')}) for {where}, trained with "
             f"[tfclm](https://pypi.org/project/tfclm/) (Keras / TensorFlow) and saved in PEFT's format: this repo "
             f"holds the adapters only, and the base model is loaded from its own repo."
         )
-    elif base:
-        lines.append(
+    if base:
+        return (
             f"A causal language model fine-tuned from [{base}](https://huggingface.co/{base}) with "
             f"[tfclm](https://pypi.org/project/tfclm/) (Keras / TensorFlow)."
         )
-    elif model.get("config"):
+    if model.get("config"):
         shape = ", ".join(f"{k}={v}" for k, v in model["config"].items())
-        lines.append(f"A causal language model trained from scratch with tfclm (Keras / TensorFlow): {shape}.")
-    else:
-        lines.append("A causal language model trained with tfclm (Keras / TensorFlow).")
-    lines.append("")
-    if data:
-        text = (
-            f"template `{data['text_template']}`"
-            if data.get("text_template")
-            else f"column `{data.get('text_column')}`"
-        )
-        lines += [
-            "## Data",
-            "",
-            f"- dataset: `{data.get('dataset')}`, split `{data.get('split')}`, text {text} (lists joined with "
-            f"{data.get('join_separator')!r})",
-            f"- validation: {_validation(results, data)}",
-            f"- blocks of {data.get('block_size')} tokens, "
-            f"{'packed with EOS between documents' if data.get('pack', True) else 'one document each'}",
-            "",
-        ]
-    if train:
-        keys = (
-            "batch_size",
-            "gradient_accumulation_steps",
-            "learning_rate",
-            "lr_schedule",
-            "warmup_ratio",
-            "weight_decay",
-            "clipnorm",
-            "epochs",
-            "max_steps",
-            "precision",
-            "seed",
-        )
-        lines += [
-            "## Training hyperparameters",
-            "",
-            "| name | value |",
-            "| --- | --- |",
-            *[f"| {k} | {train.get(k)} |" for k in keys if k in train],
-            "",
-        ]
-    if results:
-        rows = [
-            ("eval loss", results.get("eval_loss")),
-            ("perplexity", results.get("perplexity")),
-            ("perplexity before training", results.get("perplexity_before")),
-            ("training steps", results.get("train_steps")),
-            ("training tokens", results.get("train_tokens")),
-            ("tokens/s", results.get("tokens_per_second")),
-        ]
-        lines += [
-            "## Results",
-            "",
-            "| metric | value |",
-            "| --- | --- |",
-            *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows if v is not None],
-            "",
-        ]
-        versions = results.get("versions") or {}
-        if versions:
-            lines += ["## Framework versions", "", *[f"- {k}: {v}" for k, v in versions.items()], ""]
-    if adapter:
-        lines += _adapter_usage(repo_id, base or model.get("name_or_path"))
-        return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + "\n".join(lines)
-    lines += [
+        return f"A causal language model trained from scratch with tfclm (Keras / TensorFlow): {shape}."
+    return "A causal language model trained with tfclm (Keras / TensorFlow)."
+
+
+def _data_section(data: dict, results: dict) -> list[str]:
+    if not data:
+        return []
+    text = f"template `{data['text_template']}`" if data.get("text_template") else f"column `{data.get('text_column')}`"
+    return [
+        "## Data",
+        "",
+        f"- dataset: `{data.get('dataset')}`, split `{data.get('split')}`, text {text} (lists joined with "
+        f"{data.get('join_separator')!r})",
+        f"- validation: {_validation(results, data)}",
+        f"- blocks of {data.get('block_size')} tokens, "
+        f"{'packed with EOS between documents' if data.get('pack', True) else 'one document each'}",
+        "",
+    ]
+
+
+HYPERPARAMETERS = (
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_schedule",
+    "warmup_ratio",
+    "weight_decay",
+    "clipnorm",
+    "epochs",
+    "max_steps",
+    "precision",
+    "seed",
+)
+
+
+def _train_section(train: dict) -> list[str]:
+    if not train:
+        return []
+    rows = [f"| {k} | {train.get(k)} |" for k in HYPERPARAMETERS if k in train]
+    return ["## Training hyperparameters", "", "| name | value |", "| --- | --- |", *rows, ""]
+
+
+def _results_section(results: dict) -> list[str]:
+    if not results:
+        return []
+    rows = [
+        ("eval loss", results.get("eval_loss")),
+        ("perplexity", results.get("perplexity")),
+        ("perplexity before training", results.get("perplexity_before")),
+        ("training steps", results.get("train_steps")),
+        ("training tokens", results.get("train_tokens")),
+        ("tokens/s", results.get("tokens_per_second")),
+    ]
+    lines = [
+        "## Results",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows if v is not None],
+        "",
+    ]
+    versions = results.get("versions") or {}
+    if versions:
+        lines += ["## Framework versions", "", *[f"- {k}: {v}" for k, v in versions.items()], ""]
+    return lines
+
+
+def _usage(repo_id: str) -> list[str]:
+    return [
         "## How to use",
         "",
         "```python",
@@ -157,7 +172,6 @@ def model_card(repo_id: str, config: dict | None = None, results: dict | None = 
         'Or with tfclm: `python -m tfclm generate --model DIR --prompt "The"` on a local copy.',
         "",
     ]
-    return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + "\n".join(lines)
 
 
 def _adapter_usage(repo_id: str, base: str) -> list[str]:

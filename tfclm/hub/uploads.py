@@ -9,7 +9,6 @@ HF_TOKEN or the huggingface_hub login, and tfclm never prints or writes it.
 """
 
 import fnmatch
-import json
 import logging
 import os
 import shutil
@@ -17,9 +16,8 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import yaml
-
 from tfclm.errors import ConfigError, first_line
+from tfclm.files import OutputDir
 from tfclm.hub.modelcard import model_card
 from tfclm.model.adapter_files import read_adapter_config
 from tfclm.model.loading import check_model_dir
@@ -171,9 +169,7 @@ def push_dir(
         check_model_dir(model_dir, "--model")
     else:
         read_adapter_config(model_dir, "--model")  # an adapter no reader could load is not pushed
-    config_path, results_path = os.path.join(model_dir, "tfclm.yaml"), os.path.join(model_dir, "results.json")
-    config = yaml.safe_load(open(config_path, encoding="utf-8")) if os.path.exists(config_path) else None
-    results = json.load(open(results_path, encoding="utf-8")) if os.path.exists(results_path) else None
+    config, results = OutputDir(model_dir).read(OutputDir.CONFIG), OutputDir(model_dir).read(OutputDir.RESULTS)
     uploader = Uploader(repo_id, token=token, private=private, max_retries=2, log=lambda line: None)
     ignore = tuple(p for p in DEFAULT_IGNORE if not (checkpoint and p.startswith("checkpoints")))
     uploader.submit(model_dir, message, ignore, {"README.md": model_card(repo_id, config, results)})

@@ -2,7 +2,7 @@
 
 Every rule that differs between architectures lives here, and the code asks
 the table (`family(config)`) instead of testing model types itself. The
-README's family table is rendered from these rows (`render_markdown`), and
+family table of docs/reference/families.md is rendered from these rows (`render_markdown`), and
 tests/test_families.py checks each claim on a tiny random model of the family.
 
 The claims were measured on transformers 4.52 TF classes:
@@ -301,7 +301,7 @@ def _row(f: Family) -> tuple[str, ...]:
 
 
 def render_markdown() -> str:
-    """The README's family table."""
+    """The family table of docs/reference/families.md."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_row(f)) + " |" for f in FAMILIES.values()]
     return "\n".join(lines) + "\n"

@@ -292,7 +292,7 @@ model `{base}`, trained with tfclm. The base's own weights are not here.
 
 class Adapters:
     """What `save_pretrained` of a LoRA run writes: the adapter files PEFT reads (with the tokenizer and the
-    generation config beside them, see `tfclm.training.run`)."""
+    generation config beside them, see `tfclm.run.fit`)."""
 
     def __init__(self, lm, lora: LoraConfig, patterns: list[str], base: str | None):
         self.lm, self.lora, self.patterns, self.base = lm, lora, patterns, base

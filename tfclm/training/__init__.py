@@ -1,7 +1,6 @@
-"""The training stage: optimizer, train step, checkpoints, tf.distribute, callbacks, and the run.
+"""The training stage: optimizer, train step, checkpoints, run state, tf.distribute, step counting and callbacks.
 
-`run.fit` orchestrates a whole run (data -> model -> Keras fit -> evaluation
--> save -> samples -> results); the other modules each hold one part.
 `callbacks` holds Keras callbacks usable in any `model.fit` and imports
-neither `tfclm.config` nor the CLI.
+neither `tfclm.config` nor the CLI. The run that puts them together is
+`tfclm.run`, above this stage, the Hub's and the trackers'.
 """

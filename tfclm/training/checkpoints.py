@@ -16,13 +16,13 @@ import yaml
 from tfclm.backend import keras, tf
 from tfclm.config import CONFIG_FILENAME
 from tfclm.errors import ConfigError, first_line
-from tfclm.files import MODEL_FILES, TEMP_PREFIX
+from tfclm.files import MODEL_FILES, TEMP_PREFIX, OutputDir
 from tfclm.model.lora import checkpointed
 from tfclm.training.run_state import RunState, changed_keys, settings_of
 
 logger = logging.getLogger(__name__)
 
-DIRNAME = "checkpoints"
+DIRNAME = OutputDir.CHECKPOINTS
 
 
 class Checkpoints:
@@ -125,8 +125,8 @@ def newest_readable(checkpoint_dir: str) -> int | None:
 
 # What a run writes into its output dir: a dir holding only these (or nothing) is tfclm's to write into.
 RUN_FILES = {
-    CONFIG_FILENAME, "results.json", DIRNAME, "cache", "logs", "training_curves.png", ".tfclm.lock", "README.md",
-    "mlflow.db", "mlruns", "wandb", *(name for name in MODEL_FILES if "*" not in name),
+    OutputDir.CONFIG, OutputDir.RESULTS, DIRNAME, OutputDir.CACHE, OutputDir.LOGS, OutputDir.CURVES, OutputDir.LOCK,
+    OutputDir.CARD, *OutputDir.TRACKER_FILES, *(name for name in MODEL_FILES if "*" not in name),
 }  # fmt: skip
 
 
@@ -163,7 +163,7 @@ def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:
             f"{output_dir!r} holds {what} with other settings ({', '.join(changed[:5])}); "
             "use a new --output-dir, or pass --overwrite to start over there",
         )
-    if step is None and "results.json" in names:
+    if step is None and OutputDir.RESULTS in names:
         raise ConfigError(
             "output_dir",
             f"{output_dir!r} already holds a finished run (results.json, no checkpoints to go on from); use a new "
@@ -174,7 +174,7 @@ def check_resumable(output_dir: str, new_config: dict, overwrite: bool) -> None:
 def clear_run(output_dir: str) -> None:
     """--overwrite, once the new run's inputs have loaded: the old run's checkpoints and results go."""
     shutil.rmtree(os.path.join(output_dir, DIRNAME), ignore_errors=True)
-    results = os.path.join(output_dir, "results.json")
+    results = os.path.join(output_dir, OutputDir.RESULTS)
     if os.path.exists(results):
         os.unlink(results)
 

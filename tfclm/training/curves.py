@@ -12,9 +12,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tfclm.files import atomic_write_bytes
+from tfclm.files import OutputDir, atomic_write_bytes
 
-FILENAME = "training_curves.png"
+FILENAME = OutputDir.CURVES
 
 
 def plot_training_curves(

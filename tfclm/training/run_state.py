@@ -72,19 +72,6 @@ class RunState:
             return None
 
 
-def logs_so_far(state: RunState | None, every_n_steps: int):
-    """(Keras History, StepHistory) holding what a resumed run logged before, to go on recording into."""
-    from tfclm.training.callbacks import StepHistory
-
-    epochs = keras.callbacks.History()
-    epochs.history = {key: list(values) for key, values in (state.history if state else {}).items()}
-    steps = StepHistory(every_n_steps)
-    if state is not None and state.step_history:
-        steps.steps = list(state.step_history["steps"])
-        steps.history = {k: list(v) for k, v in state.step_history.items() if k != "steps"}
-    return epochs, steps
-
-
 class Position(keras.callbacks.Callback):
     """Where training is in the data: the epoch in progress and the micro-batches of it trained on.
 

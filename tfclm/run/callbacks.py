@@ -5,17 +5,19 @@ import logging
 import os
 
 from tfclm import config as config_lib
-from tfclm import files
 from tfclm.backend import keras
 from tfclm.errors import first_line
+from tfclm.files import OutputDir
 from tfclm.generation.generator import Generator, generate_samples
 from tfclm.hub.callback import PushToHubCallback
 from tfclm.hub.modelcard import model_card
 from tfclm.hub.uploads import DEFAULT_IGNORE, check_repo_id
+from tfclm.run.report import versions
 from tfclm.tracking.mlflow_tracker import MLflowCallback
 from tfclm.tracking.wandb_tracker import WandbCallback
-from tfclm.training.callbacks import SampleTextCallback
-from tfclm.training.report import versions
+from tfclm.training.callbacks import PerplexityCallback, SampleTextCallback, StopOnNonFiniteLoss, ThroughputCallback
+from tfclm.training.checkpoints import CheckpointCallback
+from tfclm.training.peak import peak_flops
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def logging_callbacks(config: config_lib.Config, tokenizer) -> list:
     micro = config.train.gradient_accumulation_steps
 
     log = config.logging
-    log_dir = os.path.join(config.output_dir, "logs") if "tensorboard" in log.report_to else None
+    log_dir = OutputDir(config.output_dir) / OutputDir.LOGS if "tensorboard" in log.report_to else None
     callbacks = []
     if log.sample_every_n_epochs:
         prompts, options = sample_options(config)
@@ -126,13 +128,50 @@ def report_to_trackers(trackers: list, results: dict, config: config_lib.Config)
     complete on disk, and fit exits 0: a tracker is a report of the run, not part of it.
     """
     out = config.output_dir
-    shown = [os.path.join(out, name) for name in ("training_curves.png", "results.json", config_lib.CONFIG_FILENAME)]
+    shown = [OutputDir(out) / name for name in (OutputDir.CURVES, OutputDir.RESULTS, OutputDir.CONFIG)]
     name = config.hub.model_id or os.path.basename(os.path.abspath(out))
     card = model_card(name, dataclasses.asdict(config), results)
     for tracker in trackers:
-        tracker.finish(results, shown, {"README.md": card}, out if config.logging.log_model else None)
+        tracker.finish(results, shown, {OutputDir.CARD: card}, out if config.logging.log_model else None)
     failures = [t.failure for t in trackers if t.failure]
     if failures:
         results["tracking_failures"] = failures
-        files.atomic_write_json(os.path.join(out, "results.json"), results)
+        OutputDir(out).write_results(results)
         logger.warning(f"tracking: not everything was reported ({'; '.join(failures)}); the run is complete in {out}")
+
+
+@dataclasses.dataclass
+class RunCallbacks:
+    """The callbacks of a run, by name where the run asks them afterwards, and all of them in Keras' order."""
+
+    throughput: ThroughputCallback
+    guard: StopOnNonFiniteLoss
+    saver: CheckpointCallback
+    trackers: list
+    pusher: PushToHubCallback | None
+    peak: float | None
+    peak_source: str
+    all: list
+
+
+def run_callbacks(config: config_lib.Config, logs, checkpoints, tokenizer, *, chief: bool, strategy,
+                  batch_size: int) -> RunCallbacks:  # fmt: skip
+    """Every callback of a run; `logs` (a RunLogs) records into its StepHistory, History and Position."""
+    train = config.train
+    trackers = tracker_callbacks(config, logs.tracker_ids) if chief else []
+    logs.trackers = trackers
+    peak, peak_source = peak_flops(train.peak_tflops, train.precision, strategy)
+    throughput = ThroughputCallback(batch_size * config.data.block_size, peak, sequence_length=config.data.block_size)
+    # fp16's loss scaling skips steps by design while it finds its scale: leave stopping to it there.
+    guard = StopOnNonFiniteLoss(None if train.precision == "fp16" else train.max_nonfinite_steps)
+    saver = CheckpointCallback(
+        checkpoints, train.checkpoint_steps, None, state=logs.run_state, before_save=[t.flush for t in trackers]
+    )
+    # Order matters: what adds to the logs comes before what records or sends them, and all before the saver.
+    keras_order = [throughput, PerplexityCallback(), logs.steps, guard, logs.position, logs.epochs, *trackers, saver]
+    if chief:
+        keras_order += logging_callbacks(config, tokenizer)
+    pusher = hub_callback(config, tokenizer) if chief else None
+    if pusher is not None:
+        keras_order.append(pusher)
+    return RunCallbacks(throughput, guard, saver, trackers, pusher, peak, peak_source, keras_order)

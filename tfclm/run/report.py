@@ -1,5 +1,6 @@
 """What a run reports: versions, the weights digest, the non-finite message, the saved decoding defaults."""
 
+import dataclasses
 import hashlib
 import platform
 
@@ -8,6 +9,8 @@ import transformers
 
 from tfclm import config as config_lib
 from tfclm.backend import keras, tf
+from tfclm.model import lora
+from tfclm.training.trainer import resolve_jit_compile
 
 
 def versions() -> dict:
@@ -68,3 +71,43 @@ def set_decoding_defaults(model, config: config_lib.Config, tokenizer) -> None:
         generation_config.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
+
+
+def results_of(run, model, prepared, logs, callbacks, *, after: dict, seconds: float, start: int, steps: int,
+               samples: list) -> dict:  # fmt: skip
+    """What results.json holds: `run` is the run (tfclm.run.fit), `logs` its RunLogs, `callbacks` its
+    RunCallbacks."""
+    logged, throughput, before = logs.epoch_logs(), callbacks.throughput, logs.before
+    params, trainable = lora.parameter_counts(model)
+    adapters = lora.adapters_in(model)
+    return {
+        "train_loss": float(logged["loss"][-1]) if logged.get("loss") else None,
+        "eval_loss": after["loss"],
+        "perplexity": after["perplexity"],
+        "bits_per_byte": after["bits_per_byte"],
+        "eval_loss_before": before["loss"] if before else None,
+        "perplexity_before": before["perplexity"] if before else None,
+        "eval_tokens": after["tokens"],
+        "train_tokens": throughput.tokens,
+        "train_steps": steps,
+        "resumed_from_step": start,
+        "epochs": len(logged.get("loss", [])),
+        "train_seconds": round(seconds, 3),
+        "tokens_per_second": round(throughput.tokens_per_second, 1),
+        "mfu": throughput.mfu,
+        "peak_flops": callbacks.peak,
+        "peak_source": callbacks.peak_source,
+        "parameters": params,
+        "trainable_parameters": trainable,
+        "precision": run.policy,
+        "strategy": run.described,
+        "global_batch_size": run.batch_size,
+        "weights_sha256": weights_digest(model),
+        **({"adapter_sha256": adapters.digest()} if adapters else {}),
+        "jit_compile": resolve_jit_compile(run.config.train.jit_compile),
+        "data": prepared.facts,
+        "history": logged,
+        "step_history": {"steps": logs.steps.steps, **logs.steps.history},
+        "samples": [dataclasses.asdict(s) for s in samples],
+        "versions": versions(),
+    }
