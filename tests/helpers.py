@@ -165,6 +165,7 @@ TINY_CONFIGS = {
         model_type: dict(LLAMA_LIKE, tie_word_embeddings=model_type != "llama")
         for model_type in ("llama", "qwen2", "qwen3")
     },
+    "gemma": dict(LLAMA_LIKE, head_dim=8),
     "bert": dict(BERT_LIKE, max_position_embeddings=128),
     "rembert": dict(BERT_LIKE, max_position_embeddings=128, input_embedding_size=32, output_embedding_size=32),
     "roberta": ROBERTA_LIKE,

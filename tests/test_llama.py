@@ -1,4 +1,4 @@
-"""tfclm's TF Llama, Qwen 2 and Qwen 3 against PyTorch transformers: checkpoints saved by PyTorch's
+"""tfclm's TF Llama, Mistral, Qwen 2, Qwen 3 and Gemma against PyTorch transformers: checkpoints saved by PyTorch's
 `save_pretrained` load through `TFAutoModelForCausalLM` after `import tfclm` and give PyTorch's logits and
 greedy tokens."""
 
@@ -29,6 +29,10 @@ CONFIGS = {
     ),  # fmt: skip
     "qwen2": dict(model_type="qwen2", tie_word_embeddings=True),
     "qwen3, head_dim, q/k norms": dict(model_type="qwen3", head_dim=16, tie_word_embeddings=False),
+    "mistral, sliding window": dict(model_type="mistral", sliding_window=4, tie_word_embeddings=False),
+    "mistral, no window": dict(model_type="mistral", sliding_window=None, head_dim=16),
+    "gemma, head_dim, tanh gelu": dict(model_type="gemma", head_dim=16, hidden_act="gelu_pytorch_tanh"),
+    "gemma, exact gelu, attention bias": dict(model_type="gemma", head_dim=8, hidden_act="gelu", attention_bias=True),
 }
 
 
@@ -39,6 +43,10 @@ def pytorch_model(fields: dict, folder, dtype=None, **save):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**SMALL, **fields})).eval()
+    with torch.no_grad():  # norms start at 1 (Gemma's at its offset 0): random ones show a weight misread
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.add_(0.3 * torch.randn_like(parameter))
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(str(folder), **save)
@@ -92,15 +100,16 @@ def test_a_config_in_transformers_v5s_form_gives_the_same_model(tmp_path):
     np.testing.assert_allclose(got[MASK == 1], pytorch_logits(reference, BATCH, MASK)[MASK == 1], atol=1e-4)
 
 
-def test_cached_decoding_greedy_tokens_padding_and_xla(tmp_path):
-    """Step by step through the cache equals one pass; greedy tokens are PyTorch's; a left-padded batch gives
-    each prompt its own tokens; XLA gives eager's."""
+@pytest.mark.parametrize("name", ["qwen2", "mistral, sliding window"])
+def test_cached_decoding_greedy_tokens_padding_and_xla(name, tmp_path):
+    """Step by step through the cache equals one pass; greedy tokens are PyTorch's (past the sliding window
+    too); a left-padded batch gives each prompt its own tokens; XLA gives eager's."""
     import torch
     from transformers import TFAutoModelForCausalLM
 
     from tfclm.backend import tf
 
-    reference = pytorch_model(CONFIGS["qwen2"], tmp_path)
+    reference = pytorch_model(CONFIGS[name], tmp_path)
     model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
     ids = BATCH[:1, :6]
     out = model(input_ids=ids[:, :3], use_cache=True)
@@ -154,3 +163,17 @@ def test_fit_refuses_what_the_class_does_not_implement_before_any_write(tmp_path
     assert line.startswith("Error: model.config: rope_scaling.rope_type 'yarn': tfclm's TF llama computes") and (
         not out.exists()
     )
+
+
+def test_a_mistral_saved_by_transformers_own_tf_class_loads_with_the_same_logits(tmp_path):
+    """Run dirs of transformers' TF Mistral (tf_model.h5) load into tfclm's class, which replaced it."""
+    from transformers import MistralConfig, TFAutoModelForCausalLM, TFMistralForCausalLM
+
+    config = MistralConfig(**{**SMALL, "sliding_window": None})
+    old = TFMistralForCausalLM(config)
+    expected = old(input_ids=BATCH, attention_mask=MASK).logits.numpy()
+    old.save_pretrained(str(tmp_path))
+    model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert type(model).__module__ == "tfclm.model.llama.modeling"
+    got = model(input_ids=BATCH, attention_mask=MASK).logits.numpy()
+    np.testing.assert_allclose(got[MASK == 1], expected[MASK == 1], atol=1e-5, rtol=0)

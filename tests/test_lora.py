@@ -19,7 +19,13 @@ from tfclm.model.families import FAMILIES, TRAINED
 from helpers import DEFAULT_CONFIG, PYDOC_TOPICS, SEED_CLIENT, TINY, TINY_CONFIGS, run_cli, scratch, sets, tree
 
 PROMPTS = ["The list type", "Return the value of the first"]
-SAVED_NORM = {"gpt2": "ln_f", "opt": "final_layer_norm", "mistral": "norm"}  # a module trained in full
+SAVED_NORM = {
+    "gpt2": "ln_f",
+    "opt": "final_layer_norm",
+    "mistral": "norm",
+    "llama": "norm",
+    "gemma": "norm",
+}  # trained in full
 
 
 def batches(tokenizer, rows=8, length=32):
@@ -196,7 +202,7 @@ def peft_script(base_pt, adapter, merged, peft_made, expected, rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["gpt2", "opt", "mistral"])
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "mistral", "llama", "gemma"])
 def test_peft_reads_tfclm_adapters_and_tfclm_reads_peft_adapters(model_type, tokenizer, tmp_path):
     pytest.importorskip("peft")
     from tfclm.config import LoraConfig, ModelConfig

@@ -1,6 +1,7 @@
 """What `import tfclm` adds to transformers' TF auto classes, without importing TensorFlow itself.
 
-The Llama-style families that transformers has no TF classes for (`tfclm.model.llama`: llama, qwen2, qwen3)
+The Llama-style families that transformers has no TF classes for (`tfclm.model.llama`: llama, mistral, qwen2,
+qwen3, gemma; mistral in place of transformers' own TF class)
 are registered with `TFAutoModelForCausalLM` and `TFAutoModel` the first time either builds a model, so
 `from_pretrained`, `from_config` and `generate` work on their checkpoints.
 

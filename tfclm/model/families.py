@@ -26,6 +26,11 @@ GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
 OPT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+OWN_CLASSES = "tfclm's own TF classes (transformers has none): transformers' TF API loads them after `import tfclm`"
+OWN_MISTRAL = (
+    "tfclm's own TF classes, in place of transformers' TF Mistral (whose float32 mask fails under bf16 and fp16): "
+    "transformers' TF API loads them after `import tfclm`"
+)
 MASK_IN_FLOAT32 = "its TF attention mask is built in float32 and fails inside TensorFlow under bf16 and fp16"
 # The BERT-likes see later tokens unless built as decoders.
 AS_DECODER = {"is_decoder": True}
@@ -149,15 +154,6 @@ FAMILIES = {
             note="scratch embeddings drawn with init_std (TF XGLM draws them with the pad id as the spread); no "
             "SavedModel: its TF causal mask needs a known sequence length",
         ),
-        Family(
-            "mistral",
-            "Mistral",
-            blocks="model.layers",
-            block_outputs=3,
-            body="model",
-            fp32_only=MASK_IN_FLOAT32,
-            lora_targets=LLAMA_TARGETS,
-        ),
         *(
             Family(
                 model_type,
@@ -167,10 +163,15 @@ FAMILIES = {
                 body="model",
                 lora_targets=LLAMA_TARGETS,
                 tfclm_classes=True,
-                note="tfclm's own TF classes (transformers has none): transformers' TF API loads them after "
-                "`import tfclm`",
+                note=OWN_MISTRAL if model_type == "mistral" else OWN_CLASSES,
             )
-            for model_type, name in (("llama", "Llama"), ("qwen2", "Qwen 2"), ("qwen3", "Qwen 3"))
+            for model_type, name in (
+                ("llama", "Llama"),
+                ("mistral", "Mistral"),
+                ("qwen2", "Qwen 2"),
+                ("qwen3", "Qwen 3"),
+                ("gemma", "Gemma"),
+            )
         ),
         Family(
             "ctrl",

@@ -82,7 +82,9 @@ def _check_field(config_class, default, key: str, value) -> None:
     if name in ACTIVATIONS:
         from transformers.activations_tf import ACT2FN
 
-        if value not in ACT2FN:
+        from tfclm.model.llama.layers import ACTIVATIONS as TFCLM_NAMES  # PyTorch's names tfclm's classes map
+
+        if value not in ACT2FN and value not in TFCLM_NAMES:
             raise ConfigError(where, f"{value!r} is not an activation transformers' TF models know; use one of "
                                      f"{', '.join(sorted(ACT2FN))}")  # fmt: skip
 

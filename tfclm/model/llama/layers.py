@@ -19,6 +19,13 @@ class Switches:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
+    # Gemma: RMSNorm weights stored as an offset from 1 (and applied in float32), embeddings scaled by sqrt(width).
+    gemma: bool = False
+    window: int | None = None  # Mistral's sliding window: a query sees the last `window` positions, itself included
+
+
+# PyTorch's names of activations whose TF names differ: gelu_pytorch_tanh is transformers' TF gelu_new.
+ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_new"}
 
 
 def switches(config) -> Switches:
@@ -33,6 +40,10 @@ def switches(config) -> Switches:
         return Switches(qkv_bias=True)
     if config.model_type == "qwen3":
         return Switches(qkv_bias=bias, o_bias=bias, qk_norm=True)
+    if config.model_type == "gemma":
+        return Switches(qkv_bias=bias, o_bias=bias, gemma=True)
+    if config.model_type == "mistral":
+        return Switches(window=getattr(config, "sliding_window", None))
     return Switches(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)))
 
 
@@ -65,21 +76,29 @@ def head_dim(config) -> int:
 
 
 class TFLlamaRMSNorm(keras.layers.Layer):
-    """x / rms(x) * weight, the mean square taken in float32."""
+    """x / rms(x) * weight, the mean square taken in float32; with `offset` (Gemma's), x / rms(x) * (1 + weight),
+    all in float32 before the cast back, as PyTorch's Gemma computes it."""
 
-    def __init__(self, size: int, eps: float, **kwargs):
+    def __init__(self, size: int, eps: float, offset: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.size, self.eps = size, eps
+        self.size, self.eps, self.offset = size, eps, offset
 
     def build(self, input_shape=None):
-        self.weight = self.add_weight(name="weight", shape=(self.size,), initializer="ones")
+        start = "zeros" if self.offset else "ones"
+        self.weight = self.add_weight(name="weight", shape=(self.size,), initializer=start)
         super().build(input_shape)
 
     def call(self, hidden):
         dtype = hidden.dtype
         wide = tf.cast(hidden, tf.float32)
         wide = wide * tf.math.rsqrt(tf.reduce_mean(tf.square(wide), axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return tf.cast(wide * (1.0 + tf.cast(self.weight, tf.float32)), dtype)
         return tf.cast(self.weight, dtype) * tf.cast(wide, dtype)
+
+
+def rms_norm(config, flags: Switches, name: str, size: int | None = None) -> TFLlamaRMSNorm:
+    return TFLlamaRMSNorm(size or config.hidden_size, config.rms_norm_eps, offset=flags.gemma, name=name)
 
 
 def rotate(x, cos, sin):
@@ -98,8 +117,8 @@ class TFLlamaAttention(keras.layers.Layer):
         self.v_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="v_proj")
         self.o_proj = dense(config.hidden_size, use_bias=flags.o_bias, name="o_proj")
         if flags.qk_norm:
-            self.q_norm = TFLlamaRMSNorm(self.dim, config.rms_norm_eps, name="q_norm")
-            self.k_norm = TFLlamaRMSNorm(self.dim, config.rms_norm_eps, name="k_norm")
+            self.q_norm = rms_norm(config, flags, "q_norm", self.dim)
+            self.k_norm = rms_norm(config, flags, "k_norm", self.dim)
         self.qk_norm, self.hidden_size = flags.qk_norm, config.hidden_size
         self.dropout = keras.layers.Dropout(getattr(config, "attention_dropout", 0.0))
 
@@ -143,7 +162,7 @@ class TFLlamaMLP(keras.layers.Layer):
         self.gate_proj = dense(width, use_bias=bias, name="gate_proj")
         self.up_proj = dense(width, use_bias=bias, name="up_proj")
         self.down_proj = dense(config.hidden_size, use_bias=bias, name="down_proj")
-        self.act_fn = get_tf_activation(config.hidden_act)
+        self.act_fn = get_tf_activation(ACTIVATIONS.get(config.hidden_act, config.hidden_act))
         self.sizes = (config.hidden_size, width)
 
     def build(self, input_shape=None):
@@ -157,11 +176,9 @@ class TFLlamaMLP(keras.layers.Layer):
 class TFLlamaDecoderLayer(keras.layers.Layer):
     def __init__(self, config, flags: Switches, **kwargs):
         super().__init__(**kwargs)
-        self.input_layernorm = TFLlamaRMSNorm(config.hidden_size, config.rms_norm_eps, name="input_layernorm")
+        self.input_layernorm = rms_norm(config, flags, "input_layernorm")
         self.self_attn = TFLlamaAttention(config, flags, name="self_attn")
-        self.post_attention_layernorm = TFLlamaRMSNorm(
-            config.hidden_size, config.rms_norm_eps, name="post_attention_layernorm"
-        )
+        self.post_attention_layernorm = rms_norm(config, flags, "post_attention_layernorm")
         self.mlp = TFLlamaMLP(config, flags, name="mlp")
 
     def build(self, input_shape=None):
@@ -176,11 +193,20 @@ class TFLlamaDecoderLayer(keras.layers.Layer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), present
 
 
-def causal_mask(attention_mask, length, cached):
-    """float32 [batch, 1, q length, kv length]: 0 where a query may look, MASKED where not (later positions,
-    padding)."""
+def causal_mask(attention_mask, length, cached, window: int | None = None):
+    """float32 [batch, 1, q length, kv length]: 0 where a query may look, MASKED where not (later slots,
+    padding, and with a sliding `window` the tokens `window` or more positions before it).
+
+    The window counts positions, not cache slots: a token's position is the number of unmasked slots before it,
+    so left padding, and the cache transformers' XLA generation preallocates (its unused slots masked, the new
+    token's key in the last slot), move no window.
+    """
     total = cached + length
     query = tf.range(cached, total)[:, None]
-    allowed = tf.range(total)[None, :] <= query
+    allowed = (tf.range(total)[None, :] <= query)[None, None]
     padding = tf.cast(attention_mask[:, None, None, :total], tf.bool)
-    return tf.where(tf.logical_and(allowed[None, None], padding), 0.0, MASKED)
+    if window is not None:
+        positions = tf.cumsum(tf.cast(attention_mask[:, :total], tf.int32), axis=-1) - 1  # [batch, kv length]
+        near = positions[:, -length:, None] - positions[:, None, :] < window  # [batch, q length, kv length]
+        allowed = tf.logical_and(allowed, near[:, None])
+    return tf.where(tf.logical_and(allowed, padding), 0.0, MASKED)

@@ -1,10 +1,12 @@
-"""Llama, Qwen 2 and Qwen 3 as transformers TF (Keras 2) causal LMs, on transformers' own config classes.
+"""Llama, Mistral, Qwen 2, Qwen 3 and Gemma as transformers TF (Keras 2) causal LMs, on transformers' own config
+classes.
 
-One decoder serves the three: grouped-query attention with rotary embeddings
+One decoder serves the five: grouped-query attention with rotary embeddings
 (`tfclm.model.llama.rope`), RMSNorm before attention and before the gated MLP,
 and each family's own switches (`Switches`): q/k/v biases (Qwen 2, Llama's
 `attention_bias`), an o_proj bias, MLP biases, per-head q/k RMSNorm (Qwen 3),
-a tied or untied head. Layer and weight names are PyTorch's
+Gemma's RMSNorm of 1 + weight and embeddings scaled by sqrt(width),
+Mistral's sliding window, a tied or untied head. Layer and weight names are PyTorch's
 (`model.layers.0.self_attn.q_proj.weight`), so transformers' TF
 `from_pretrained` reads the Hub's PyTorch safetensors one to one, without
 PyTorch, and `tfclm.auto` registers the classes with `TFAutoModelForCausalLM`
@@ -15,7 +17,7 @@ dtype, so bf16 training sees no overflowing mask (transformers' TF Mistral
 builds its mask in the compute dtype and fails there).
 """
 
-from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 from transformers.modeling_tf_outputs import TFBaseModelOutputWithPast, TFCausalLMOutputWithPast
 from transformers.modeling_tf_utils import TFCausalLanguageModelingLoss, TFPreTrainedModel, unpack_inputs
 
@@ -23,12 +25,12 @@ from tfclm.backend import keras, tf
 from tfclm.model.llama import rope
 from tfclm.model.llama.layers import (
     TFLlamaDecoderLayer,
-    TFLlamaRMSNorm,
     build_children,
     causal_mask,
     dense_of,
     head_dim,
     initializer,
+    rms_norm,
     switches,
 )
 
@@ -37,12 +39,12 @@ class TFLlamaMainLayer(keras.layers.Layer):
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        flags = switches(config)
+        flags = self.flags = switches(config)
         self.embed_tokens = keras.layers.Embedding(
             config.vocab_size, config.hidden_size, embeddings_initializer=initializer(config), name="embed_tokens"
         )
         self.layers = [TFLlamaDecoderLayer(config, flags, name=f"layers.{i}") for i in range(config.num_hidden_layers)]
-        self.norm = TFLlamaRMSNorm(config.hidden_size, config.rms_norm_eps, name="norm")
+        self.norm = rms_norm(config, flags, "norm")
         self.inverse_frequencies = rope.inverse_frequencies(config, head_dim(config))
 
     def build(self, input_shape=None):
@@ -68,8 +70,10 @@ class TFLlamaMainLayer(keras.layers.Layer):
         if attention_mask is None:
             attention_mask = tf.ones([batch, cached + length], tf.int32)
         hidden = self.embed_tokens(input_ids)
+        if self.flags.gemma:  # the scale in the compute dtype, rounded as PyTorch's Gemma rounds it
+            hidden = hidden * tf.cast(self.config.hidden_size**0.5, hidden.dtype)
         cos, sin = self.angles(position_ids, hidden.dtype)
-        mask = causal_mask(attention_mask, length, cached)
+        mask = causal_mask(attention_mask, length, cached, self.flags.window)
         presents = []
         for index, layer in enumerate(self.layers):
             past = None if past_key_values is None else past_key_values[index]
@@ -181,7 +185,13 @@ class TFLlamaForCausalLM(TFLlamaPreTrainedModel, TFCausalLanguageModelingLoss):
 
 
 # transformers' config classes of the families these classes implement, by model_type.
-CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+CONFIGS = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,  # in place of transformers' TF Mistral, whose mask fails under bf16
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+    "gemma": GemmaConfig,
+}
 
 
 def _classes(config_class, base, causal):
