@@ -177,3 +177,59 @@ def test_a_mistral_saved_by_transformers_own_tf_class_loads_with_the_same_logits
     assert type(model).__module__ == "tfclm.model.llama.modeling"
     got = model(input_ids=BATCH, attention_mask=MASK).logits.numpy()
     np.testing.assert_allclose(got[MASK == 1], expected[MASK == 1], atol=1e-5, rtol=0)
+
+
+V5_SAVE = """
+import json, sys, torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+folder, fields, text = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+bpe = Tokenizer(models.BPE())
+bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+bpe.train_from_iterator([text] * 4, trainers.BpeTrainer(vocab_size=96, special_tokens=["<|endoftext|>"]))
+tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields)).eval()
+tokenizer.save_pretrained(folder)
+model.save_pretrained(folder)
+ids = tokenizer(text)["input_ids"]
+with torch.no_grad():
+    logits = model(torch.tensor([ids])).logits[0].tolist()
+import transformers
+print(json.dumps({"version": transformers.__version__, "ids": ids, "logits": logits}))
+"""
+
+
+def test_a_checkpoint_and_tokenizer_saved_by_transformers_v5_load_after_import_tfclm(tmp_path):
+    """v5 writes `rope_parameters` and a tokenizer of class TokenizersBackend, which 4.x's AutoTokenizer does not
+    know; after `import tfclm` both load, and give v5's PyTorch logits."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer, TFAutoModelForCausalLM
+
+    from helpers import run_cli
+
+    v5 = os.path.join(sys.prefix, "transformers-v5")
+    if not os.path.isdir(v5):
+        pytest.skip("make test installs transformers v5 into .venv/transformers-v5")
+    fields = {**SMALL, "model_type": "llama", "rope_scaling": LLAMA3_ROPE, "pad_token_id": 0, "eos_token_id": 0}
+    text = "the list type holds items in order"
+    env = {**os.environ, "PYTHONPATH": v5, "USE_TF": "0"}
+    done = subprocess.run([sys.executable, "-c", V5_SAVE, str(tmp_path), json.dumps(fields), text],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads(done.stdout.strip().splitlines()[-1])
+    assert saved["version"].startswith("5.")
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
+    assert "rope_parameters" in json.loads((tmp_path / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert tokenizer(text)["input_ids"] == saved["ids"]
+    model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
+    got = model(input_ids=np.array([saved["ids"]])).logits.numpy()[0]
+    assert np.abs(got - np.array(saved["logits"])).max() < 1e-4
+    result = run_cli(
+        ["generate", "--model", str(tmp_path), "--prompt", "the list", "--greedy", "--max-new-tokens", "3"]
+    )
+    assert result.exit_code == 0, result.output

@@ -12,10 +12,16 @@ After `import tfclm` it gives the base with the adapters, as tfclm itself
 loads them (and as PyTorch transformers does with PEFT installed), so the
 seed recipe's client code reads a LoRA run's output dir as the model it is.
 
+`AutoTokenizer.from_pretrained` in transformers 4.x cannot read a tokenizer
+that v5 saved: v5 names its class `TokenizersBackend`, which 4.x does not
+have, over the same `tokenizer.json`. After `import tfclm` such a tokenizer
+loads as the `PreTrainedTokenizerFast` of that file (special tokens, chat
+template and all), in tfclm and in transformers' own API alike.
+
 transformers builds its TF auto classes when they are first used (the import
 of `modeling_tf_auto` brings TensorFlow in), so `install` patches them then:
 at once if they are already imported, else by an import hook that runs after
-that module loads.
+that module loads; `AutoTokenizer` the same way.
 """
 
 import importlib.abc
@@ -23,14 +29,19 @@ import os
 import sys
 
 TF_AUTO = "transformers.models.auto.modeling_tf_auto"
+TOKENIZER_AUTO = "transformers.models.auto.tokenization_auto"
 _PATCHED = "_tfclm_reads_adapter_dirs"
+V5_TOKENIZER_CLASS = "TokenizersBackend"
 
 
 def install() -> None:
-    """Patch transformers' TF auto classes now or when they load; idempotent."""
-    if TF_AUTO in sys.modules:
-        _patch(sys.modules[TF_AUTO])
-    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+    """Patch transformers' TF auto classes and AutoTokenizer now or when they load; idempotent."""
+    for name in (TF_AUTO, TOKENIZER_AUTO):
+        if name in sys.modules:
+            PATCHES[name](sys.modules[name])
+    if not all(name in sys.modules for name in PATCHES) and not any(
+        isinstance(finder, _AfterImport) for finder in sys.meta_path
+    ):
         sys.meta_path.insert(0, _AfterImport())
 
 
@@ -79,11 +90,50 @@ def _adapter_dir(path: str) -> bool:
     )
 
 
+def _patch_tokenizer(module) -> None:
+    """AutoTokenizer reads v5's tokenizers too."""
+    auto = module.AutoTokenizer
+    if getattr(auto, _PATCHED, False):
+        return
+    original = auto.from_pretrained.__func__
+
+    def from_pretrained(cls, source, *args, **kwargs):
+        try:
+            return original(cls, source, *args, **kwargs)
+        except ValueError as exc:
+            if V5_TOKENIZER_CLASS not in str(exc):
+                raise
+        return _v5_tokenizer(source, *args, **kwargs)
+
+    from_pretrained.__name__, from_pretrained.__doc__ = original.__name__, original.__doc__
+    auto.from_pretrained = classmethod(from_pretrained)
+    setattr(auto, _PATCHED, True)
+
+
+def _v5_tokenizer(source, *args, **kwargs):
+    """v5's tokenizer.json as 4.x's fast tokenizer, its byte-level pre-tokenizer's add_prefix_space kept as the
+    file has it (4.x's class would set it to False, and split the first word otherwise than v5)."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+    from transformers.utils import cached_file
+
+    path = cached_file(source, "tokenizer.json", **{k: v for k, v in kwargs.items() if k in ("revision", "token")})
+    with open(path, encoding="utf-8") as handle:
+        pre = json.load(handle).get("pre_tokenizer") or {}
+    if "add_prefix_space" in pre and "add_prefix_space" not in kwargs:
+        kwargs["add_prefix_space"] = pre["add_prefix_space"]
+    return PreTrainedTokenizerFast.from_pretrained(source, *args, **kwargs)
+
+
+PATCHES = {TF_AUTO: _patch, TOKENIZER_AUTO: _patch_tokenizer}
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finds `modeling_tf_auto` as the other finders do, and patches it once it has run."""
+    """Finds transformers' auto modules as the other finders do, and patches each once it has run."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != TF_AUTO:
+        if name not in PATCHES:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -104,4 +154,4 @@ class _PatchingLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        _patch(module)
+        PATCHES[module.__name__](module)
