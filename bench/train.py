@@ -122,11 +122,12 @@ MEMORY_VARIANTS = (
 REPLY = "@@ "  # marks the worker's lines on its stdout: libraries print there too
 
 
-def serve(name, warmup, batch, block):
-    """A worker: builds `name`, runs `warmup` steps, then one timed step for each "step" line on stdin; at the end
-    of stdin, the steps it timed and its process's peak resident memory. Each reply one JSON line."""
+def serve(name, warmup, batch, block, variants=None):
+    """A worker: builds `name` (of `variants`, by default this bench's), runs `warmup` steps, then one timed step
+    for each "step" line on stdin; at the end of stdin, the steps it timed and its process's peak resident memory.
+    Each reply one JSON line."""
     blocks = np.random.default_rng(0).integers(0, VOCAB - 1, (batch * 16, block)).astype(np.int32)
-    step = VARIANTS[name](blocks, batch)
+    step = (variants or VARIANTS)[name](blocks, batch)
     for _ in range(warmup):
         step()
     reply({"ready": name})
@@ -152,9 +153,9 @@ class Worker:
     """A variant in a process of its own (so its peak memory is its own), which waits between the steps it is
     asked for: two workers alive at once take turns step by step, and a slow minute of the machine falls on both."""
 
-    def __init__(self, name, warmup, batch, block):
+    def __init__(self, name, warmup, batch, block, script=__file__):
         self.name, self.log = name, tempfile.TemporaryFile("w+")
-        command = [sys.executable, __file__, "--serve", name, "--warmup", str(warmup)]
+        command = [sys.executable, script, "--serve", name, "--warmup", str(warmup)]
         command += ["--batch", str(batch), "--block", str(block)]
         # Two TensorFlow processes share a GPU only if neither takes all its memory at the start.
         env = {**os.environ, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}

@@ -133,6 +133,43 @@ def test_every_other_family_takes_a_training_step_in_bf16(model_type, tokenizer)
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.parametrize("model_type", [t for t in TRAINED if FAMILIES[t].pad_id is not None])
+def test_roberta_positions_skip_nothing_of_the_text(model_type, tokenizer, tmp_path):
+    """TF's RoBERTa-likes skip id 1 when they number positions; in a plain BPE that id is "!"."""
+    from tfclm.config import ModelConfig
+    from tfclm.data.tokenizer import train_bpe
+    from tfclm.errors import ConfigError
+    from tfclm.model.loading import load_model
+
+    model = scratch(model_type, tokenizer)
+    ids = np.array([tokenizer("Stop! Go! Wait!!", add_special_tokens=False)["input_ids"]], dtype=np.int32)
+    assert tokenizer.pad_token_id == 1 and 1 not in ids and ids.shape[1] > 5
+    counted = np.arange(ids.shape[1])[None] + 2  # every token a position of its own, after the pad id
+    expected = model(input_ids=ids, attention_mask=np.ones_like(ids), position_ids=counted).logits.numpy()
+    np.testing.assert_array_equal(logits(model, ids), expected)
+
+    model.save_pretrained(tmp_path)
+    plain = train_bpe(["Stop! Go! Wait!! " * 20], 300)  # pads with EOS (id 0), and its id 1 is "!"
+    with pytest.raises(ConfigError, match=r"^tokenizer.name_or_path: .* takes id 1 as padding .* pads with id 0"):
+        load_model(ModelConfig(name_or_path=str(tmp_path)), plain, 32)
+
+
+def test_the_docs_table_and_the_families_command_are_the_table():
+    from tfclm.model.families import README_END, README_START, render_markdown
+
+    from helpers import ROOT
+
+    page = open(os.path.join(ROOT, "docs", "reference", "families.md"), encoding="utf-8").read()
+    table = page[page.index(README_START) + len(README_START) : page.index(README_END)]
+    assert table.strip("\n") + "\n" == render_markdown()
+    assert run_cli(["families", "--markdown"]).output == render_markdown()
+    text = run_cli(["families"])
+    assert text.exit_code == 0
+    for f in FAMILIES.values():
+        assert f"{f.name} ({f.model_type})\n" in text.output
+    assert text.output.count("trains in: refused") == 4 and "trains in: fp32\n" in text.output
+
+
 V5_SITE = os.path.join(sys.prefix, "transformers-v5")
 # One process reads every export: [(target, expected logits .npy, token rows), ...] -> a report a target.
 PT_CHECK = textwrap.dedent("""
