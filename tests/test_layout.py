@@ -95,11 +95,7 @@ def import_cycles(root: str) -> list[list[str]]:
     for start in sorted(graph):  # the modules that reach `start` and that `start` reaches: its cycle
         if start in done:
             continue
-        reach, todo = set(), [start]
-        while todo:
-            for m in graph[todo.pop()] - reach:
-                reach.add(m)
-                todo.append(m)
+        reach = _reachable(graph, start)
         group = sorted(m for m in reach if m == start or start in _reachable(graph, m))
         if start in reach:
             cycles.append(group)
