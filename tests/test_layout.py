@@ -220,7 +220,7 @@ def test_config_command_prints_every_key_and_resolved_values(tmp_path):
     from helpers import RECIPE_CONFIG, run_cli
 
     keys = [key for key, *_ in rows()]
-    assert len(keys) == 83 and "data.messages_column" in keys and "train.peak_tflops" in keys
+    assert len(keys) == 93 and "data.messages_column" in keys and "preference.beta" in keys
     defaults = run_cli(["config"])
     assert defaults.exit_code == 0
     assert [line.split()[0] for line in defaults.stdout.splitlines()] == keys

@@ -22,6 +22,7 @@ from tfclm.cli.options import (
     read_prompts,
     serving_sampling_options,
 )
+from tfclm.cli.pairs import evaluate_pairs
 from tfclm.cli.reference import config_command, families_command
 from tfclm.errors import ConfigError, EnvironmentFailure, raise_interrupted
 
@@ -153,6 +154,10 @@ PERPLEXITY_ONLY = ("--config", "--text-file", "--block-size", "--stride", "--per
     help="A folder of your own harness task YAML files, for --tasks.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N documents of each task, for --tasks.")
+@click.option("--preference-file", metavar="FILE", callback=expand_user, help="Score preference pairs instead (DPO).")
+@click.option("--reference", metavar="DIR", callback=expand_user, help="With --preference-file: the reference model.")
+@click.option("--beta", type=config_type("preference.beta"), help="With --preference-file: DPO's beta (0.1).")
+@click.option("--loss-type", type=click.Choice(["sigmoid", "ipo", "hinge"]), help="With --preference-file: the loss.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @domain_errors
 def evaluate_command(
@@ -167,6 +172,10 @@ def evaluate_command(
     tasks,
     include_path,
     limit,
+    preference_file,
+    reference,
+    beta,
+    loss_type,
     as_json,
 ):
     """Print the eval loss, perplexity and bits per byte of a saved model, counting every token; or, with
@@ -178,7 +187,13 @@ def evaluate_command(
         python -m tfclm evaluate --model runs/default --text-file notes.txt
         python -m tfclm evaluate --model runs/default --stride 128
         python -m tfclm evaluate --model runs/default --tasks lambada_openai --limit 100
+        python -m tfclm evaluate --model runs/dpo --reference base/ --preference-file pairs.jsonl --json
     """
+    pairs = {"--config": config_path, "--text-file": text_file, "--stride": stride, "--tasks": tasks,
+             "--reference": reference, "--beta": beta, "--loss-type": loss_type}  # fmt: skip
+    if preference_file is not None or reference or beta or loss_type:
+        return evaluate_pairs(model_dir, preference_file, pairs, batch_size=batch_size, block_size=block_size,
+                              as_json=as_json)  # fmt: skip
     from tfclm.evaluation.model_dir import evaluate_dir
     from tfclm.evaluation.perplexity import eval_line
 

@@ -18,6 +18,7 @@ from tfclm.config.schema import (
     LoggingConfig,
     LoraConfig,
     ModelConfig,
+    PreferenceConfig,
     TokenizerConfig,
     TrainConfig,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "LoggingConfig",
     "LoraConfig",
     "ModelConfig",
+    "PreferenceConfig",
     "TokenizerConfig",
     "TrainConfig",
     "flatten",

@@ -6,7 +6,7 @@ from tfclm.errors import ConfigError
 from tfclm.files import check_apart
 
 # Sections whose numbers are checked against their fields' bounds; generate's (GenerationOptions) check themselves.
-BOUNDED = ("data", "tokenizer", "train", "lora", "evaluate", "hub", "logging")
+BOUNDED = ("data", "tokenizer", "train", "lora", "preference", "evaluate", "hub", "logging")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -79,6 +79,7 @@ def validate(config) -> None:
     for key, message in gen.problems("generate"):
         raise ConfigError(key, message)
     _check_lora(config.lora, config)
+    _check_preference(config)
     check_apart(config.output_dir, _reads(config), "output_dir")
 
 
@@ -90,10 +91,53 @@ def _reads(config) -> dict:
         reads["data.dataset"] = data.dataset
     if isinstance(data.validation_split, str):
         reads["data.validation_split"] = data.validation_split
+    if config.preference.reference:
+        reads["preference.reference"] = config.preference.reference
     return reads
 
 
+def _check_preference(config) -> None:
+    """The preference: section is for data.format preference, and takes only what its loss can honour."""
+    pref, data, lora = config.preference, config.data, config.lora
+    if data.format != "preference":
+        changed = [k for k, v in vars(pref).items() if v != getattr(type(pref)(), k)]
+        _require(
+            not changed,
+            f"preference.{changed[0] if changed else ''}",
+            f"is set but data.format is {data.format}; set data.format: preference, or remove it",
+        )
+        return
+    _require(
+        pref.label_smoothing == 0 or pref.loss_type == "sigmoid",
+        "preference.label_smoothing",
+        f"applies to loss_type sigmoid only, and this run's is {pref.loss_type}; set it to 0 or use sigmoid",
+    )
+    _require(
+        config.model.name_or_path is not None or pref.reference is not None,
+        "preference.reference",
+        "a model built from model.config has no starting model to be the reference; name one here, or align a "
+        "pretrained model (model.name_or_path)",
+    )
+    # TRL's default (disable_dropout): the policy scores pairs as the reference does, without dropout.
+    _require(
+        lora.dropout == 0,
+        "lora.dropout",
+        "preference tuning scores both answers without dropout (as TRL does by default); set it to 0",
+    )
+    _require(
+        not (lora.rank and lora.modules_to_save and pref.reference is None and not pref.precompute_reference),
+        "lora.modules_to_save",
+        "layers trained in full change the adapters-off reference as they train; set "
+        "preference.precompute_reference: true (the reference scored before training), or leave them out",
+    )
+
+
 def _check_format(data, train) -> None:
+    _require(
+        data.format != "preference" or train.loss_on == "auto",
+        "train.loss_on",
+        "preference tuning scores the answers' tokens, chosen and rejected; set it to auto",
+    )
     needs = {"completion": "prompt_completion", "assistant": "messages"}.get(train.loss_on)
     _require(
         needs in (None, data.format),
@@ -101,7 +145,7 @@ def _check_format(data, train) -> None:
         f"{train.loss_on} needs data.format: {needs} ({data.format} has no {train.loss_on}); use all or auto",
     )
     if data.format != "prompt_completion":
-        for key in ("prompt_column", "prompt_template"):
+        for key in ("prompt_column", "prompt_template")[1 if data.format == "preference" else 0 :]:
             _require(
                 getattr(data, key) is None,
                 f"data.{key}",

@@ -46,21 +46,28 @@ class DataConfig:
         None, 'several fields in one document: "{title}\\n{answers.text}"; replaces text_column'
     )
     join_separator: str = setting(" ", "joins a list of strings (several answers) into one document")
-    format: Literal["text", "prompt_completion", "messages"] = setting(
+    format: Literal["text", "prompt_completion", "messages", "preference"] = setting(
         "text",
         "text: documents, packed; prompt_completion: a prompt and a completion per record, one padded example each; "
-        "messages: a conversation of {role, content} turns per record, rendered by the chat template",
+        "messages: a conversation of {role, content} turns per record, rendered by the chat template; preference: "
+        "a prompt with a chosen and a rejected answer per record (text or turns), for the preference: section",
     )
     messages_column: str = setting(
         "messages", "messages: the field holding the turns; roles are system, user and assistant"
     )
-    prompt_column: Optional[str] = setting(None, "prompt_completion: the prompt field (a dotted path reaches in)")
+    prompt_column: Optional[str] = setting(
+        None,
+        "prompt_completion: the prompt field (a dotted path reaches in); preference: the prompt field (default "
+        "prompt; without one, the prompt is what chosen and rejected share at their start, as in TRL)",
+    )
     prompt_template: Optional[str] = setting(
         None, 'prompt_completion: the prompt from several fields: "Question: {title}\\n{selftext}\\nAnswer: "'
     )
     completion_column: str = setting(
         "completion", "prompt_completion: the completion field; a list of completions is read as data.completion_pick"
     )
+    chosen_column: str = setting("chosen", "preference: the preferred answer's field (text, or a list of turns)")
+    rejected_column: str = setting("rejected", "preference: the other answer's field (text, or a list of turns)")
     completion_pick: str = setting(
         "all", "a list of completions gives: all (one example each), first, or max:FIELD (the best by a score list)"
     )
@@ -202,6 +209,37 @@ class LoraConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    beta: float = setting(
+        0.1, "how far the model may move from the reference: the DPO temperature (0.1 to 0.5 as a rule)", above=0
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = setting(
+        "sigmoid",
+        "TRL's losses: sigmoid (DPO), ipo (on log-probabilities averaged over the answer's tokens), hinge (SLiC)",
+    )
+    label_smoothing: float = setting(
+        0.0, "sigmoid only: the share of pairs taken to be labelled the wrong way (conservative DPO)", min=0, below=0.5
+    )
+    rpo_alpha: Optional[float] = setting(
+        None, "adds this times the chosen answers' token loss (RPO, TRL's rpo_alpha); null: none", min=0
+    )
+    reference: Optional[str] = setting(
+        None,
+        "the reference model's directory or Hub id; null: the starting model, frozen (with LoRA: the base with the "
+        "adapters off, no second copy)",
+    )
+    precompute_reference: bool = setting(
+        False, "score every pair with the reference once before training (kept in the output dir), then free it"
+    )
+    max_prompt_length: Optional[int] = setting(
+        512, "a prompt's last tokens kept (TRL's max_prompt_length); null: all", min=1
+    )
+    max_completion_length: Optional[int] = setting(
+        None, "an answer's first tokens kept, its EOS included (TRL's max_completion_length); null: all", min=1
+    )
+
+
+@dataclass
 class EvaluateConfig:
     batch_size: int = setting(16, "blocks per evaluation batch", min=1)
     before_training: bool = setting(True, "also measure the untrained model's perplexity")
@@ -303,6 +341,9 @@ class Config:
     model: ModelConfig = section(ModelConfig, "the model to fine-tune or build")
     train: TrainConfig = section(TrainConfig, "optimizer, schedule, precision and distribution")
     lora: LoraConfig = section(LoraConfig, "parameter-efficient fine-tuning: low-rank adapters, saved as PEFT does")
+    preference: PreferenceConfig = section(
+        PreferenceConfig, "preference tuning (DPO) on data.format: preference: the loss and the reference model"
+    )
     evaluate: EvaluateConfig = section(EvaluateConfig, "perplexity on the validation split")
     generate: GenerateConfig = section(GenerateConfig, "samples during and after training")
     hub: HubConfig = section(HubConfig, "pushing to the Hugging Face Hub")

@@ -76,10 +76,8 @@ def end_of_turn_id(tokenizer) -> int:
     return next((i for i in ids if i in special), tokenizer.eos_token_id)
 
 
-def conversation_of(record: dict, path: str, index: int) -> tuple:
-    """The record's turns as ((role, content), ...), or a one-line error naming the record and turn."""
-    key = "data.messages_column"
-    turns = record_field(record, path, key, index)
+def turns_of(turns, key: str, index: int, path: str) -> tuple:
+    """`turns` as ((role, content), ...), or a one-line error naming the record and turn."""
     if not isinstance(turns, list) or not turns:
         raise ConfigError(key, f"record {index}: {path!r} is not a list of {{role, content}} turns")
     found = []
@@ -92,12 +90,19 @@ def conversation_of(record: dict, path: str, index: int) -> tuple:
         if not isinstance(content, str):
             raise ConfigError(key, f"record {index}, turn {k}: content holds {type(content).__name__}, not text")
         found.append((role, content))
+    return tuple(found)
+
+
+def conversation_of(record: dict, path: str, index: int) -> tuple:
+    """The record's turns as ((role, content), ...), or a one-line error naming the record and turn."""
+    key = "data.messages_column"
+    found = turns_of(record_field(record, path, key, index), key, index, path)
     roles = [role for role, _ in found]
     if "assistant" not in roles or not any(c.strip() for r, c in found if r == "assistant"):
         raise ConfigError(key, f"record {index} has no assistant turn with text; there is nothing to learn from")
     if roles[0] == "assistant":
         raise ConfigError(key, f"record {index} starts with an assistant turn; start with a system or user turn")
-    return tuple(found)
+    return found
 
 
 def render(tokenizer, turns) -> tuple[str, list[tuple[int, int]]]:

@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 from tfclm.config import DataConfig
-from tfclm.data import chat, corpus, sources
+from tfclm.data import chat, corpus, preference, sources
 from tfclm.data.packing import Blocks
 from tfclm.errors import ConfigError
 
@@ -104,9 +104,22 @@ def _records(records, data: DataConfig):
         yield record
 
 
+def preference_pairs(records, data: DataConfig) -> list[tuple]:
+    """(record index, the prompt, (record index, prompt, chosen, rejected)) of every pair; repeated pairs once."""
+    found, seen = [], set()
+    for index, record in enumerate(_records(records, data)):
+        pair = preference.pair_of(record, data, index)
+        if pair not in seen:
+            seen.add(pair)
+            found.append((index, pair[0], (index, *pair)))
+    return found
+
+
 def examples_of(records, data: DataConfig) -> list[tuple]:
-    """(record index, what prompts it, the example): `pairs` or `conversations`, as `data.format` says."""
-    return conversations(records, data) if data.format == "messages" else pairs(records, data)
+    """(record index, what prompts it, the example): `pairs`, `conversations` or `preference_pairs`, as
+    `data.format` says."""
+    read = {"messages": conversations, "preference": preference_pairs}.get(data.format, pairs)
+    return read(records, data)
 
 
 def train_and_validation(data: DataConfig, seed: int):
@@ -169,16 +182,23 @@ def loss_on(data: DataConfig, setting: str) -> str:
     """`train.loss_on` resolved: auto is completion for prompt_completion, assistant for messages, all for text."""
     if setting != "auto":
         return setting
-    return {"prompt_completion": "completion", "messages": "assistant"}.get(data.format, "all")
+    return {"prompt_completion": "completion", "messages": "assistant", "preference": "completion"}.get(
+        data.format, "all"
+    )
 
 
 SCORED = {"completion": "the completions", "assistant": "the assistant's replies", "all": "every token"}
 
 
-def encode_examples(found: list, tokenizer, data: DataConfig, scored: str, block_size: int) -> Blocks:
-    """`found` (pairs or conversations) as padded rows, the loss on `scored` (a resolved `loss_on`)."""
+def encode_examples(
+    found: list, tokenizer, data: DataConfig, scored: str, block_size: int, preference_settings=None
+) -> Blocks:
+    """`found` (pairs, conversations or preference pairs) as padded rows, the loss on `scored` (a resolved
+    `loss_on`); preference pairs take the config's `preference:` section."""
     if data.format == "messages":
         return chat.encode(found, tokenizer, block_size, scored != "all")
+    if data.format == "preference":
+        return preference.encode(found, tokenizer, block_size, preference_settings)
     return encode(found, tokenizer, block_size, scored != "all")
 
 

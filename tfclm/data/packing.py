@@ -34,6 +34,10 @@ class Blocks:
     attention_mask: np.ndarray | None = None
     # None: the labels are the ids where the mask is 1; else their own array (-100 where not scored)
     labels: np.ndarray | None = None
+    # Preference pairs: these blocks are the chosen answers, `rejected` the other answers row for row
+    rejected: "Blocks | None" = None
+    # Per-row numbers that travel with the rows into batches (the reference's log-probabilities)
+    extras: dict | None = None
 
     def summary(self, name: str) -> str:
         n, size = self.input_ids.shape

@@ -27,6 +27,7 @@ from tfclm.data.packing import Blocks, stream_blocks
 from tfclm.data.prepare import stream_texts
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+REJECTED = "rejected_"  # a preference batch's rejected rows: rejected_input_ids, ... beside the chosen ones
 
 
 def labels_for(ids, mask):
@@ -104,11 +105,15 @@ def fast_dataset(
 def _examples_dataset(blocks: Blocks, batch_size, shuffle, seed, epochs, skip_batches, first_epoch, multiple):
     """Padded examples with labels of their own: batches of similar lengths, each cut to its longest example."""
     lengths = blocks.attention_mask.sum(axis=1)
+    sides = {"": blocks} if blocks.rejected is None else {"": blocks, REJECTED: blocks.rejected}
     arrays = {
-        "input_ids": tf.constant(blocks.input_ids.astype(np.int32)),
-        "attention_mask": tf.constant(blocks.attention_mask.astype(np.int32)),
-        "labels": tf.constant(blocks.labels.astype(np.int32)),
+        prefix + key: tf.constant(getattr(side, key).astype(np.int32))
+        for prefix, side in sides.items()
+        for key in BATCH_KEYS
     }
+    if blocks.rejected is not None:  # a pair's rows are cut to the same length: the longer answer's
+        lengths = np.maximum(lengths, blocks.rejected.attention_mask.sum(axis=1))
+    extras = {key: tf.constant(value) for key, value in (blocks.extras or {}).items()}
     lengths_t, block = tf.constant(lengths.astype(np.int32)), blocks.input_ids.shape[1]
     if shuffle:
         order = epoch_order(len(lengths), batch_size, seed, epochs, first_epoch, multiple, lengths)[skip_batches:]
@@ -119,7 +124,8 @@ def _examples_dataset(blocks: Blocks, batch_size, shuffle, seed, epochs, skip_ba
     def gather(rows):
         longest = tf.reduce_max(tf.gather(lengths_t, rows))
         cut = tf.minimum(block, (longest + LENGTH_MULTIPLE - 1) // LENGTH_MULTIPLE * LENGTH_MULTIPLE)
-        return {key: tf.gather(value, rows)[:, :cut] for key, value in arrays.items()}
+        cut_rows = {key: tf.gather(value, rows)[:, :cut] for key, value in arrays.items()}
+        return {**cut_rows, **{key: tf.gather(value, rows) for key, value in extras.items()}}
 
     return rows.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

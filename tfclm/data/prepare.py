@@ -116,18 +116,31 @@ def _check_room(found, data, train, kind: str) -> None:
         )
 
 
+KINDS = {"messages": "conversations", "prompt_completion": "prompt/completion examples", "preference": "pairs"}
+
+
+def _text_of(example, kind: str) -> str:
+    """An example's text, for training a tokenizer on: its turns' contents, its prompt and completion, or the
+    prompt and answers of a pair."""
+    if kind == "messages":
+        return " ".join(c for _, c in example)
+    if kind == "prompt_completion":
+        return example[0] + example[1]
+    parts = [p if isinstance(p, str) else " ".join(c for _, c in p) for p in example[1:]]
+    return " ".join(parts)
+
+
 def _prepare_examples(config: Config, cache_dir: str, own_pad: bool) -> PreparedData:
     """Prompt/completion examples or conversations, one padded row each (see `tfclm.data.examples` and
     `tfclm.data.chat`); tokenized on every run."""
     data, train = config.data, config.train
     train_found, eval_found, how = examples.train_and_validation(data, train.seed)
-    kind = "conversations" if data.format == "messages" else "prompt/completion examples"
+    kind = KINDS[data.format]
     logger.info(f"data: {len(train_found) + len(eval_found):,} {kind} from {data.dataset}; {how}")
     writes = []
-    texts = [" ".join(c for _, c in e) if data.format == "messages" else e[0] + e[1] for e in train_found]
-    tokenizer = load_tokenizer(config, texts, cache_dir, writes, own_pad)
+    tokenizer = load_tokenizer(config, [_text_of(e, data.format) for e in train_found], cache_dir, writes, own_pad)
     facts = {}
-    if data.format == "messages":
+    if data.format == "messages" or (data.format == "preference" and not isinstance(train_found[0][2], str)):
         tokenizer, added = chat.with_template(tokenizer)
         chat.check_template(
             tokenizer, "tokenizer.name_or_path" if config.tokenizer.name_or_path else "model.name_or_path"
@@ -136,7 +149,7 @@ def _prepare_examples(config: Config, cache_dir: str, own_pad: bool) -> Prepared
         logger.info(f"data: conversations rendered with {facts['chat_template']}")
     scored = examples.loss_on(data, train.loss_on)
     sides = {
-        side: examples.encode_examples(found, tokenizer, data, scored, data.block_size)
+        side: examples.encode_examples(found, tokenizer, data, scored, data.block_size, config.preference)
         for side, found in (("train", train_found), ("validation", eval_found))
     }
     _check_room(sides["train"], data, train, kind)

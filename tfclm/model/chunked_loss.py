@@ -21,6 +21,7 @@ first (the BERT-likes) has none, and is refused.
 """
 
 from tfclm.backend import keras, onednn_enabled, tf
+from tfclm.errors import ConfigError
 from tfclm.model.families import check
 
 
@@ -58,6 +59,23 @@ def head_and_body(lm):
         return main(input_ids=input_ids, attention_mask=attention_mask, training=training)[0]
 
     return body, head
+
+
+def closed_form_head(lm, required: bool):
+    """(body, head) for the head in closed form, or (None, None) where the family's head is not a plain
+    projection and chunks were not asked for. Even in one chunk it is faster than the model's own head and
+    loss: that takes the head's weight gradient batch row by batch row from a 3-D matmul and sums the copies,
+    and shifting the logits by slicing copies their gradient once more (fp32 1.18x the recipe on the 2-core CPU)."""
+    if not required and getattr(lm, "config", None) is None:  # not a transformers model: its own logits
+        return None, None
+    if not lm.built:  # the head is found among the built model's weights
+        lm.build_in_name_scope()
+    try:
+        return head_and_body(lm)
+    except ConfigError:
+        if required:
+            raise
+        return None, None
 
 
 def _chunks(hidden, labels, chunk_tokens: int):

@@ -16,6 +16,7 @@ adapter_config.json and adapter_model.safetensors that
 base weights.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -215,9 +216,24 @@ def _keep_in_bfloat16(lm) -> None:
             layer._non_trainable_weights[:] = [*others, replacement]
 
 
+_OFF = []  # non-empty inside `adapters_off`: read as a step is traced, so a trace holds both passes
+
+
+@contextlib.contextmanager
+def adapters_off():
+    """Layers called inside run without their adapters: the base model, for a preference run's reference."""
+    _OFF.append(True)
+    try:
+        yield
+    finally:
+        _OFF.pop()
+
+
 def _with_adapter(call, adapter):
     def call_with_adapter(inputs, *args, **kwargs):
         outputs = call(inputs, *args, **kwargs)
+        if _OFF:
+            return outputs
         return outputs + tf.cast(adapter(inputs), outputs.dtype)  # training: the enclosing call's
 
     return call_with_adapter

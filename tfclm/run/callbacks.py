@@ -168,7 +168,9 @@ def run_callbacks(config: config_lib.Config, logs, checkpoints, tokenizer, *, ch
         checkpoints, train.checkpoint_steps, None, state=logs.run_state, before_save=[t.flush for t in trackers]
     )
     # Order matters: what adds to the logs comes before what records or sends them, and all before the saver.
-    keras_order = [throughput, PerplexityCallback(), logs.steps, guard, logs.position, logs.epochs, *trackers, saver]
+    # A preference loss is no token loss: exp of it is no perplexity.
+    perplexity = [PerplexityCallback()] if config.data.format != "preference" else []
+    keras_order = [throughput, *perplexity, logs.steps, guard, logs.position, logs.epochs, *trackers, saver]
     if chief:
         keras_order += logging_callbacks(config, tokenizer)
     pusher = hub_callback(config, tokenizer) if chief else None

@@ -15,11 +15,11 @@ from tfclm import files
 from tfclm.backend import keras
 from tfclm.data.prepare import prepare
 from tfclm.errors import ConfigError, TfclmError
-from tfclm.evaluation.perplexity import eval_line, evaluate_loss
 from tfclm.evaluation.strided import token_bytes
 from tfclm.files import MODEL_FILES, OutputDir
 from tfclm.model import lora
 from tfclm.model.loading import check_family, load_model
+from tfclm.run import preference
 from tfclm.run.batches import RunBatches
 from tfclm.run.callbacks import RunCallbacks, final_samples, report_to_trackers, run_callbacks
 from tfclm.run.logs import RunLogs
@@ -34,13 +34,13 @@ from tfclm.training.checkpoints import (
     remove_unfinished_saves,
 )
 from tfclm.training.curves import plot_training_curves
-from tfclm.training.distribute import WorkerDirs, make_strategy
+from tfclm.training.distribute import WorkerDirs, check_accumulation, make_strategy
 from tfclm.training.optimizer import make_optimizer
 from tfclm.training.output_dir import check_free_space, check_output_dir
 from tfclm.training.plan import plan_steps
 from tfclm.training.run_state import Position, RunState, agree_on_step
 from tfclm.training.schedule import extend, initial_segments, rate_at
-from tfclm.training.trainer import CausalLMTrainer, resolve_jit_compile, set_precision
+from tfclm.training.trainer import resolve_jit_compile, set_precision
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +56,7 @@ def fit(config: config_lib.Config, verbose: int | None = None, overwrite: bool =
     family = check_family(config.model, config.train)
     # Multi-worker strategies must exist before any other TensorFlow work.
     strategy, described = make_strategy(config.train.strategy, config.train.tpu)
-    if strategy.num_replicas_in_sync > 1 and config.train.gradient_accumulation_steps > 1:
-        raise ConfigError(
-            "train.gradient_accumulation_steps",
-            f"works with one replica, and this run has {strategy.num_replicas_in_sync}; set it to 1 and raise "
-            f"train.batch_size or the replicas instead",
-        )
+    check_accumulation(strategy, config.train.gradient_accumulation_steps)
     out = config.output_dir
     check_output_dir(out)
     dirs = WorkerDirs(out)
@@ -129,6 +124,7 @@ def _fit(run: _Run) -> dict:
     prepared = prepare(config, os.path.join(run.dirs.work_dir, OutputDir.CACHE), own_pad=run.family.pad_id is not None)
     # Model: loaded or built in the strategy's scope; the batches it trains and evaluates on.
     model = _build_model(run, prepared.tokenizer)
+    reference = preference.reference_for(run, model, prepared)  # a preference run's; None elsewhere
     replicas = run.strategy.num_replicas_in_sync
     plan = plan_steps(None if config.data.streaming else len(prepared.train.input_ids), config, replicas)
     micro = plan.accumulation
@@ -140,14 +136,18 @@ def _fit(run: _Run) -> dict:
     # Resume: the newest readable checkpoint every worker agrees on, and the learning-rate schedule from there.
     resume = _find_resume(run, plan)
     # Trainer: the train step and its optimizer, restored to that checkpoint.
-    trainer, checkpoints, start = _build_trainer(run, model, plan, resume)
+    trainer, checkpoints, start = _build_trainer(run, model, plan, resume, reference)
     epoch, done_batches = _position(resume.state, start, plan)
+    if start:
+        logger.info(
+            f"resuming from the checkpoint at optimizer step {start:,} of {plan.total_steps:,} (epoch {epoch + 1})"
+        )
     epochs = config.train.epochs if config.data.streaming else plan.epochs_needed()
     done = start >= plan.total_steps or epoch >= epochs
     # Go ahead: a finished run is refused; then the first writes (config, cache).
     _go_ahead(run, prepared, start=start, done=done)
     byte_table = token_bytes(prepared.tokenizer) if run.chief else None  # bits per byte, before and after
-    before = _evaluate_before(run, model, eval_ds, resume.state, byte_table=byte_table, start=start)
+    before = _evaluate_before(run, trainer, eval_ds, resume.state, byte_table=byte_table, start=start)
     # Callbacks: what measures, records, reports and saves the run, carried over a resume.
     position = Position(epoch, done_batches, batches.epoch_length)
     logs = RunLogs(config, resume.state, plan.total_steps, resume.segments, position=position, before=before)
@@ -164,8 +164,8 @@ def _fit(run: _Run) -> dict:
         logger.info(f"worker done: {steps:,} optimizer steps; weights sha256 {digest}")
         return {"train_steps": steps, "weights_sha256": digest}
     # Evaluate, save, sample, write the results and report them.
-    after = evaluate_loss(model, eval_ds, byte_table, config.train.loss_chunk_tokens)
-    logger.info(f"after training: {eval_line(after)}")
+    after = preference.evaluate(run, trainer, eval_ds, byte_table)
+    logger.info(f"after training: {preference.line(after)}")
     # Saved before sampling: whatever happens next, the trained model is on disk.
     files.save_pretrained_atomic(lora.saved_objects(model) + [prepared.tokenizer], run.out.path, replaces=MODEL_FILES)
     samples = final_samples(model, prepared.tokenizer, config)
@@ -221,23 +221,19 @@ def _find_resume(run: _Run, plan) -> _Resume:
     return _Resume(step, state, segments)
 
 
-def _build_trainer(run: _Run, model, plan, resume: _Resume):
-    """(trainer, checkpoints, the optimizer step restored): the train step compiled in the strategy's scope."""
+def _build_trainer(run: _Run, model, plan, resume: _Resume, reference):
+    """(trainer, checkpoints, the optimizer step restored): the train step compiled in the strategy's scope; a
+    preference run's scores answers against `reference` (see `tfclm.run.preference`)."""
     train = run.config.train
     with run.strategy.scope():
-        trainer = CausalLMTrainer(
-            model, plan.accumulation, train.loss_chunk_tokens, train.recompute == "blocks", train.fused_ops,
-            seed=train.seed,
+        trainer = preference.trainer_class(run.config, reference)(
+            model, accumulation_steps=plan.accumulation, loss_chunk_tokens=train.loss_chunk_tokens,
+            recompute=train.recompute == "blocks", fused_ops=train.fused_ops, seed=train.seed,
         )  # fmt: skip
         optimizer = make_optimizer(train, model, segments=resume.segments)
         trainer.compile(optimizer=optimizer, jit_compile=resolve_jit_compile(train.jit_compile))
     checkpoints = Checkpoints(run.dirs.work_dir, model, trainer.optimizer, restore_dir=run.out.path)
     start = checkpoints.restore(resume.step) if resume.step >= 0 else 0
-    if start:
-        epoch, _ = _position(resume.state, start, plan)
-        logger.info(
-            f"resuming from the checkpoint at optimizer step {start:,} of {plan.total_steps:,} (epoch {epoch + 1})"
-        )
     return trainer, checkpoints, start
 
 
@@ -266,13 +262,13 @@ def _go_ahead(run: _Run, prepared, *, start: int, done: bool) -> None:
     prepared.write_cache()
 
 
-def _evaluate_before(run: _Run, model, eval_ds, state, *, byte_table, start: int):
+def _evaluate_before(run: _Run, trainer, eval_ds, state, *, byte_table, start: int):
     """The evaluation before training: a resumed run's from its run state, else measured (if asked)."""
     if state is not None:
         return state.before
     if run.chief and run.config.evaluate.before_training and not start:
-        before = evaluate_loss(model, eval_ds, byte_table, run.config.train.loss_chunk_tokens)
-        logger.info(f"before training: {eval_line(before)}")
+        before = preference.evaluate(run, trainer, eval_ds, byte_table)
+        logger.info(f"before training: {preference.line(before)}")
         return before
     return None
 
@@ -324,8 +320,8 @@ def _finish(run: _Run, trainer, callbacks: RunCallbacks, logs: RunLogs, checkpoi
 def _plot(run: _Run, logs: RunLogs, plan) -> None:
     logged = logs.epoch_logs()
     if run.config.logging.curves and logged.get("loss"):
-        path = run.out / OutputDir.CURVES
-        plot_training_curves(path, logged, logs.steps.steps, logs.steps.history.get("loss"), plan.steps_per_epoch)
+        steps, losses = logs.steps.steps, logs.steps.history.get("loss")
+        plot_training_curves(run.out / OutputDir.CURVES, logged, steps, losses, plan.steps_per_epoch)
 
 
 def _report(run: _Run, results: dict, callbacks: RunCallbacks, *, before, after, seconds: float) -> dict:

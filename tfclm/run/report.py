@@ -84,10 +84,15 @@ def results_of(run, model, prepared, logs, callbacks, *, after: dict, seconds: f
         "train_loss": float(logged["loss"][-1]) if logged.get("loss") else None,
         "eval_loss": after["loss"],
         "perplexity": after["perplexity"],
-        "bits_per_byte": after["bits_per_byte"],
+        "bits_per_byte": after.get("bits_per_byte"),
         "eval_loss_before": before["loss"] if before else None,
         "perplexity_before": before["perplexity"] if before else None,
-        "eval_tokens": after["tokens"],
+        "eval_tokens": after.get("tokens"),
+        **(
+            {"preference": after["preference"], "preference_before": (before or {}).get("preference")}
+            if "preference" in after
+            else {}
+        ),  # fmt: skip
         "train_tokens": throughput.tokens,
         "train_steps": steps,
         "resumed_from_step": start,

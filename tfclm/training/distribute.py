@@ -130,3 +130,13 @@ class WorkerDirs:
     def cleanup(self):
         if not self.chief:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def check_accumulation(strategy, steps: int) -> None:
+    """Gradient accumulation sums micro-batches on one replica; with more, the replicas are the way to grow."""
+    if strategy.num_replicas_in_sync > 1 and steps > 1:
+        raise ConfigError(
+            "train.gradient_accumulation_steps",
+            f"works with one replica, and this run has {strategy.num_replicas_in_sync}; set it to 1 and raise "
+            f"train.batch_size or the replicas instead",
+        )

@@ -22,7 +22,7 @@ import logging
 from tfclm.backend import keras, tf
 from tfclm.errors import ConfigError
 from tfclm.model import dropout
-from tfclm.model.chunked_loss import chunked_token_loss_sums, head_and_body
+from tfclm.model.chunked_loss import chunked_token_loss_sums, closed_form_head
 from tfclm.model.fused_ops import fuse, fused
 from tfclm.model.loss import token_loss_sums
 from tfclm.model.recompute import recompute_blocks, recomputing
@@ -57,23 +57,6 @@ def resolve_jit_compile(setting) -> bool:
 
 
 NEVER = 2**31 - 1  # steps before the loss scale may grow
-
-
-def _closed_form_head(lm, required: bool):
-    """(body, head) for the head in closed form, or (None, None) where the family's head is not a plain
-    projection and chunks were not asked for. Even in one chunk it is faster than the model's own head and
-    loss: that takes the head's weight gradient batch row by batch row from a 3-D matmul and sums the copies,
-    and shifting the logits by slicing copies their gradient once more (fp32 1.18x the recipe on the 2-core CPU)."""
-    if not required and getattr(lm, "config", None) is None:  # not a transformers model: its own logits
-        return None, None
-    if not lm.built:  # the head is found among the built model's weights
-        lm.build_in_name_scope()
-    try:
-        return head_and_body(lm)
-    except ConfigError:
-        if required:
-            raise
-        return None, None
 
 
 class CausalLMTrainer(keras.Model):
@@ -112,7 +95,7 @@ class CausalLMTrainer(keras.Model):
             dropout.seed_dropout(lm)
         self.accumulation_steps = accumulation_steps
         self.loss_chunk_tokens = loss_chunk_tokens
-        self._body, self._head = _closed_form_head(lm, required=bool(loss_chunk_tokens))
+        self._body, self._head = closed_form_head(lm, required=bool(loss_chunk_tokens))
         self.recompute = recompute
         if recompute:
             recompute_blocks(lm)
@@ -120,6 +103,7 @@ class CausalLMTrainer(keras.Model):
         if fused_ops:
             fuse(lm)
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.watched = {}  # log name -> Mean: what `objective` reports beside the loss
         # The last batch's own loss: Keras logs the epoch's running mean, and the step's loss taken back out of it
         # is off by float32 rounding that grows with the batch index (and differs for an epoch resumed mid-way).
         self.last_batch_loss = tf.Variable(
@@ -139,7 +123,7 @@ class CausalLMTrainer(keras.Model):
         """(sum of token losses, tokens scored), from the full logits or `loss_chunk_tokens` tokens at a time.
 
         Training with `loss_chunk_tokens` 0 takes the head over all tokens as one chunk where the family allows
-        (see `_closed_form_head`): the same loss, its gradients in closed form."""
+        (see `closed_form_head`): the same loss, its gradients in closed form."""
         labels = batch["labels"]
         if self._head is None or not (self.loss_chunk_tokens or training):
             return token_loss_sums(labels, self(batch, training=training))
@@ -155,7 +139,7 @@ class CausalLMTrainer(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker]
+        return [self.loss_tracker, *self.watched.values()]
 
     def compile(self, optimizer, jit_compile: bool = False, **kwargs):
         # The loss is scaled (and the gradients unscaled, a pass over every gradient) only under a scale that
@@ -213,8 +197,7 @@ class CausalLMTrainer(keras.Model):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(variables)
             with recomputing() if self.recompute else contextlib.nullcontext(), self._fused():
-                total, count = self.loss_sums(batch, training=True)
-            loss = total / tf.maximum(count, 1.0)
+                loss, watched = self.objective(batch, training=True)
             # Replicas' gradients are summed when applied: each contributes its share of the mean.
             objective = loss / tf.distribute.get_strategy().num_replicas_in_sync
             if self._scales_loss:
@@ -254,7 +237,18 @@ class CausalLMTrainer(keras.Model):
             "loss": self.loss_tracker.result(),
             "learning_rate": tf.cast(self.learning_rate(), tf.float32),
             "skipped_steps": self.skipped_steps.value(),
+            **self._watch(watched),
         }
+
+    def objective(self, batch, training: bool):
+        """(the loss to minimise, {log name: values whose mean the logs show}): the mean token loss here."""
+        total, count = self.loss_sums(batch, training=training)
+        return total / tf.maximum(count, 1.0), {}
+
+    def _watch(self, watched: dict) -> dict:
+        for name, values in watched.items():
+            self.watched[name].update_state(values)
+        return {name: tracker.result() for name, tracker in self.watched.items()}
 
     def test_step(self, batch):
         total, count = self.loss_sums(batch, training=False)

@@ -1,0 +1,364 @@
+"""Preference tuning (DPO, ipo, hinge): tfclm's figures against TRL's DPOTrainer on the same PyTorch checkpoints,
+its gradient against an independent tape, the LoRA reference, the precomputed reference, and every bad pair or
+setting as one line with nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from helpers import ROOT, error_line, one_batch, run_cli, scratch, tree
+
+WORDS = "list tuple dict set string number file loop class module function value".split()
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
+    " + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Tiny random PyTorch checkpoints (policy and reference of two families) sharing one tokenizer, as the Hub holds them.
+MAKE = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from tfclm.data.tokenizer import train_bpe
+
+    folder, words, template = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    tokenizer = train_bpe([f"What is a {w}? A {w} holds {v}s." for w in words for v in words], 400)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = template
+    sizes = {
+        "gpt2": dict(n_layer=2, n_embd=32, n_head=2, n_positions=128),
+        "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False),
+    }
+    for family, size in sizes.items():
+        for name, seed in (("policy", 0), ("reference", 1)):
+            torch.manual_seed(seed)
+            config = AutoConfig.for_model(family, vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                                          eos_token_id=tokenizer.eos_token_id, **size)
+            AutoModelForCausalLM.from_config(config).save_pretrained(os.path.join(folder, f"{family}-{name}"))
+            tokenizer.save_pretrained(os.path.join(folder, f"{family}-{name}"))
+    """
+)
+
+# TRL's own computation: DPOTrainer's eval batch of every pair, its loss and metrics, in float32 (TRL's configs
+# default to bf16 autocast, which would round the reference's log-probabilities).
+TRL = textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    warnings.filterwarnings("ignore")
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    folder, cases = sys.argv[1], json.loads(sys.argv[2])
+    out = {}
+    for name, case in cases.items():
+        policy_dir, reference_dir = (os.path.join(folder, f"{case['family']}-{n}") for n in ("policy", "reference"))
+        rows = [json.loads(line) for line in open(os.path.join(folder, case["pairs"]))]
+        args = DPOConfig(
+            output_dir=os.path.join(folder, "trl"), report_to=[], use_cpu=True, bf16=False, beta=case["beta"],
+            loss_type=case["loss_type"], label_smoothing=case["label_smoothing"], max_length=case["block_size"],
+            max_prompt_length=case["max_prompt_length"], max_completion_length=case["max_completion_length"],
+            per_device_eval_batch_size=len(rows),
+        )
+        trainer = DPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(policy_dir), args=args,
+            ref_model=AutoModelForCausalLM.from_pretrained(reference_dir), train_dataset=Dataset.from_list(rows),
+            eval_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(policy_dir),
+        )
+        with torch.no_grad():
+            loss, metrics = trainer.get_batch_loss_metrics(trainer.model, next(iter(trainer.get_eval_dataloader())))
+        out[name] = {"loss": float(loss), **metrics}
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+BASE = dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0, block_size=64, max_prompt_length=512,
+            max_completion_length=None)  # fmt: skip
+CASES = {
+    "gpt2-standard-sigmoid": dict(BASE, family="gpt2", pairs="standard.jsonl"),
+    "gpt2-standard-smoothed": dict(BASE, family="gpt2", pairs="standard.jsonl", label_smoothing=0.2, beta=0.5),
+    "gpt2-standard-ipo": dict(BASE, family="gpt2", pairs="standard.jsonl", loss_type="ipo"),
+    "gpt2-standard-hinge": dict(BASE, family="gpt2", pairs="standard.jsonl", loss_type="hinge", beta=2.0),
+    "gpt2-cut": dict(BASE, family="gpt2", pairs="standard.jsonl", block_size=9, max_prompt_length=4,
+                     max_completion_length=6),
+    "llama-chat-sigmoid": dict(BASE, family="llama", pairs="conversational.jsonl"),
+    "llama-chat-smoothed": dict(BASE, family="llama", pairs="conversational.jsonl", label_smoothing=0.1),
+    "llama-chat-ipo": dict(BASE, family="llama", pairs="conversational.jsonl", loss_type="ipo", beta=0.3),
+    "llama-chat-hinge": dict(BASE, family="llama", pairs="conversational.jsonl", loss_type="hinge"),
+    "llama-implicit-prompt": dict(BASE, family="llama", pairs="implicit.jsonl"),
+}  # fmt: skip
+
+
+def pair_records(shape: str) -> list[dict]:
+    records = []
+    for i, w in enumerate(WORDS):
+        v, u = WORDS[(i + 3) % len(WORDS)], WORDS[(i + 5) % len(WORDS)]
+        if shape == "standard":
+            records.append({"prompt": f"What is a {w}?", "chosen": f" A {w} holds {v}s.", "rejected": f" A {u} {u}."})
+            continue
+        user = [{"role": "user", "content": f"What is a {w}?"}]
+        chosen, rejected = (
+            [{"role": "assistant", "content": f"A {w} holds {v}s."}],
+            [{"role": "assistant", "content": f"It is {u}."}],
+        )
+        if shape == "conversational":
+            records.append({"prompt": user, "chosen": chosen, "rejected": rejected})
+        else:  # implicit: the prompt is the turns both answers start with
+            records.append({"chosen": user + chosen, "rejected": user + rejected})
+    return records
+
+
+def write_jsonl(path, records) -> str:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    pytest.importorskip("trl")
+    folder = tmp_path_factory.mktemp("preference")
+    for shape in ("standard", "conversational", "implicit"):
+        write_jsonl(folder / f"{shape}.jsonl", pair_records(shape))
+    made = subprocess.run([sys.executable, "-c", MAKE, str(folder), json.dumps(WORDS), CHATML], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-c", TRL, str(folder), json.dumps(CASES)], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    trl = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    return folder, trl
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CASES)
+def test_the_figures_equal_trls_dpo_trainer_on_the_same_checkpoints(checkpoints, name):
+    from tfclm.config import PreferenceConfig
+    from tfclm.evaluation.preference import evaluate_pairs_file
+
+    folder, trl = checkpoints
+    case, expected = CASES[name], trl[name]
+    settings = PreferenceConfig(
+        beta=case["beta"], loss_type=case["loss_type"], label_smoothing=case["label_smoothing"],
+        max_prompt_length=case["max_prompt_length"], max_completion_length=case["max_completion_length"],
+    )  # fmt: skip
+    found = evaluate_pairs_file(
+        str(folder / f"{case['family']}-policy"), str(folder / f"{case['family']}-reference"),
+        str(folder / case["pairs"]), settings, batch_size=5, block_size=case["block_size"],
+    )  # fmt: skip
+    assert found["pairs"] == len(WORDS)
+    assert found["dpo_loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert found["chosen_logps"] == pytest.approx(expected["logps/chosen"], rel=1e-5)
+    assert found["rejected_logps"] == pytest.approx(expected["logps/rejected"], rel=1e-5)
+    assert round(found["reward_accuracy"] * len(WORDS)) == round(expected["rewards/accuracies"] * len(WORDS))
+    # A reward is beta times a difference of two log-probabilities near -35: float32 leaves it ~1e-6 * beta * 35.
+    scale = 1e-6 * case["beta"] * 50
+    for ours, theirs in (("chosen_reward", "rewards/chosen"), ("rejected_reward", "rewards/rejected"),
+                         ("reward_margin", "rewards/margins")):  # fmt: skip
+        assert found[ours] == pytest.approx(expected[theirs], rel=1e-5, abs=scale), ours
+
+
+def _pairs_batch(tokenizer, block_size=48, shape="standard"):
+    from tfclm.config import DataConfig, PreferenceConfig
+    from tfclm.data import examples, preference
+
+    data = DataConfig(format="preference")
+    found = [e for _, _, e in examples.preference_pairs(pair_records(shape)[:6], data)]
+    blocks = preference.encode(found, tokenizer, block_size, PreferenceConfig())
+    keys = ("input_ids", "attention_mask", "labels")
+    batch = {k: getattr(blocks, k) for k in keys}
+    batch.update({"rejected_" + k: getattr(blocks.rejected, k) for k in keys})
+    return batch
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from tfclm.data.tokenizer import train_bpe
+
+    return train_bpe([f"What is a {w}? A {w} holds {v}s." for w in WORDS for v in WORDS], 300)
+
+
+@pytest.mark.parametrize("loss_type,chunk", [("sigmoid", 7), ("ipo", 0), ("hinge", 7)])
+def test_one_step_moves_the_weights_by_the_gradient_of_the_loss(bpe, loss_type, chunk):
+    """SGD through the trainer (the chunked head's own backward pass, rpo's term) against an independent tape
+    on the model's full logits."""
+    from tfclm.backend import keras, tf
+    from tfclm.config import PreferenceConfig
+    from tfclm.model.loss import token_loss_sums
+    from tfclm.model.preference_loss import Scorer, preference_losses
+    from tfclm.model.sequence_logps import logps_from_logits
+    from tfclm.training.preference import PreferenceTrainer
+
+    settings = PreferenceConfig(beta=0.5, loss_type=loss_type, rpo_alpha=0.3)
+    policy, reference = scratch("gpt2", bpe), scratch("gpt2", bpe)
+    rng = np.random.default_rng(1)
+    for v in reference.weights:
+        v.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype(np.float32))
+    batch = {k: tf.constant(v) for k, v in _pairs_batch(bpe).items()}
+
+    def by_hand():
+        rows = {k: tf.concat([batch[k], batch["rejected_" + k]], 0) for k in ("input_ids", "attention_mask", "labels")}
+        logits = policy(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits
+        sums, counts = logps_from_logits(rows["labels"], logits)
+        ref = logps_from_logits(
+            rows["labels"], reference(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits
+        )[0]
+        if loss_type == "ipo":
+            sums, ref = sums / counts, ref / counts
+        losses, _, _ = preference_losses(sums[:6], sums[6:], ref[:6], ref[6:], settings)
+        total, count = token_loss_sums(batch["labels"], logits[:6])
+        return tf.reduce_mean(losses) + settings.rpo_alpha * total / count
+
+    with tf.GradientTape() as tape:
+        loss = by_hand()
+    grads = tape.gradient(loss, policy.trainable_variables)
+    expected = [w.numpy() - 0.1 * tf.convert_to_tensor(g).numpy() for w, g in zip(policy.trainable_variables, grads)]
+    trainer = PreferenceTrainer(policy, settings, Scorer(reference), loss_chunk_tokens=chunk, fused_ops=False)
+    trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=0.1))
+    logs = trainer.fit(one_batch(batch), verbose=0).history
+    assert logs["loss"][0] == pytest.approx(float(loss), rel=1e-5)
+    for w, e in zip(policy.trainable_variables, expected):
+        np.testing.assert_allclose(w.numpy(), e, rtol=1e-4, atol=1e-6, err_msg=w.name)
+
+
+def test_lora_scores_the_reference_on_its_own_base_with_one_copy_of_it(bpe):
+    """Adapters off is the frozen base: the same loss as an explicit frozen copy, and no second base in memory."""
+    from tfclm.backend import tf
+    from tfclm.config import LoraConfig, PreferenceConfig
+    from tfclm.model import lora
+    from tfclm.model.preference_loss import Scorer, objective_of, pair_figures, reference_scorer
+
+    settings = PreferenceConfig(beta=0.2)
+    policy, copy = scratch("llama", bpe), scratch("llama", bpe)
+    base_weights = len(policy.weights)
+    lora.add_adapters(policy, LoraConfig(rank=4))
+    rng = np.random.default_rng(2)
+    for v in policy.trainable_variables:  # as if trained: the adapters moved away from zero
+        v.assign(v.numpy() + rng.normal(0, 0.3, v.shape).astype(np.float32))
+    batch = {k: tf.constant(v) for k, v in _pairs_batch(bpe).items()}
+
+    off = pair_figures(Scorer(policy), reference_scorer(policy, None), batch, settings)
+    frozen = pair_figures(Scorer(policy), reference_scorer(policy, copy), batch, settings)
+    assert float(objective_of(off, settings)) == pytest.approx(float(objective_of(frozen, settings)), rel=1e-6)
+    np.testing.assert_allclose(off["chosen_rewards"], frozen["chosen_rewards"], rtol=1e-5, atol=1e-7)
+    assert float(tf.reduce_max(tf.abs(off["chosen_rewards"]))) > 1e-3  # the adapters moved the policy
+    # One base: the adapters' weights beside it, nothing else.
+    assert len(policy.weights) == base_weights + 2 * len(lora.adapters_of(policy))
+
+
+def _run_config(folder, out, **changes) -> str:
+    """A preference run's config file on the standard pairs of `folder`, with `changes` ({"section.key": v})."""
+    import yaml
+
+    config = {
+        "output_dir": str(out),
+        "data": {"dataset": str(folder / "standard.jsonl"), "format": "preference", "block_size": 48,
+                 "validation_split": 0.25},
+        "model": {"name_or_path": str(folder / "gpt2-policy")},
+        "train": {"batch_size": 3, "epochs": 1, "max_steps": 2, "learning_rate": 1e-3, "checkpoint_steps": 1},
+        "preference": {"beta": 0.2},
+        "generate": {"max_new_tokens": 3, "prompts": ["What"]},
+        "logging": {"report_to": ["none"], "curves": False, "sample_every_n_epochs": None},
+    }  # fmt: skip
+    for key, value in changes.items():
+        section, name = key.split(".", 1)
+        config.setdefault(section, {})[name] = value
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_run_with_its_reference_precomputed_ends_where_one_scoring_it_live_ends(checkpoints, tmp_path):
+    """The cached scores are the live ones: the same weights, bit for bit; the run reports TRL's metrics."""
+    folder, _ = checkpoints
+    results = {}
+    for precompute in (False, True):
+        out = tmp_path / f"precompute-{precompute}"
+        done = run_cli(["fit", "--config", _run_config(folder, out, **{"preference.precompute_reference": precompute})])
+        assert done.exit_code == 0, done.output
+        results[precompute] = json.load(open(out / "results.json"))
+    live, cached = results[False], results[True]
+    assert live["weights_sha256"] == cached["weights_sha256"]
+    assert live["preference"] == cached["preference"] and live["preference_before"]["pairs"] == 3
+    assert live["preference"]["dpo_loss"] < live["preference_before"]["dpo_loss"]
+    assert {"rewards/chosen", "rewards/accuracies", "val_rewards/margins"} <= set(live["history"])
+    assert any(name.startswith("reference-") for name in os.listdir(tmp_path / "precompute-True" / "cache"))
+
+
+@pytest.mark.slow
+def test_lora_preference_run_saves_peft_adapters_and_scores_against_the_base(checkpoints, tmp_path):
+    folder, _ = checkpoints
+    out = tmp_path / "lora"
+    done = run_cli(["fit", "--config", _run_config(folder, out, **{"lora.rank": 4, "train.loss_chunk_tokens": 16})])
+    assert done.exit_code == 0, done.output
+    assert os.path.exists(out / "adapter_model.safetensors")
+    # The adapter dir against its own base, from the command line: the run's own figures after training.
+    scored = run_cli(["evaluate", "--model", str(out), "--preference-file", str(folder / "standard.jsonl"),
+                      "--beta", "0.2", "--json"])  # fmt: skip
+    assert scored.exit_code == 0, scored.output
+    figures = json.loads(scored.output.strip().splitlines()[-1])
+    assert figures["pairs"] == len(WORDS) and figures["chosen_reward"] != 0.0
+
+
+BAD_RECORDS = [
+    ({"prompt": "What?", "rejected": " no"}, "data.chosen_column: record 0 has no field 'chosen'"),
+    ({"prompt": "What?", "chosen": "  ", "rejected": " no"}, "data.chosen_column: record 0: 'chosen' is empty"),
+    ({"prompt": "What?", "chosen": " same", "rejected": " same"}, "record 0: the chosen and rejected answers are"),
+    ({"prompt": "What? " * 40, "chosen": " a", "rejected": " b"}, "data.block_size: record 0: its prompt is"),
+    ({"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "bot", "content": "a"}],
+      "rejected": [{"role": "assistant", "content": "b"}]}, "data.chosen_column: record 0, turn 0: unknown role 'bot'"),
+    ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "assistant", "content": "b"}]}, "data.prompt_column: record 0: the prompt and the answers"),
+    ({"prompt": "Hi", "chosen": 3, "rejected": " b"}, "data.chosen_column: record 0: 'chosen' holds int"),
+]  # fmt: skip
+BAD_SETTINGS = [
+    ({"preference.beta": -1}, "preference.beta"),
+    ({"preference.loss_type": "kto"}, "preference.loss_type"),
+    ({"preference.label_smoothing": 0.1, "preference.loss_type": "hinge"}, "preference.label_smoothing: applies to"),
+    ({"preference.reference": "/nowhere/model"}, "preference.reference: model directory '/nowhere/model' does not"),
+    ({"lora.rank": 4, "lora.dropout": 0.1}, "lora.dropout: preference tuning scores both answers without dropout"),
+    ({"data.format": "text", "preference.beta": 0.5}, "preference.beta: is set but data.format is text"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BAD_RECORDS) + len(BAD_SETTINGS) + 1))
+def test_every_bad_pair_and_setting_is_one_line_and_writes_nothing(checkpoints, tmp_path, index):
+    folder, _ = checkpoints
+    out = tmp_path / "run"
+    pairs = pair_records("standard")
+    changes, expected = {}, None
+    if index < len(BAD_RECORDS):
+        record, expected = BAD_RECORDS[index]
+        pairs = [record, *pairs]
+    elif index < len(BAD_RECORDS) + len(BAD_SETTINGS):
+        changes, expected = BAD_SETTINGS[index - len(BAD_RECORDS)]
+    else:  # a reference with another tokenizer
+        other = tmp_path / "other"
+        subprocess.run([sys.executable, "-c", MAKE, str(other), json.dumps(WORDS[:6]), CHATML], check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+        changes = {"preference.reference": str(other / "gpt2-reference")}
+        expected = "preference.reference: '" + str(other / "gpt2-reference") + "' has another tokenizer"
+    changes["data.dataset"] = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    config = _run_config(folder, out, **changes)
+    before = tree(tmp_path)
+    line = error_line(run_cli(["fit", "--config", config]))
+    assert expected in line, line
+    assert tree(tmp_path) == before and not out.exists()
+
+
+def test_the_dpo_config_asks_for_what_tfclm_can_do():
+    """configs/dpo.yaml reads and validates (offline: its Hub ids are not fetched)."""
+    from tfclm import config as config_lib
+
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "dpo.yaml"))
+    config_lib.validate(config)
+    assert config.data.format == "preference" and config.preference.precompute_reference and config.lora.rank == 16
