@@ -52,7 +52,7 @@ def tokenizer(model_type, tokenizers):
 
 
 # Fixtures that run a whole fit or start a server: every test that needs one is slow.
-SLOW_FIXTURES = {"trained_dir", "hub"}
+SLOW_FIXTURES = {"trained_dir", "hub", "trl_figures"}
 
 
 def pytest_collection_modifyitems(config, items):

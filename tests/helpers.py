@@ -116,6 +116,19 @@ def kill_after_checkpoint(process, out: str, step: int, timeout: float = 300) ->
     assert process.returncode == -signal.SIGKILL
 
 
+def event_tags(log_dir: str) -> set:
+    """Every scalar tag TensorBoard's event files under `log_dir` hold."""
+    import glob
+
+    import tensorflow as tf
+
+    tags = set()
+    for path in glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
 def tree(folder) -> dict:
     """Every file under `folder` with its bytes' sha256: equal before and after means nothing was touched."""
     found = {}

@@ -1,6 +1,5 @@
 """tfclm's callbacks in a plain Keras workflow, TensorBoard output, and the training curves."""
 
-import glob
 import json
 import math
 import os
@@ -8,15 +7,7 @@ import os
 import numpy as np
 import pytest
 
-
-def event_tags(log_dir: str) -> set:
-    import tensorflow as tf
-
-    tags = set()
-    for path in glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            tags.update(value.tag for value in event.summary.value)
-    return tags
+from helpers import event_tags
 
 
 def test_callbacks_in_a_users_own_keras_fit(tmp_path, capsys):

@@ -11,7 +11,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from helpers import ROOT, error_line, one_batch, run_cli, scratch, tree
+from tfclm.model.families import FAMILIES, TRAINED
+
+from helpers import ROOT, error_line, event_tags, one_batch, run_cli, scratch, tree
 
 WORDS = "list tuple dict set string number file loop class module function value".split()
 CHATML = (
@@ -124,28 +126,35 @@ def write_jsonl(path, records) -> str:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    pytest.importorskip("trl")
+    """The folder of the checkpoints (gpt2-policy, gpt2-reference, llama-...) and the pairs files."""
     folder = tmp_path_factory.mktemp("preference")
     for shape in ("standard", "conversational", "implicit"):
         write_jsonl(folder / f"{shape}.jsonl", pair_records(shape))
     made = subprocess.run([sys.executable, "-c", MAKE, str(folder), json.dumps(WORDS), CHATML], capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert made.returncode == 0, made.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trl_figures(checkpoints):
+    """TRL's figures for every case, from one PyTorch process."""
+    pytest.importorskip("trl")
+    folder = checkpoints
     done = subprocess.run([sys.executable, "-c", TRL, str(folder), json.dumps(CASES)], capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    trl = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    return folder, trl
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
-def test_the_figures_equal_trls_dpo_trainer_on_the_same_checkpoints(checkpoints, name):
+def test_the_figures_equal_trls_dpo_trainer_on_the_same_checkpoints(checkpoints, trl_figures, name):
     from tfclm.config import PreferenceConfig
     from tfclm.evaluation.preference import evaluate_pairs_file
 
-    folder, trl = checkpoints
-    case, expected = CASES[name], trl[name]
+    folder = checkpoints
+    case, expected = CASES[name], trl_figures[name]
     settings = PreferenceConfig(
         beta=case["beta"], loss_type=case["loss_type"], label_smoothing=case["label_smoothing"],
         max_prompt_length=case["max_prompt_length"], max_completion_length=case["max_completion_length"],
@@ -279,7 +288,7 @@ def _run_config(folder, out, **changes) -> str:
 @pytest.mark.slow
 def test_a_run_with_its_reference_precomputed_ends_where_one_scoring_it_live_ends(checkpoints, tmp_path):
     """The cached scores are the live ones: the same weights, bit for bit; the run reports TRL's metrics."""
-    folder, _ = checkpoints
+    folder = checkpoints
     results = {}
     for precompute in (False, True):
         out = tmp_path / f"precompute-{precompute}"
@@ -292,15 +301,23 @@ def test_a_run_with_its_reference_precomputed_ends_where_one_scoring_it_live_end
     assert live["preference"]["dpo_loss"] < live["preference_before"]["dpo_loss"]
     assert {"rewards/chosen", "rewards/accuracies", "val_rewards/margins"} <= set(live["history"])
     assert any(name.startswith("reference-") for name in os.listdir(tmp_path / "precompute-True" / "cache"))
+    # The aligned model is an output dir like any other: it exports.
+    exported = run_cli(["export", "--model", str(tmp_path / "precompute-True"), "--to", "pytorch", "--output",
+                        str(tmp_path / "pt")])  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    assert os.path.exists(tmp_path / "pt" / "model.safetensors")
 
 
 @pytest.mark.slow
 def test_lora_preference_run_saves_peft_adapters_and_scores_against_the_base(checkpoints, tmp_path):
-    folder, _ = checkpoints
+    folder = checkpoints
     out = tmp_path / "lora"
-    done = run_cli(["fit", "--config", _run_config(folder, out, **{"lora.rank": 4, "train.loss_chunk_tokens": 16})])
+    changes = {"lora.rank": 4, "train.loss_chunk_tokens": 16, "logging.report_to": ["tensorboard"]}
+    done = run_cli(["fit", "--config", _run_config(folder, out, **changes)])
     assert done.exit_code == 0, done.output
     assert os.path.exists(out / "adapter_model.safetensors")
+    # TRL's metric names in TensorBoard, for the training steps and the validation pairs
+    assert {"epoch_rewards/accuracies", "epoch_rewards/margins", "epoch_logps/chosen"} <= event_tags(str(out / "logs"))
     # The adapter dir against its own base, from the command line: the run's own figures after training.
     scored = run_cli(["evaluate", "--model", str(out), "--preference-file", str(folder / "standard.jsonl"),
                       "--beta", "0.2", "--json"])  # fmt: skip
@@ -332,7 +349,7 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize("index", range(len(BAD_RECORDS) + len(BAD_SETTINGS) + 1))
 def test_every_bad_pair_and_setting_is_one_line_and_writes_nothing(checkpoints, tmp_path, index):
-    folder, _ = checkpoints
+    folder = checkpoints
     out = tmp_path / "run"
     pairs = pair_records("standard")
     changes, expected = {}, None
@@ -362,3 +379,105 @@ def test_the_dpo_config_asks_for_what_tfclm_can_do():
     config = config_lib.load_config(os.path.join(ROOT, "configs", "dpo.yaml"))
     config_lib.validate(config)
     assert config.data.format == "preference" and config.preference.precompute_reference and config.lora.rank == 16
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_ends_on_the_uninterrupted_weights(checkpoints, tmp_path):
+    """A preference run with accumulation and a precomputed reference, killed after a checkpoint and run again:
+    it reads the cached reference scores back and ends on the uninterrupted run's weights."""
+    from helpers import kill_after_checkpoint
+
+    folder = checkpoints
+    records = [{"prompt": f"What is a {w}?", "chosen": f" A {w} holds {v}s.", "rejected": f" A {v} {v}."}
+               for w in WORDS for v in WORDS[:4] if v != w]  # fmt: skip
+    changes = {"data.dataset": write_jsonl(tmp_path / "pairs.jsonl", records), "train.max_steps": None,
+               "train.epochs": 2, "train.batch_size": 2, "train.gradient_accumulation_steps": 2,
+               "preference.precompute_reference": True}  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def command(out):
+        return [sys.executable, "-m", "tfclm", "fit", "--config", _run_config(folder, out, **changes)]
+
+    expected_dir = tmp_path / "uninterrupted"
+    done = subprocess.run(command(expected_dir), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = json.load(open(expected_dir / "results.json"))
+    out = tmp_path / "killed"
+    process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+                               start_new_session=True)  # fmt: skip
+    kill_after_checkpoint(process, str(out), 4)
+    resumed = subprocess.run(command(out), capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "reference: its scores of every pair read from" in resumed.stderr + resumed.stdout
+    results = json.load(open(out / "results.json"))
+    assert results["resumed_from_step"] >= 4 and results["train_steps"] == expected["train_steps"]
+    assert results["weights_sha256"] == expected["weights_sha256"]
+    assert results["preference"] == expected["preference"]
+    assert results["history"]["val_rewards/accuracies"] == expected["history"]["val_rewards/accuracies"]
+
+
+@pytest.mark.slow
+def test_mirrored_xla_and_bf16_preference_runs_agree_with_the_plain_one(checkpoints, tmp_path):
+    """On two logical CPUs, MirroredStrategy (2 x 2 pairs) takes the default strategy's steps (4 pairs); XLA takes
+    the eager steps; bf16 takes steps close to float32's."""
+    folder = checkpoints
+    base = {"train.max_steps": 4, "train.epochs": 2, "train.batch_size": 4, "logging.every_n_steps": 1}
+    runs = {
+        "default": {},
+        "mirrored": {"train.strategy": "mirrored", "train.batch_size": 2},
+        "xla": {"train.jit_compile": True},
+        "bf16": {"train.precision": "bf16"},
+    }
+    configs = {name: _run_config(folder, tmp_path / name, **{**base, **c}) for name, c in runs.items()}
+    script = textwrap.dedent(f"""
+        import json, tfclm, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tfclm.config import load_config
+        from tfclm.run.fit import fit
+        found = {{name: fit(load_config(path), verbose=0) for name, path in {configs!r}.items()}}
+        keys = ("strategy", "global_batch_size", "step_history", "preference")
+        print(json.dumps({{name: {{k: r[k] for k in keys}} for name, r in found.items()}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["mirrored"]["strategy"] == "mirrored (2 replicas)" and found["mirrored"]["global_batch_size"] == 4
+    plain = found["default"]["step_history"]["loss"]
+    assert len(plain) == 4
+    assert found["mirrored"]["step_history"]["loss"] == pytest.approx(plain, rel=1e-4)
+    assert found["xla"]["step_history"]["loss"] == pytest.approx(plain, rel=1e-4)
+    assert found["bf16"]["step_history"]["loss"] == pytest.approx(plain, rel=2e-2)
+    for name in ("mirrored", "xla"):
+        after = found[name]["preference"]
+        assert after["dpo_loss"] == pytest.approx(found["default"]["preference"]["dpo_loss"], rel=1e-4), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", TRAINED)
+def test_every_family_scores_answers_and_takes_a_preference_step(model_type, tokenizer):
+    """The chunked head's log-probabilities (the full logits' for the BERT-likes) equal the model's own logits';
+    scored against itself a policy's DPO loss is log 2, and one step moves it."""
+    from tfclm.backend import keras, tf
+    from tfclm.config import PreferenceConfig
+    from tfclm.model.preference_loss import Scorer, both_sides
+    from tfclm.model.sequence_logps import logps_from_logits
+    from tfclm.training.preference import PreferenceTrainer
+
+    model = scratch(model_type, tokenizer)
+    batch = {k: tf.constant(v) for k, v in _pairs_batch(tokenizer).items()}
+    rows = both_sides(batch)
+    own = logps_from_logits(
+        rows["labels"], model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits
+    )[0]
+    chunked = bool(FAMILIES[model_type].body)
+    sums = Scorer(model, 5 if chunked else 0)(rows)[0]
+    np.testing.assert_allclose(sums.numpy(), own.numpy(), rtol=1e-5)
+    batch["ref_chosen_logps"], batch["ref_rejected_logps"] = own[:6], own[6:]
+    trainer = PreferenceTrainer(model, PreferenceConfig(beta=0.5), None, loss_chunk_tokens=5 if chunked else 0)
+    trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=0.5))
+    before = [v.numpy() for v in model.trainable_variables]
+    loss = trainer.fit(one_batch(batch), verbose=0).history["loss"][0]
+    assert loss == pytest.approx(np.log(2), rel=1e-5)
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))

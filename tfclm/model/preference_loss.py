@@ -27,6 +27,7 @@ from tfclm.model.chunked_loss import closed_form_head
 from tfclm.model.sequence_logps import chunked_sequence_logps, logps_from_logits
 
 REFERENCE_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+SCORING_CHUNK = 512  # tokens a chunk of the LM head where train.loss_chunk_tokens is 0
 # TRL's names, in the progress bar, TensorBoard, the trackers and results.json
 WATCHED = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected")  # fmt: skip
@@ -42,7 +43,9 @@ class Scorer:
     the chunked head where the family has one."""
 
     def __init__(self, lm, chunk_tokens: int = 0):
-        self.lm, self.chunk_tokens = lm, chunk_tokens
+        # Always in chunks where the family allows: one chunk of every token would hold the batch's logits, their
+        # softmax and their gradient in float32 at once (distilgpt2, 8 pairs x 128: 1.2 GB more than SFT's peak).
+        self.lm, self.chunk_tokens = lm, chunk_tokens or SCORING_CHUNK
         self.body, self.head = closed_form_head(lm, required=bool(chunk_tokens))
 
     def __call__(self, rows, training: bool = False):
@@ -51,7 +54,7 @@ class Scorer:
             return logps_from_logits(rows["labels"], out.logits)
         hidden = self.body(rows["input_ids"], rows["attention_mask"], training)
         head_trains = self.head.weight.name in {v.name for v in self.lm.trainable_variables}
-        return chunked_sequence_logps(hidden, rows["labels"], self.head, self.chunk_tokens or None, head_trains)
+        return chunked_sequence_logps(hidden, rows["labels"], self.head, self.chunk_tokens, head_trains)
 
 
 class AdaptersOff(Scorer):

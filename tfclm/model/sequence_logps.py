@@ -61,8 +61,9 @@ def chunked_sequence_logps(hidden, labels, head, chunk_tokens=None, head_trains:
             def back(i, grad_states, grad_weight, *grad_biases):
                 _, logits = _chunk_logps(states[i], targets[i], low_weight, transposed, biases)
                 scored = tf.cast(targets[i] != -100, tf.float32) * weights[i]
-                one_hot = tf.one_hot(tf.maximum(targets[i], 0), tf.shape(logits)[1], dtype=tf.float32)
-                grad_logits = (one_hot - tf.nn.softmax(logits)) * scored[:, None]
+                # (one-hot - softmax) x weight, without a one-hot tensor the size of the logits
+                index = tf.stack([tf.range(tf.shape(logits)[0]), tf.maximum(targets[i], 0)], 1)
+                grad_logits = tf.tensor_scatter_nd_add(-tf.nn.softmax(logits) * scored[:, None], index, scored)
                 low = tf.cast(grad_logits, states.dtype)
                 grad_states = grad_states.write(i, tf.matmul(low, low_weight, transpose_b=not transposed))
                 if head_trains:

@@ -153,7 +153,10 @@ FINAL = (
 
 
 def final_metrics(results: dict) -> dict:
-    return {key: float(results[key]) for key in FINAL if results.get(key) is not None}
+    """The run's end figures: results.json's headline numbers, and a preference run's validation pairs'."""
+    found = {key: float(results[key]) for key in FINAL if results.get(key) is not None}
+    found.update({f"preference/{key}": float(value) for key, value in (results.get("preference") or {}).items()})
+    return found
 
 
 def model_files(model_dir: str | None) -> list[str]:
