@@ -151,6 +151,7 @@ def test_python_api_loads_once(trained_dir):
     from tfclm.generation import generator as generate_module
 
     out = trained_dir[0]
+    generate_module._GENERATORS.clear()  # what other tests of this worker loaded is not this test's
     first = tfclm.generate(out, ["The"], do_sample=False, max_new_tokens=6)
     second = tfclm.generate(out, "The list", do_sample=False, max_new_tokens=6)
     assert first[0].startswith("The") and second[0].startswith("The list")
