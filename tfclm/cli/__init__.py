@@ -189,10 +189,10 @@ def evaluate_command(
         python -m tfclm evaluate --model runs/default --tasks lambada_openai --limit 100
         python -m tfclm evaluate --model runs/dpo --reference base/ --preference-file pairs.jsonl --json
     """
-    pairs = {"--config": config_path, "--text-file": text_file, "--stride": stride, "--tasks": tasks,
-             "--reference": reference, "--beta": beta, "--loss-type": loss_type}  # fmt: skip
-    if preference_file is not None or reference or beta or loss_type:
-        return evaluate_pairs(model_dir, preference_file, pairs, batch_size=batch_size, block_size=block_size,
+    pair_flags = {"--config": config_path, "--text-file": text_file, "--stride": stride, "--tasks": tasks,
+                  "--reference": reference, "--beta": beta, "--loss-type": loss_type}  # fmt: skip
+    if preference_file is not None or any(v is not None for v in (reference, beta, loss_type)):
+        return evaluate_pairs(model_dir, preference_file, pair_flags, batch_size=batch_size, block_size=block_size,
                               as_json=as_json)  # fmt: skip
     from tfclm.evaluation.model_dir import evaluate_dir
     from tfclm.evaluation.perplexity import eval_line

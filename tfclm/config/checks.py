@@ -100,7 +100,8 @@ def _check_preference(config) -> None:
     """The preference: section is for data.format preference, and takes only what its loss can honour."""
     pref, data, lora = config.preference, config.data, config.lora
     if data.format != "preference":
-        changed = [k for k, v in vars(pref).items() if v != getattr(type(pref)(), k)]
+        defaults = vars(type(pref)())
+        changed = [k for k, v in vars(pref).items() if v != defaults[k]]
         _require(
             not changed,
             f"preference.{changed[0] if changed else ''}",
@@ -145,7 +146,8 @@ def _check_format(data, train) -> None:
         f"{train.loss_on} needs data.format: {needs} ({data.format} has no {train.loss_on}); use all or auto",
     )
     if data.format != "prompt_completion":
-        for key in ("prompt_column", "prompt_template")[1 if data.format == "preference" else 0 :]:
+        # a preference record's prompt is a field too (default "prompt"); only the template is prompt_completion's
+        for key in ("prompt_template",) if data.format == "preference" else ("prompt_column", "prompt_template"):
             _require(
                 getattr(data, key) is None,
                 f"data.{key}",

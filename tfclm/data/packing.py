@@ -10,7 +10,6 @@ partial block is dropped, and the count is reported. Unpacked
 """
 
 import hashlib
-import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tfclm.errors import ConfigError
-from tfclm.files import atomic_write_bytes
+from tfclm.files import atomic_write_arrays
 
 
 @dataclass
@@ -159,9 +158,7 @@ def save_blocks(path: str, blocks: dict[str, Blocks]) -> None:
         if b.attention_mask is not None:
             arrays[f"{name}_mask"] = b.attention_mask
         arrays[f"{name}_counts"] = np.array([b.documents, b.tokens, b.dropped], dtype=np.int64)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_arrays(path, arrays)
 
 
 def load_blocks(path: str, names: tuple[str, ...]) -> dict[str, Blocks]:

@@ -15,6 +15,8 @@ padded rows, chosen and rejected, whose labels are -100 except on the
 answer: the log-probability of an answer is the sum over those tokens.
 """
 
+import os
+
 import numpy as np
 
 from tfclm.data import chat
@@ -76,13 +78,9 @@ def pair_of(record: dict, data, index: int) -> tuple:
     return prompt, chosen, rejected
 
 
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return a[:n]
+def conversational(found: list) -> bool:
+    """Whether the pairs (record index, prompt, chosen, rejected) hold turns, which the chat template renders."""
+    return bool(found) and not isinstance(found[0][2], str)
 
 
 def render(tokenizer, prompt, chosen, rejected) -> tuple[str, str, str]:
@@ -98,10 +96,10 @@ def render(tokenizer, prompt, chosen, rejected) -> tuple[str, str, str]:
         messages(prompt), tokenize=False, add_generation_prompt=not follows, continue_final_message=follows
     )
     with_chosen = tokenizer.apply_chat_template(messages(prompt + chosen), tokenize=False)
-    text = _common_prefix(text, with_chosen)  # a template that adds a token after the generation prompt
+    text = os.path.commonprefix([text, with_chosen])  # a template that adds a token after the generation prompt
     chosen_text = with_chosen[len(text) :]
     with_rejected = tokenizer.apply_chat_template(messages(prompt + rejected), tokenize=False)
-    text = _common_prefix(text, with_rejected)
+    text = os.path.commonprefix([text, with_rejected])
     return text, chosen_text, with_rejected[len(text) :]
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tfclm.config import Config, DataConfig
-from tfclm.data import chat, examples, packing, sources
+from tfclm.data import chat, examples, packing, preference, sources
 from tfclm.data.packing import Blocks
 from tfclm.data.tokenizer import load_tokenizer
 from tfclm.errors import ConfigError
@@ -140,7 +140,7 @@ def _prepare_examples(config: Config, cache_dir: str, own_pad: bool) -> Prepared
     writes = []
     tokenizer = load_tokenizer(config, [_text_of(e, data.format) for e in train_found], cache_dir, writes, own_pad)
     facts = {}
-    if data.format == "messages" or (data.format == "preference" and not isinstance(train_found[0][2], str)):
+    if data.format == "messages" or (data.format == "preference" and preference.conversational(train_found)):
         tokenizer, added = chat.with_template(tokenizer)
         chat.check_template(
             tokenizer, "tokenizer.name_or_path" if config.tokenizer.name_or_path else "model.name_or_path"

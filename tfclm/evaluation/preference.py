@@ -17,6 +17,7 @@ from tfclm.config import DataConfig, PreferenceConfig
 from tfclm.data import chat, examples, preference, sources
 from tfclm.data.pipeline import make_dataset
 from tfclm.errors import ConfigError
+from tfclm.evaluation.perplexity import perplexity
 from tfclm.model.preference_loss import Scorer, pair_figures, reference_scorer
 
 NAMES = {"loss": "dpo_loss", "chosen_rewards": "chosen_reward", "rejected_rewards": "rejected_reward",
@@ -43,7 +44,7 @@ def pair_means(policy, reference, dataset, settings: PreferenceConfig) -> dict:
         "reward_accuracy": float((margins > 0).mean()),
         "reward_margin": float(margins.mean()),
         "chosen_loss": loss,
-        "chosen_perplexity": math.exp(loss) if loss < 709 else math.inf,
+        "chosen_perplexity": perplexity(loss),
         "pairs": int(len(margins)),
     }
 
@@ -78,7 +79,7 @@ def pair_blocks(path: str, tokenizer, block_size: int, settings: PreferenceConfi
     found = [e for _, _, e in examples.preference_pairs(sources.load_records(data), data)]
     if not found:
         raise ConfigError("--preference-file", f"{path!r} holds no pairs")
-    if not isinstance(found[0][2], str):
+    if preference.conversational(found):
         tokenizer, _ = chat.with_template(tokenizer)
         chat.check_template(tokenizer, "--model")
     return preference.encode(found, tokenizer, block_size, settings)

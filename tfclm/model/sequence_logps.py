@@ -1,6 +1,6 @@
 """The log-probability of each row's scored tokens, summed: what preference losses compare.
 
-`sequence_logps` takes the full logits where the family's head is not a
+`logps_from_logits` takes the full logits where the family's head is not a
 plain projection; elsewhere `chunked_sequence_logps` runs the LM head
 `chunk_tokens` tokens at a time, as `tfclm.model.chunked_loss` does for the
 token loss, so no batch x length x vocabulary tensor exists. Its gradient

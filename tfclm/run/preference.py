@@ -12,9 +12,9 @@ from tfclm.backend import tf
 from tfclm.data.pipeline import make_dataset
 from tfclm.evaluation.perplexity import eval_line, evaluate_loss
 from tfclm.evaluation.preference import check_same_vocabulary, pair_means, preference_line
-from tfclm.files import OutputDir, atomic_write_bytes
+from tfclm.files import OutputDir, atomic_write_arrays
 from tfclm.model.loading import load_model, load_trained
-from tfclm.model.preference_loss import REFERENCE_KEYS, Scorer, both_sides, reference_scorer
+from tfclm.model.preference_loss import REFERENCE_KEYS, both_sides, reference_scorer
 from tfclm.training.preference import PreferenceTrainer
 from tfclm.training.trainer import CausalLMTrainer
 
@@ -66,31 +66,20 @@ def reference_for(run, model, prepared):
     path = _cache_path(run, prepared)
     if os.path.exists(path):
         with np.load(path) as cached:
-            scores = {
-                side: {key: cached[f"{side}/{key}"] for key in REFERENCE_KEYS} for side in ("train", "validation")
-            }
+            scores = {side: {key: cached[f"{side}/{key}"] for key in REFERENCE_KEYS} for side in SIDES}
         logger.info(f"reference: its scores of every pair read from {path}")
     else:
         reference = _reference_model(run, prepared.tokenizer)
         scorer = reference_scorer(model, reference, run.config.train.loss_chunk_tokens)
         batch = run.config.evaluate.batch_size
-        scores = {
-            "train": _score(scorer, prepared.train, batch),
-            "validation": _score(scorer, prepared.validation, batch),
-        }
+        scores = {side: _score(scorer, getattr(prepared, side), batch) for side in SIDES}
         del scorer, reference  # training holds one model
         logger.info("reference: every pair scored once; training holds the policy alone")
 
-        def write():
-            import io
-
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            buffer = io.BytesIO()
-            np.savez(buffer, **{f"{side}/{key}": v for side, found in scores.items() for key, v in found.items()})
-            atomic_write_bytes(path, buffer.getvalue())
-
-        prepared.cache_writes.append(write)
-    prepared.train.extras, prepared.validation.extras = scores["train"], scores["validation"]
+        arrays = {f"{side}/{key}": v for side, found in scores.items() for key, v in found.items()}
+        prepared.cache_writes.append(lambda: atomic_write_arrays(path, arrays))
+    for side in SIDES:
+        getattr(prepared, side).extras = scores[side]
     return None
 
 
@@ -106,8 +95,7 @@ def evaluate(run, trainer, eval_ds, byte_table) -> dict:
     config = run.config
     if config.data.format != "preference":
         return evaluate_loss(trainer.lm, eval_ds, byte_table, config.train.loss_chunk_tokens)
-    figures = pair_means(Scorer(trainer.lm, config.train.loss_chunk_tokens), trainer.reference, eval_ds,
-                         config.preference)  # fmt: skip
+    figures = pair_means(trainer.policy, trainer.reference, eval_ds, config.preference)
     return {"loss": figures["chosen_loss"], "perplexity": figures["chosen_perplexity"], "preference": figures}
 
 
