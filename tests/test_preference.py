@@ -481,3 +481,42 @@ def test_every_family_scores_answers_and_takes_a_preference_step(model_type, tok
     loss = trainer.fit(one_batch(batch), verbose=0).history["loss"][0]
     assert loss == pytest.approx(np.log(2), rel=1e-5)
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+
+
+def test_pairs_of_text_and_of_turns_in_one_file_each_render_as_their_own(bpe, tmp_path):
+    """As TRL renders each record by its own shape: a conversation after text pairs goes through the chat template,
+    and scores as it does alone; with no template to render it, one line, before the model scores anything."""
+    import copy
+
+    from tfclm.config import PreferenceConfig
+    from tfclm.evaluation.preference import evaluate_pairs_file
+
+    plain = str(tmp_path / "plain")  # a model whose tokenizer has no chat template
+    scratch("gpt2", bpe).save_pretrained(plain)
+    bpe.save_pretrained(plain)
+    bpe = copy.deepcopy(bpe)
+    bpe.chat_template = CHATML
+    policy, reference = str(tmp_path / "policy"), str(tmp_path / "reference")
+    for folder, seed in ((policy, 0), (reference, 1)):
+        model = scratch("gpt2", bpe)
+        rng = np.random.default_rng(seed)
+        for v in model.weights:
+            v.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype(np.float32))
+        model.save_pretrained(folder)
+        bpe.save_pretrained(folder)
+    chat_pairs = pair_records("conversational")[:3]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", pair_records("standard")[:3] + chat_pairs)
+    alone = {
+        shape: write_jsonl(tmp_path / f"{shape}.jsonl", pair_records(shape)[:3])
+        for shape in ("standard", "conversational")
+    }
+    settings = PreferenceConfig()
+    both = evaluate_pairs_file(policy, reference, mixed, settings, batch_size=8, block_size=128)
+    each = [
+        evaluate_pairs_file(policy, reference, path, settings, batch_size=8, block_size=128) for path in alone.values()
+    ]
+    assert both["pairs"] == 6 and [e["pairs"] for e in each] == [3, 3]
+    for key in ("chosen_logps", "rejected_logps", "dpo_loss"):
+        assert both[key] == pytest.approx((each[0][key] + each[1][key]) / 2, rel=1e-5), key
+    refused = run_cli(["evaluate", "--model", plain, "--reference", plain, "--preference-file", mixed])
+    assert "--preference-file: " in error_line(refused) and "no chat template" in error_line(refused)

@@ -79,8 +79,9 @@ def pair_of(record: dict, data, index: int) -> tuple:
 
 
 def conversational(found: list) -> bool:
-    """Whether the pairs (record index, prompt, chosen, rejected) hold turns, which the chat template renders."""
-    return bool(found) and not isinstance(found[0][2], str)
+    """Whether any of the pairs (record index, prompt, chosen, rejected) holds turns, which the chat template
+    renders; each pair is rendered by its own shape, as TRL renders each record."""
+    return any(not isinstance(chosen, str) for _, _, chosen, _ in found)
 
 
 def render(tokenizer, prompt, chosen, rejected) -> tuple[str, str, str]:
@@ -113,9 +114,10 @@ def _rows(prompt, answer, block_size: int) -> tuple[list, int]:
     return row, max(start, 0)
 
 
-def encode(found: list, tokenizer, block_size: int, preference) -> Blocks:
+def encode(found: list, tokenizer, block_size: int, preference, key: str = "data.block_size") -> Blocks:
     """`found` ((record index, prompt, chosen, rejected), ...) as padded chosen rows, the rejected rows in
-    `.rejected`; a prompt that fills the block is a one-line error naming its record."""
+    `.rejected`; a prompt that fills the block is a one-line error naming its record and `key`, the setting of
+    `block_size`."""
     rendered = [render(tokenizer, *pair) for _, *pair in found]
 
     def ids(texts):
@@ -136,9 +138,9 @@ def encode(found: list, tokenizer, block_size: int, preference) -> Blocks:
             answer = answer[: preference.max_completion_length] if preference.max_completion_length else answer
             if len(prompt) >= block_size:
                 raise ConfigError(
-                    "data.block_size",
+                    key,
                     f"record {found[k][0]}: its prompt is {len(prompt):,} tokens and fills the block of {block_size}; "
-                    f"raise data.block_size or lower preference.max_prompt_length",
+                    f"raise {key} or lower preference.max_prompt_length",
                 )
             row, start = _rows(prompt, answer, block_size)
             tokens += len(prompt) + len(answer)

@@ -80,9 +80,14 @@ def pair_blocks(path: str, tokenizer, block_size: int, settings: PreferenceConfi
     if not found:
         raise ConfigError("--preference-file", f"{path!r} holds no pairs")
     if preference.conversational(found):
-        tokenizer, _ = chat.with_template(tokenizer)
+        if not tokenizer.chat_template:  # tfclm's ChatML would add tokens this model never learned
+            raise ConfigError(
+                "--preference-file",
+                f"{path!r} holds conversations, and the model's tokenizer has no chat template to render them; save "
+                f"the template the model was trained with beside it (chat_template), or score text pairs",
+            )
         chat.check_template(tokenizer, "--model")
-    return preference.encode(found, tokenizer, block_size, settings)
+    return preference.encode(found, tokenizer, block_size, settings, key="--block-size")
 
 
 def evaluate_pairs_file(model_dir: str, reference_dir, pairs_path: str, settings: PreferenceConfig, *,
