@@ -314,3 +314,19 @@ def client_env(hub_url, home):
 
 def run(args, env, timeout=600):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def decoded_greedy(decoder, prompts, steps):
+    """The greedy completions `tfclm serve`'s decoder gives `prompts`, decoded as one batch per batch key."""
+    from tfclm.serve.engine import Row
+
+    tokenizer = decoder.tokenizer
+    stop = (tokenizer.eos_token_id,)
+    made = [[] for _ in prompts]
+    groups = {}
+    for i, ids in enumerate(tokenizer(prompts, add_special_tokens=False)["input_ids"]):
+        row = Row(ids, steps, lambda token, *_, i=i: made[i].append(token), temperature=0.0)
+        groups.setdefault(decoder.key(len(ids), steps, 0, stop), []).append(row)
+    for key, rows in groups.items():
+        decoder.decode(key, rows)
+    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in made]

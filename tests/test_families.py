@@ -21,7 +21,18 @@ import pytest
 
 from tfclm.model.families import FAMILIES, TRAINED
 
-from helpers import DEFAULT_CONFIG, PYDOC_TOPICS, SEED_CLIENT, TINY, TINY_CONFIGS, run_cli, scratch, sets, tree
+from helpers import (
+    DEFAULT_CONFIG,
+    PYDOC_TOPICS,
+    SEED_CLIENT,
+    TINY,
+    TINY_CONFIGS,
+    decoded_greedy,
+    run_cli,
+    scratch,
+    sets,
+    tree,
+)
 
 PROMPTS = ["The list type", "Return the value of the first"]
 
@@ -71,8 +82,10 @@ def greedy_alone(model, tokenizer, prompt, steps):
 @pytest.mark.slow  # an XLA compile per family
 @pytest.mark.parametrize("model_type", TRAINED)
 def test_a_batch_decodes_as_each_prompt_alone_eager_and_xla(model_type, tokenizer):
-    """Left padding and XLA's bucket padding shifted positions in OpenAI GPT and the BERT-likes."""
+    """Left padding and XLA's bucket padding shifted positions in OpenAI GPT and the BERT-likes; tfclm serve's
+    decoder, step by step, gives what transformers' generate gives."""
     from tfclm.generation.generator import Generator
+    from tfclm.serve.engine import Decoder
 
     model = scratch(model_type, tokenizer, block_size=16)
     steps = 6
@@ -85,6 +98,8 @@ def test_a_batch_decodes_as_each_prompt_alone_eager_and_xla(model_type, tokenize
         batch = [sample.completion for sample in generator(PROMPTS, **options)]
         # A completion ends at EOS; the reference runs on past it.
         assert [e.split(eos)[0] for e in expected] == alone == batch, (xla, expected, alone, batch)
+        # tfclm serve's step-by-step decoder gives the same, batched.
+        assert decoded_greedy(Decoder(model, tokenizer, xla=xla), PROMPTS, steps) == alone, xla
 
 
 @pytest.mark.parametrize(

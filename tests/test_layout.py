@@ -12,8 +12,8 @@ from helpers import ROOT
 PACKAGE = os.path.join(ROOT, "tfclm")
 
 # Importer prefix -> what it must never import. Earlier stages never import later ones; the run (tfclm.run) sits
-# above every stage, and only the CLI and tfclm.fit import it.
-LATER = ("tfclm.run", "tfclm.cli")
+# above every stage, and only the CLI and tfclm.fit import it; the server (tfclm.serve) only the CLI.
+LATER = ("tfclm.run", "tfclm.cli", "tfclm.serve")
 FORBIDDEN = {
     "tfclm.config": ("tfclm.data", "tfclm.model", "tfclm.training", "tfclm.evaluation", "tfclm.generation", "tfclm.hub",
                      "tfclm.tracking", *LATER),
@@ -27,7 +27,9 @@ FORBIDDEN = {
     "tfclm.training": ("tfclm.hub", "tfclm.tracking", *LATER),
     "tfclm.hub": ("tfclm.tracking", "tfclm.training.trainer", *LATER),
     "tfclm.tracking": ("tfclm.config", "tfclm.hub", "tfclm.training.trainer", *LATER),
-    "tfclm.run": ("tfclm.cli",),
+    "tfclm.run": ("tfclm.cli", "tfclm.serve"),
+    # The server stands on generation and the model, beside the run: only the CLI starts it.
+    "tfclm.serve": ("tfclm.training", "tfclm.evaluation", "tfclm.hub", "tfclm.tracking", "tfclm.run", "tfclm.cli"),
     "tfclm.callbacks": LATER,
     "tfclm.auto": ("tfclm.training", "tfclm.hub", "tfclm.tracking", *LATER),
 }  # fmt: skip
@@ -168,7 +170,7 @@ def test_tensorflow_is_loaded_in_one_place():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["config"], ["families"]])
+@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["serve", "--help"], ["config"], ["families"]])
 def test_help_does_not_import_tensorflow(args):
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "tfclm", *args],

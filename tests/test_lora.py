@@ -16,7 +16,18 @@ import pytest
 
 from tfclm.model.families import FAMILIES, TRAINED
 
-from helpers import DEFAULT_CONFIG, PYDOC_TOPICS, SEED_CLIENT, TINY, TINY_CONFIGS, run_cli, scratch, sets, tree
+from helpers import (
+    DEFAULT_CONFIG,
+    PYDOC_TOPICS,
+    SEED_CLIENT,
+    TINY,
+    TINY_CONFIGS,
+    decoded_greedy,
+    run_cli,
+    scratch,
+    sets,
+    tree,
+)
 
 PROMPTS = ["The list type", "Return the value of the first"]
 SAVED_NORM = {
@@ -294,6 +305,16 @@ def test_a_lora_run_end_to_end(base_run, tmp_path):
     results = json.load(open(os.path.join(out, "results.json")))
     assert 0 < results["trainable_parameters"] < 0.1 * results["parameters"] and results["adapter_sha256"]
     assert results["eval_loss"] < results["eval_loss_before"]
+    # tfclm serve decodes an adapter dir (base plus adapters) as tfclm generate does.
+    from tfclm.generation.generator import Generator
+    from tfclm.model.loading import load_trained
+    from tfclm.serve.engine import Decoder
+
+    model, tokenizer = load_trained(out)
+    alone = [
+        s.completion for s in Generator(model, tokenizer)(["The list", "Return"], do_sample=False, max_new_tokens=6)
+    ]
+    assert decoded_greedy(Decoder(model, tokenizer), ["The list", "Return"], 6) == alone
     # The checkpoints hold the adapters and their optimizer state, not the frozen base.
     ckpt = os.path.join(out, "checkpoints")
     size = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.startswith("ckpt-6.data"))

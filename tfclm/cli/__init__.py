@@ -1,4 +1,4 @@
-"""The command line: `python -m tfclm fit | evaluate | generate | push | export | config`.
+"""The command line: `python -m tfclm fit | evaluate | generate | serve | push | export | config`.
 
 Commands parse options and hand over to the library; domain errors become
 `click.UsageError` (exit code 2, one line, no traceback).
@@ -24,6 +24,7 @@ from tfclm.cli.options import (
 )
 from tfclm.cli.pairs import evaluate_pairs
 from tfclm.cli.reference import config_command, families_command
+from tfclm.cli.serve import serve_command
 from tfclm.errors import ConfigError, EnvironmentFailure, raise_interrupted
 
 
@@ -333,6 +334,7 @@ def export_command(model_dir, target, output, force, merge_lora, prompt_length, 
     click.echo(f"exported {model_dir} to {output} ({target})")
 
 
+cli.add_command(serve_command)
 cli.add_command(config_command)
 cli.add_command(families_command)
 

@@ -21,15 +21,19 @@ def filter_logits(scores, top_k: int, top_p: float, temperature: float):
     """
     scores = tf.cast(scores, tf.float32) / temperature
     vocab = int(scores.shape[-1])
-    if top_k <= 0 and top_p >= 1.0:
+    per_row = tf.is_tensor(top_p)  # a [rows, 1] tensor: each row its own top_p, 1.0 keeping all
+    if top_k <= 0 and not per_row and top_p >= 1.0:
         return scores
     k = min(top_k, vocab) if top_k > 0 else vocab
     values, _ = tf.math.top_k(scores, k=k)  # sorted, descending
-    if top_p < 1.0:
+    if per_row or top_p < 1.0:
         probs = tf.nn.softmax(values, axis=-1)
         mass_before = tf.math.cumsum(probs, axis=-1, exclusive=True)
         # Keep a token while the mass before it is under top_p; the first always stays.
         kept = tf.logical_or(mass_before < top_p, tf.range(k) == 0)
+        if per_row:
+            # A row's top_p of 1 keeps all k, even where rounding lets the mass before a token reach 1.
+            kept = tf.logical_or(kept, top_p >= 1.0)
         values = tf.where(kept, values, tf.fill(tf.shape(values), float("inf")))
     threshold = tf.reduce_min(values, axis=-1, keepdims=True)
     return tf.where(scores >= threshold, scores, tf.fill(tf.shape(scores), float("-inf")))
@@ -70,6 +74,24 @@ def counter_uniform(shape, seed, step):
     return tf.reshape((tf.cast(bits, tf.float64) + 0.5) / 2.0**32, [rows, cols])
 
 
+def row_uniform(seeds, step, vocab: int):
+    """Uniforms in (0, 1) for each row from its own (seed, stream) pair in `seeds` [rows, 2], the step and the
+    token's index: a row draws what it would alone, whichever rows share its batch. A row seeded (s, 0)
+    draws what `counter_uniform` gives the first row of a batch seeded s."""
+    seeds = tf.cast(seeds, tf.int64)
+    position = tf.range(vocab, dtype=tf.int64)[None, :]
+    key = _hash32(
+        tf.bitwise.bitwise_and(seeds[:, :1] * 0x9E3779B1 + seeds[:, 1:] + tf.cast(step, tf.int64) * 0x85EBCA77, _MASK32)
+    )
+    bits = _hash32(tf.bitwise.bitwise_xor(_hash32(position), key))
+    bits = _hash32(tf.bitwise.bitwise_xor(bits, key))
+    return (tf.cast(bits, tf.float64) + 0.5) / 2.0**32
+
+
+def gumbel(uniform, dtype):
+    return -tf.cast(tf.math.log(-tf.math.log(uniform)), dtype)
+
+
 class SamplingLogitsProcessor(TFLogitsProcessor):
     """Sampling as a logits processor: filter, then add Gumbel noise drawn with a per-step seed.
 
@@ -93,7 +115,7 @@ class SamplingLogitsProcessor(TFLogitsProcessor):
     def __call__(self, input_ids, scores, cur_len):
         filtered = filter_logits(scores, self.top_k, self.top_p, self.temperature)
         uniform = counter_uniform(tf.shape(filtered), self.seed, tf.cast(cur_len, tf.int32) - self.prompt_length)
-        noise = -tf.cast(tf.math.log(-tf.math.log(uniform)), filtered.dtype)
+        noise = gumbel(uniform, filtered.dtype)
         if self.enabled is not None:
             # Filtering keeps the likeliest token and scaling keeps the order, so without noise this is greedy.
             noise = noise * tf.cast(self.enabled, filtered.dtype)
