@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, tree
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-not-a-secret"
@@ -69,9 +69,11 @@ class Served:
 def text_server(trained_dir, tmp_path_factory):
     model = str(tmp_path_factory.mktemp("serve") / "pydoc")
     shutil.copytree(trained_dir[0], model)
+    before = tree(model)
     server = Served(model, "--api-key", KEY)
     yield server
     server.stop()
+    assert tree(model) == before  # every request, bad ones too, only ever read the model dir
 
 
 @pytest.fixture(scope="module")
