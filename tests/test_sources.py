@@ -17,6 +17,10 @@ def test_builtin_corpus_is_real_distinct_english():
     assert any("list" in d and "append" in d for d in docs)
     assert docs == load_builtin("builtin:pydoc")  # a fixed order: the split is reproducible
     assert len(pydoc_topics()) > 50
+    # data.max_documents reads the corpus only as far as it keeps: the same documents as the whole corpus's first.
+    whole = list(unique_documents(docs))
+    for keep in (40, len(pydoc_topics()) + 5):
+        assert load_documents(DataConfig(dataset="builtin:pydoc", max_documents=keep)) == whole[:keep]
 
 
 def test_unknown_builtin_names_the_known_ones():

@@ -8,8 +8,10 @@ module is imported (some print or open a browser on import).
 
 import ast
 import inspect
+import itertools
 import os
 import sysconfig
+from collections.abc import Iterator
 
 from tfclm.errors import ConfigError
 
@@ -47,27 +49,32 @@ def _module_docstrings(path: str) -> list[str]:
     return docs
 
 
-def stdlib_docstrings(stdlib: str | None = None) -> list[str]:
-    """One document per docstring of the standard library's modules, classes and functions.
+def stdlib_docstrings(stdlib: str | None = None) -> Iterator[str]:
+    """One document per docstring of the standard library's modules, classes and functions, module by module in
+    a fixed order, each module read only when the one before is used up.
 
     A docstring is a whole text with an end, so the model sees EOS every few
     dozen tokens and learns to stop; whole modules as documents averaged ~770
     tokens, and a model trained on them rarely ended a 100-token sample.
     """
     root = stdlib or sysconfig.get_paths()["stdlib"]
-    documents = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         for filename in sorted(filenames):
             if filename.endswith(".py"):
-                documents.extend(_module_docstrings(os.path.join(dirpath, filename)))
-    return documents
+                yield from _module_docstrings(os.path.join(dirpath, filename))
 
 
-def load_builtin(name: str) -> list[str]:
-    """The documents of a built-in corpus, in a fixed order."""
+def iter_builtin(name: str) -> Iterator[str]:
+    """The documents of a built-in corpus, in a fixed order, read as they are taken: a run that keeps the first
+    `data.max_documents` parses no more of the standard library than it keeps (the pydoc topics come first)."""
     if name != PYDOC:
         raise ConfigError(
             "data.dataset", f"unknown built-in corpus {name!r}; the built-in corpora are: {', '.join(NAMES)}"
         )
-    return pydoc_topics() + stdlib_docstrings()
+    return itertools.chain(pydoc_topics(), stdlib_docstrings())
+
+
+def load_builtin(name: str) -> list[str]:
+    """The documents of a built-in corpus, in a fixed order."""
+    return list(iter_builtin(name))

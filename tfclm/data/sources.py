@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Optional
 
 import datasets
@@ -225,7 +225,7 @@ def lookup(record: dict, path: str, key: str):
 def iter_texts(data: DataConfig) -> Iterator[str]:
     """Every document of the source, in order, without holding them all in memory."""
     if corpus.is_builtin(data.dataset):
-        yield from corpus.load_builtin(data.dataset)
+        yield from corpus.iter_builtin(data.dataset)
         return
     # A missing path or an unknown extension gives no .txt files; load_records then says which.
     txt = _txt_files(data.dataset) if os.path.exists(data.dataset) else []
@@ -240,9 +240,10 @@ def iter_texts(data: DataConfig) -> Iterator[str]:
         raise not_utf8(data.dataset) from None
 
 
-def load_texts(data: DataConfig) -> list[str]:
+def load_texts(data: DataConfig) -> Iterable[str]:
+    """Every document of the source, in order: a list, or for a built-in corpus an iterator read as it is taken."""
     if corpus.is_builtin(data.dataset):
-        return corpus.load_builtin(data.dataset)
+        return corpus.iter_builtin(data.dataset)
     # A missing path or an unknown extension gives no .txt files; load_records then says which.
     txt = _txt_files(data.dataset) if os.path.exists(data.dataset) else []
     if txt:

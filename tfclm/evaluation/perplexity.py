@@ -35,7 +35,7 @@ def sum_and_count(model, chunk_tokens: int = 0):
         body, head = head_and_body(model)
 
     # One trace for every batch shape: the last batch is usually shorter.
-    @tf.function(input_signature=[{"input_ids": spec, "attention_mask": spec, "labels": spec}])
+    @tf.function(input_signature=[{"input_ids": spec, "attention_mask": spec, "labels": spec}], autograph=False)
     def step(batch):
         if chunk_tokens:
             hidden = body(batch["input_ids"], batch["attention_mask"], training=False)

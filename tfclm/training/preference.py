@@ -23,6 +23,7 @@ class PreferenceTrainer(CausalLMTrainer):
         figures = pair_figures(self.policy, self.reference, batch, self.settings)
         return objective_of(figures, self.settings), watched_of(figures)
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, batch):
         figures = pair_figures(self.policy, self.reference, batch, self.settings)
         pairs = tf.cast(tf.shape(batch["input_ids"])[0], tf.float32)

@@ -184,6 +184,9 @@ class CausalLMTrainer(keras.Model):
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         return dropout.step_seed(self.seed, self.inner_optimizer.iterations, micro, replica)
 
+    # Not converted by autograph, nor is the model code they call (Keras layers follow the caller's status):
+    # the steps use tf.cond where they branch, and converting transformers' model code took seconds a process.
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, batch):
         if self.seed is None:
             return self._train_step(batch)
@@ -250,6 +253,7 @@ class CausalLMTrainer(keras.Model):
             self.watched[name].update_state(values)
         return {name: tracker.result() for name, tracker in self.watched.items()}
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, batch):
         total, count = self.loss_sums(batch, training=False)
         self.loss_tracker.update_state(total / tf.maximum(count, 1.0), sample_weight=count)
