@@ -16,6 +16,10 @@ LLAMA3_ROPE = {
     "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     "original_max_position_embeddings": 16,
 }  # fmt: skip
+# Phi-3's LongRoPE: a factor per rotary channel pair (head 8 wide, half of it turning: 2 pairs), the long ones
+# once a batch passes 8 positions (the 10-token batch below does).
+LONGROPE = {"type": "longrope", "short_factor": [1.0, 1.5], "long_factor": [2.0, 4.0]}
+YARN_ROPE = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
 CONFIGS = {
     "llama": dict(model_type="llama", tie_word_embeddings=False),
     "llama, llama3 rope, biases, tied": dict(
@@ -33,6 +37,20 @@ CONFIGS = {
     "mistral, no window": dict(model_type="mistral", sliding_window=None, head_dim=16),
     "gemma, head_dim, tanh gelu": dict(model_type="gemma", head_dim=16, hidden_act="gelu_pytorch_tanh"),
     "gemma, exact gelu, attention bias": dict(model_type="gemma", head_dim=8, hidden_act="gelu", attention_bias=True),
+    "phi3, fused projections, sliding window": dict(model_type="phi3", sliding_window=4, tie_word_embeddings=False),
+    "phi3, partial rotary, longrope": dict(
+        model_type="phi3",
+        partial_rotary_factor=0.5,
+        original_max_position_embeddings=8,
+        rope_scaling=LONGROPE,
+        tie_word_embeddings=True,
+    ),  # fmt: skip
+    "phi3, longrope within the original context": dict(
+        model_type="phi3",
+        original_max_position_embeddings=16,
+        rope_scaling=dict(LONGROPE, short_factor=[1.0, 1.5, 2.0, 3.0], long_factor=[5.0, 6.0, 7.0, 8.0]),
+    ),  # fmt: skip
+    "qwen2, yarn rope": dict(model_type="qwen2", rope_scaling=YARN_ROPE, tie_word_embeddings=False),
 }
 
 
@@ -100,7 +118,7 @@ def test_a_config_in_transformers_v5s_form_gives_the_same_model(tmp_path):
     np.testing.assert_allclose(got[MASK == 1], pytorch_logits(reference, BATCH, MASK)[MASK == 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["qwen2", "mistral, sliding window"])
+@pytest.mark.parametrize("name", ["qwen2", "mistral, sliding window", "phi3, fused projections, sliding window"])
 def test_cached_decoding_greedy_tokens_padding_and_xla(name, tmp_path):
     """Step by step through the cache equals one pass; greedy tokens are PyTorch's (past the sliding window
     too); a left-padded batch gives each prompt its own tokens; XLA gives eager's."""
@@ -141,7 +159,7 @@ def test_cached_decoding_greedy_tokens_padding_and_xla(name, tmp_path):
 @pytest.mark.parametrize(
     "fields, said",
     [
-        (dict(model_type="llama", rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling.rope_type 'yarn'"),
+        (dict(model_type="llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "rope_type 'dynamic'"),
         (dict(model_type="qwen2", use_sliding_window=True), "use_sliding_window: tfclm's TF qwen2 attends"),
         (dict(model_type="llama", pretraining_tp=2), "pretraining_tp: tfclm's TF llama computes"),
     ],
@@ -156,11 +174,11 @@ def test_a_config_value_the_class_does_not_implement_is_refused_before_weights_l
 def test_fit_refuses_what_the_class_does_not_implement_before_any_write(tmp_path):
     from helpers import DEFAULT_CONFIG, TINY, error_line, run_cli, sets
 
-    fields = {**SMALL, "model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    fields = {**SMALL, "model_type": "llama", "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}
     out = tmp_path / "out"
     line = error_line(run_cli(["fit", "--config", DEFAULT_CONFIG, *TINY, *sets(f"model.config={json.dumps(fields)}"),
                                "--output-dir", str(out)]))  # fmt: skip
-    assert line.startswith("Error: model.config: rope_scaling.rope_type 'yarn': tfclm's TF llama computes") and (
+    assert line.startswith("Error: model.config: rope_scaling.rope_type 'dynamic': tfclm's TF llama computes") and (
         not out.exists()
     )
 

@@ -26,6 +26,7 @@ GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
 OPT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # Phi-3 fuses q/k/v and gate/up
 OWN_CLASSES = "tfclm's own TF classes (transformers has none): transformers' TF API loads them after `import tfclm`"
 OWN_MISTRAL = (
     "tfclm's own TF classes, in place of transformers' TF Mistral (whose float32 mask fails under bf16 and fp16): "
@@ -161,7 +162,7 @@ FAMILIES = {
                 blocks="model.layers",
                 block_outputs=2,
                 body="model",
-                lora_targets=LLAMA_TARGETS,
+                lora_targets=PHI3_TARGETS if model_type == "phi3" else LLAMA_TARGETS,
                 tfclm_classes=True,
                 note=OWN_MISTRAL if model_type == "mistral" else OWN_CLASSES,
             )
@@ -171,6 +172,7 @@ FAMILIES = {
                 ("qwen2", "Qwen 2"),
                 ("qwen3", "Qwen 3"),
                 ("gemma", "Gemma"),
+                ("phi3", "Phi-3"),
             )
         ),
         Family(

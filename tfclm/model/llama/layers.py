@@ -22,6 +22,10 @@ class Switches:
     # Gemma: RMSNorm weights stored as an offset from 1 (and applied in float32), embeddings scaled by sqrt(width).
     gemma: bool = False
     window: int | None = None  # Mistral's sliding window: a query sees the last `window` positions, itself included
+    # Phi-3: q, k and v in one projection (`qkv_proj`), the gate and up ones in one (`gate_up_proj`, gate first),
+    # and dropout on each block's two residual branches.
+    fused: bool = False
+    residual_dropout: float = 0.0
 
 
 # PyTorch's names of activations whose TF names differ: gelu_pytorch_tanh is transformers' TF gelu_new.
@@ -44,6 +48,8 @@ def switches(config) -> Switches:
         return Switches(qkv_bias=bias, o_bias=bias, gemma=True)
     if config.model_type == "mistral":
         return Switches(window=getattr(config, "sliding_window", None))
+    if config.model_type == "phi3":
+        return Switches(fused=True, window=config.sliding_window, residual_dropout=config.resid_pdrop)
     return Switches(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)))
 
 
@@ -102,9 +108,13 @@ def rms_norm(config, flags: Switches, name: str, size: int | None = None) -> TFL
 
 
 def rotate(x, cos, sin):
-    """x [batch, length, heads, dim] turned by the angles whose cos and sin are [batch, length, 1, dim]."""
-    half = x.shape[-1] // 2
-    return x * cos + tf.concat([-x[..., half:], x[..., :half]], axis=-1) * sin
+    """x [batch, length, heads, dim] turned by the angles whose cos and sin are [batch, length, 1, rotary dim]:
+    the first rotary dim channels turn, the rest pass (a `partial_rotary_factor` below 1)."""
+    rotary = cos.shape[-1]
+    turning, passing = x[..., :rotary], x[..., rotary:]
+    half = rotary // 2
+    turned = turning * cos + tf.concat([-turning[..., half:], turning[..., :half]], axis=-1) * sin
+    return turned if rotary == x.shape[-1] else tf.concat([turned, passing], axis=-1)
 
 
 class TFLlamaAttention(keras.layers.Layer):
@@ -112,9 +122,13 @@ class TFLlamaAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         self.heads, self.kv_heads, self.dim = config.num_attention_heads, config.num_key_value_heads, head_dim(config)
         dense = dense_of(config)
-        self.q_proj = dense(self.heads * self.dim, use_bias=flags.qkv_bias, name="q_proj")
-        self.k_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="k_proj")
-        self.v_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="v_proj")
+        self.fused = flags.fused
+        if flags.fused:
+            self.qkv_proj = dense((self.heads + 2 * self.kv_heads) * self.dim, use_bias=False, name="qkv_proj")
+        else:
+            self.q_proj = dense(self.heads * self.dim, use_bias=flags.qkv_bias, name="q_proj")
+            self.k_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="k_proj")
+            self.v_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="v_proj")
         self.o_proj = dense(config.hidden_size, use_bias=flags.o_bias, name="o_proj")
         if flags.qk_norm:
             self.q_norm = rms_norm(config, flags, "q_norm", self.dim)
@@ -125,7 +139,8 @@ class TFLlamaAttention(keras.layers.Layer):
     def build(self, input_shape=None):
         width = (None, None, self.hidden_size)
         norms = [(self.q_norm, None), (self.k_norm, None)] if self.qk_norm else []
-        projections = [(getattr(self, name), width) for name in ("q_proj", "k_proj", "v_proj")]
+        names = ("qkv_proj",) if self.fused else ("q_proj", "k_proj", "v_proj")
+        projections = [(getattr(self, name), width) for name in names]
         build_children(self, *projections, (self.o_proj, (None, None, self.heads * self.dim)), *norms)
 
     def call(self, hidden, cos, sin, mask, past=None, training=False):
@@ -134,8 +149,11 @@ class TFLlamaAttention(keras.layers.Layer):
         def heads(x, count):
             return tf.reshape(x, [batch, length, count, self.dim])
 
-        q, k = heads(self.q_proj(hidden), self.heads), heads(self.k_proj(hidden), self.kv_heads)
-        v = heads(self.v_proj(hidden), self.kv_heads)
+        if self.fused:
+            q, k, v = tf.split(self.qkv_proj(hidden), [self.heads * self.dim, *[self.kv_heads * self.dim] * 2], -1)
+        else:
+            q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
+        q, k, v = heads(q, self.heads), heads(k, self.kv_heads), heads(v, self.kv_heads)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
@@ -159,18 +177,27 @@ class TFLlamaMLP(keras.layers.Layer):
         from transformers.activations_tf import get_tf_activation
 
         width, bias, dense = config.intermediate_size, flags.mlp_bias, dense_of(config)
-        self.gate_proj = dense(width, use_bias=bias, name="gate_proj")
-        self.up_proj = dense(width, use_bias=bias, name="up_proj")
+        self.fused = flags.fused
+        if flags.fused:
+            self.gate_up_proj = dense(2 * width, use_bias=bias, name="gate_up_proj")
+        else:
+            self.gate_proj = dense(width, use_bias=bias, name="gate_proj")
+            self.up_proj = dense(width, use_bias=bias, name="up_proj")
         self.down_proj = dense(config.hidden_size, use_bias=bias, name="down_proj")
         self.act_fn = get_tf_activation(ACTIVATIONS.get(config.hidden_act, config.hidden_act))
         self.sizes = (config.hidden_size, width)
 
     def build(self, input_shape=None):
         hidden, wide = ((None, None, size) for size in self.sizes)
-        build_children(self, (self.gate_proj, hidden), (self.up_proj, hidden), (self.down_proj, wide))
+        inputs = [(self.gate_up_proj, hidden)] if self.fused else [(self.gate_proj, hidden), (self.up_proj, hidden)]
+        build_children(self, *inputs, (self.down_proj, wide))
 
     def call(self, hidden):
-        return self.down_proj(self.act_fn(self.gate_proj(hidden)) * self.up_proj(hidden))
+        if self.fused:
+            gate, up = tf.split(self.gate_up_proj(hidden), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(hidden), self.up_proj(hidden)
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 class TFLlamaDecoderLayer(keras.layers.Layer):
@@ -180,6 +207,7 @@ class TFLlamaDecoderLayer(keras.layers.Layer):
         self.self_attn = TFLlamaAttention(config, flags, name="self_attn")
         self.post_attention_layernorm = rms_norm(config, flags, "post_attention_layernorm")
         self.mlp = TFLlamaMLP(config, flags, name="mlp")
+        self.residual_dropout = keras.layers.Dropout(flags.residual_dropout)
 
     def build(self, input_shape=None):
         parts = (self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp)
@@ -189,8 +217,9 @@ class TFLlamaDecoderLayer(keras.layers.Layer):
         attended, present = self.self_attn(
             self.input_layernorm(hidden_states), cos, sin, mask, past=past, training=training
         )
-        hidden_states = hidden_states + attended
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), present
+        hidden_states = hidden_states + self.residual_dropout(attended, training=training)
+        changed = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + self.residual_dropout(changed, training=training), present
 
 
 def causal_mask(attention_mask, length, cached, window: int | None = None):

@@ -17,7 +17,7 @@ dtype, so bf16 training sees no overflowing mask (transformers' TF Mistral
 builds its mask in the compute dtype and fails there).
 """
 
-from transformers import GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 from transformers.modeling_tf_outputs import TFBaseModelOutputWithPast, TFCausalLMOutputWithPast
 from transformers.modeling_tf_utils import TFCausalLanguageModelingLoss, TFPreTrainedModel, unpack_inputs
 
@@ -45,7 +45,7 @@ class TFLlamaMainLayer(keras.layers.Layer):
         )
         self.layers = [TFLlamaDecoderLayer(config, flags, name=f"layers.{i}") for i in range(config.num_hidden_layers)]
         self.norm = rms_norm(config, flags, "norm")
-        self.inverse_frequencies = rope.inverse_frequencies(config, head_dim(config))
+        self.rotation = rope.rotary(config, head_dim(config))
 
     def build(self, input_shape=None):
         build_children(self, (self.embed_tokens, None), *((layer, None) for layer in self.layers), (self.norm, None))
@@ -57,10 +57,17 @@ class TFLlamaMainLayer(keras.layers.Layer):
         self.embed_tokens = value
 
     def angles(self, positions, dtype):
-        """cos and sin [batch, length, 1, dim] of the positions, computed in float32 as PyTorch's are."""
-        turned = tf.cast(positions, tf.float32)[..., None] * tf.constant(self.inverse_frequencies)
+        """cos and sin [batch, length, 1, rotary dim] of the positions, computed in float32 as PyTorch's are."""
+        rotation = self.rotation
+        inverse = tf.constant(rotation.inverse)
+        if rotation.long is not None:  # LongRoPE: the long factors once the batch reaches past the original context
+            inverse = tf.where(tf.reduce_max(positions) + 1 > rotation.switch_after, rotation.long, inverse)
+        turned = tf.cast(positions, tf.float32)[..., None] * inverse
         both = tf.concat([turned, turned], axis=-1)[:, :, None, :]
-        return tf.cast(tf.cos(both), dtype), tf.cast(tf.sin(both), dtype)
+        cos, sin = tf.cos(both), tf.sin(both)
+        if rotation.scale != 1.0:
+            cos, sin = cos * rotation.scale, sin * rotation.scale
+        return tf.cast(cos, dtype), tf.cast(sin, dtype)
 
     def call(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, training=False):
         batch, length = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
@@ -191,6 +198,7 @@ CONFIGS = {
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
     "gemma": GemmaConfig,
+    "phi3": Phi3Config,
 }
 
 

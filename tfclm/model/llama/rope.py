@@ -12,10 +12,23 @@ PyTorch:
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-IMPLEMENTED = ("default", "linear", "llama3")
+IMPLEMENTED = ("default", "linear", "llama3", "yarn", "longrope")
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """The rotation of one config: `inverse` frequencies [rotary dim / 2] (float32); with LongRoPE, `long` ones
+    that take over once a batch reaches past `switch_after` positions (as PyTorch's switch on the batch's largest
+    position); cos and sin multiplied by `scale` (YaRN's and LongRoPE's attention factor)."""
+
+    inverse: np.ndarray
+    long: np.ndarray | None = None
+    switch_after: int | None = None
+    scale: float = 1.0
 
 
 def rope_parameters(config) -> dict:
@@ -41,18 +54,28 @@ def check(config) -> None:
 
 
 def inverse_frequencies(config, head_dim: int) -> np.ndarray:
-    """float32 [rotary dim / 2]: the angle each pair of channels turns by per position."""
+    """float32 [rotary dim / 2]: the angle each pair of channels turns by per position (LongRoPE's short ones)."""
+    return rotary(config, head_dim).inverse
+
+
+def rotary(config, head_dim: int) -> Rotary:
+    """The config's rotation, after refusing a rope_type the TF classes do not compute."""
     check(config)
     parameters = rope_parameters(config)
     dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inverse = (np.float32(1.0) / np.power(np.float32(parameters["rope_theta"]), exponents)).astype(np.float32)
+    powers = np.power(np.float32(parameters["rope_theta"]), exponents).astype(np.float32)
+    inverse = (np.float32(1.0) / powers).astype(np.float32)
     kind = parameters["rope_type"]
     if kind == "linear":
-        inverse = inverse / np.float32(parameters["factor"])
-    elif kind == "llama3":
-        inverse = _llama3(inverse, parameters)
-    return inverse.astype(np.float32)
+        return Rotary(inverse / np.float32(parameters["factor"]))
+    if kind == "llama3":
+        return Rotary(_llama3(inverse, parameters))
+    if kind == "yarn":
+        return _yarn(config, parameters, powers, dim)
+    if kind == "longrope":
+        return _longrope(config, parameters, powers)
+    return Rotary(inverse)
 
 
 def _llama3(inverse: np.ndarray, p: dict) -> np.ndarray:
@@ -65,3 +88,50 @@ def _llama3(inverse: np.ndarray, p: dict) -> np.ndarray:
     blended = (1 - smooth) * scaled / factor + smooth * scaled
     medium = ~(wavelength < context / high) & ~(wavelength > context / low)
     return np.where(medium, blended, scaled).astype(np.float32)
+
+
+def _yarn(config, p: dict, powers: np.ndarray, dim: int) -> Rotary:
+    """YaRN: the low frequencies interpolated by `factor`, the high ones kept, a linear ramp between (over the
+    channels `beta_fast` and `beta_slow` rotations bound), and cos and sin scaled by the attention factor."""
+    factor, original = p["factor"], config.max_position_embeddings
+    if "original_max_position_embeddings" in p:
+        original = p["original_max_position_embeddings"]
+        factor = config.max_position_embeddings / original
+    scale = p.get("attention_factor")
+    if scale is None:
+        mscale, all_dims = p.get("mscale"), p.get("mscale_all_dim")
+        scale = _mscale(factor, mscale) / _mscale(factor, all_dims) if mscale and all_dims else _mscale(factor)
+    base = p["rope_theta"]
+
+    def channel(rotations):  # the channel that turns `rotations` times over the original context
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(channel(p.get("beta_fast") or 32)), 0)
+    high = min(math.ceil(channel(p.get("beta_slow") or 1)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / np.float32(high - low), 0, 1)
+    kept = (1 - ramp).astype(np.float32)
+    extrapolated, interpolated = np.float32(1.0) / powers, np.float32(1.0) / (np.float32(factor) * powers)
+    return Rotary((interpolated * (1 - kept) + extrapolated * kept).astype(np.float32), scale=float(scale))
+
+
+def _mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _longrope(config, p: dict, powers: np.ndarray) -> Rotary:
+    """LongRoPE (Phi-3): per-channel `short_factor` frequencies, `long_factor` ones past the original context, and
+    the attention factor sqrt(1 + log(factor) / log(original context))."""
+    original = getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
+    factor = config.max_position_embeddings / original if hasattr(config, "original_max_position_embeddings") else (
+        p.get("factor") or 1.0
+    )  # fmt: skip
+    scale = p.get("attention_factor")
+    if scale is None:
+        scale = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+    def of(factors):
+        return (np.float32(1.0) / (np.asarray(factors, np.float32) * powers)).astype(np.float32)
+
+    return Rotary(of(p["short_factor"]), long=of(p["long_factor"]), switch_after=int(original), scale=float(scale))
