@@ -179,6 +179,8 @@ TINY_CONFIGS = {
         for model_type in ("llama", "qwen2", "qwen3")
     },
     "gemma": dict(LLAMA_LIKE, head_dim=8),
+    "gemma2": dict(LLAMA_LIKE, head_dim=8, sliding_window=16, query_pre_attn_scalar=8),
+    "gemma3_text": dict(LLAMA_LIKE, head_dim=8, sliding_window=16, sliding_window_pattern=2, query_pre_attn_scalar=8),
     "phi3": dict(LLAMA_LIKE, partial_rotary_factor=0.5, tie_word_embeddings=False),
     "bert": dict(BERT_LIKE, max_position_embeddings=128),
     "rembert": dict(BERT_LIKE, max_position_embeddings=128, input_embedding_size=32, output_embedding_size=32),

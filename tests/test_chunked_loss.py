@@ -128,15 +128,16 @@ def test_a_trainer_step_with_the_chunked_loss_updates_as_the_plain_one(model_typ
             np.testing.assert_allclose(stepped.numpy(), plain.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_a_family_whose_head_transforms_first_trains_on_its_own_logits():
+@pytest.mark.parametrize("model_type", ["bert", "gemma2"])  # gemma2: the head soft-caps the logits after projecting
+def test_a_family_whose_head_is_more_than_a_projection_trains_on_its_own_logits(model_type):
     from tfclm.backend import keras
     from tfclm.training.trainer import CausalLMTrainer
 
     ids = np.random.default_rng(1).integers(2, 96, size=(4, 16)).astype(np.int32)
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
-    reference = tiny("bert", dropout=False)
+    reference = tiny(model_type, dropout=False)
     reference_loss = plain_sgd_step(reference, batch, 0.5)
-    model = tiny("bert", dropout=False)
+    model = tiny(model_type, dropout=False)
     trainer = CausalLMTrainer(model)
     assert trainer._head is None
     trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=0.5))

@@ -1,6 +1,6 @@
-"""tfclm's TF Llama, Mistral, Qwen 2, Qwen 3 and Gemma against PyTorch transformers: checkpoints saved by PyTorch's
-`save_pretrained` load through `TFAutoModelForCausalLM` after `import tfclm` and give PyTorch's logits and
-greedy tokens."""
+"""tfclm's TF Llama, Mistral, Qwen 2, Qwen 3, Gemma 1 to 3 and Phi-3 against PyTorch transformers: checkpoints
+saved by PyTorch's `save_pretrained` load through `TFAutoModelForCausalLM` after `import tfclm` and give PyTorch's
+logits and greedy tokens."""
 
 import json
 import os
@@ -50,6 +50,32 @@ CONFIGS = {
         original_max_position_embeddings=16,
         rope_scaling=dict(LONGROPE, short_factor=[1.0, 1.5, 2.0, 3.0], long_factor=[5.0, 6.0, 7.0, 8.0]),
     ),  # fmt: skip
+    "gemma2, soft-capping, alternating windows": dict(
+        model_type="gemma2",
+        head_dim=8,
+        sliding_window=4,
+        query_pre_attn_scalar=12,
+        attn_logit_softcapping=0.5,
+        final_logit_softcapping=0.7,
+    ),  # fmt: skip
+    "gemma2, no soft-capping, attention bias": dict(
+        model_type="gemma2",
+        head_dim=16,
+        attn_logit_softcapping=None,
+        final_logit_softcapping=None,
+        attention_bias=True,
+        tie_word_embeddings=False,
+    ),  # fmt: skip
+    "gemma3, q/k norms, local rotation, linear rope": dict(
+        model_type="gemma3_text",
+        head_dim=8,
+        sliding_window=3,
+        sliding_window_pattern=2,
+        rope_local_base_freq=100.0,
+        rope_scaling={"rope_type": "linear", "factor": 4.0},
+        query_pre_attn_scalar=6,
+        final_logit_softcapping=0.9,
+    ),  # fmt: skip
     "qwen2, yarn rope": dict(model_type="qwen2", rope_scaling=YARN_ROPE, tie_word_embeddings=False),
 }
 
@@ -60,7 +86,9 @@ def pytorch_model(fields: dict, folder, dtype=None, **save):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**SMALL, **fields})).eval()
+    # Eager attention: PyTorch's SDPA leaves out Gemma 2's soft-capping.
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**SMALL, **fields}), attn_implementation="eager")
+    model = model.eval()
     with torch.no_grad():  # norms start at 1 (Gemma's at its offset 0): random ones show a weight misread
         for name, parameter in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -118,7 +146,10 @@ def test_a_config_in_transformers_v5s_form_gives_the_same_model(tmp_path):
     np.testing.assert_allclose(got[MASK == 1], pytorch_logits(reference, BATCH, MASK)[MASK == 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["qwen2", "mistral, sliding window", "phi3, fused projections, sliding window"])
+@pytest.mark.parametrize(
+    "name", ["qwen2", "mistral, sliding window", "phi3, fused projections, sliding window",
+             "gemma2, soft-capping, alternating windows", "gemma3, q/k norms, local rotation, linear rope"],
+)  # fmt: skip
 def test_cached_decoding_greedy_tokens_padding_and_xla(name, tmp_path):
     """Step by step through the cache equals one pass; greedy tokens are PyTorch's (past the sliding window
     too); a left-padded batch gives each prompt its own tokens; XLA gives eager's."""

@@ -36,6 +36,7 @@ SAVED_NORM = {
     "mistral": "norm",
     "llama": "norm",
     "gemma": "norm",
+    "phi3": "norm",
 }  # trained in full
 
 
@@ -185,8 +186,9 @@ def test_the_lora_recipe_config_trains_what_its_comment_counts():
     assert sum(v.shape.num_elements() for v in model.weights) == 81_912_576 + trainable
 
 
-def peft_script(base_pt, adapter, merged, peft_made, expected, rows):
-    """Run without TensorFlow: PEFT loads tfclm's adapter and tfclm's merged export; PEFT makes one of its own."""
+def peft_script(base_pt, adapter, merged, peft_made, expected, rows, targets=None):
+    """Run without TensorFlow: PEFT loads tfclm's adapter and tfclm's merged export; PEFT makes one of its own (on
+    its own default modules for the family, or on `targets` where it has none)."""
     return textwrap.dedent(f"""
         import sys, numpy as np, torch
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -205,7 +207,8 @@ def peft_script(base_pt, adapter, merged, peft_made, expected, rows):
 
         torch.manual_seed(0)
         fresh = AutoModelForCausalLM.from_pretrained({base_pt!r}).eval()
-        made = get_peft_model(fresh, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False)).eval()
+        made = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules={targets!r})
+        made = get_peft_model(fresh, made).eval()
         made.save_pretrained({peft_made!r})
         np.save({peft_made + "/logits.npy"!r}, logits(made))
         assert "tensorflow" not in sys.modules
@@ -213,7 +216,7 @@ def peft_script(base_pt, adapter, merged, peft_made, expected, rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["gpt2", "opt", "mistral", "llama", "gemma"])
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "mistral", "llama", "gemma", "phi3"])
 def test_peft_reads_tfclm_adapters_and_tfclm_reads_peft_adapters(model_type, tokenizer, tmp_path):
     pytest.importorskip("peft")
     from tfclm.config import LoraConfig, ModelConfig
@@ -245,7 +248,8 @@ def test_peft_reads_tfclm_adapters_and_tfclm_reads_peft_adapters(model_type, tok
     assert config["base_model_name_or_path"] == base_pt and config["r"] == 4 and config["peft_type"] == "LORA"
 
     peft_made = str(tmp_path / "peft-made")
-    script = peft_script(base_pt, adapter_dir, merged, peft_made, str(tmp_path / "expected.npy"), rows)
+    targets = list(FAMILIES[model_type].lora_targets) if model_type == "phi3" else None  # PEFT has no Phi-3 default
+    script = peft_script(base_pt, adapter_dir, merged, peft_made, str(tmp_path / "expected.npy"), rows, targets)
     env = {**os.environ, "USE_TF": "0", "USE_TORCH": "1"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

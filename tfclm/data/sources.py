@@ -241,7 +241,6 @@ def iter_texts(data: DataConfig) -> Iterator[str]:
 
 
 def load_texts(data: DataConfig) -> Iterable[str]:
-    """Every document of the source, in order: a list, or for a built-in corpus an iterator read as it is taken."""
     if corpus.is_builtin(data.dataset):
         return corpus.iter_builtin(data.dataset)
     # A missing path or an unknown extension gives no .txt files; load_records then says which.

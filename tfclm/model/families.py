@@ -32,6 +32,8 @@ OWN_MISTRAL = (
     "tfclm's own TF classes, in place of transformers' TF Mistral (whose float32 mask fails under bf16 and fp16): "
     "transformers' TF API loads them after `import tfclm`"
 )
+SOFTCAPPED_FAMILIES = ("gemma2", "gemma3_text")  # final_logit_softcapping in the config (None in Gemma 3's own)
+SOFTCAPPED = "may soft-cap the logits after the vocabulary projection (final_logit_softcapping)"
 MASK_IN_FLOAT32 = "its TF attention mask is built in float32 and fails inside TensorFlow under bf16 and fp16"
 # The BERT-likes see later tokens unless built as decoders.
 AS_DECODER = {"is_decoder": True}
@@ -51,7 +53,8 @@ class Family:
     causal_settings: dict = field(default_factory=dict)  # config values without which the model sees ahead
     scratch_embeddings_std: str | None = None  # a config attribute to draw scratch token embeddings with
     lora_targets: tuple[str, ...] = ()
-    body: str = ""  # the main layer under the LM head, for the chunked loss; empty: the head transforms first
+    body: str = ""  # the main layer under the LM head, for the chunked loss; empty: the head is more than a projection
+    head_extra: str = "transforms the hidden states before the vocabulary projection"  # what more, when body is empty
     blocks: str = ""  # the path of the transformer blocks, for recomputation; empty: not supported
     block_outputs: int = 2  # how many values a block returns (its caller unpacks them)
     refused: str = ""  # why tfclm does not train it; empty: it does
@@ -161,7 +164,8 @@ FAMILIES = {
                 name,
                 blocks="model.layers",
                 block_outputs=2,
-                body="model",
+                body="" if model_type in SOFTCAPPED_FAMILIES else "model",
+                head_extra=SOFTCAPPED if model_type in SOFTCAPPED_FAMILIES else Family.head_extra,
                 lora_targets=PHI3_TARGETS if model_type == "phi3" else LLAMA_TARGETS,
                 tfclm_classes=True,
                 note=OWN_MISTRAL if model_type == "mistral" else OWN_CLASSES,
@@ -172,6 +176,8 @@ FAMILIES = {
                 ("qwen2", "Qwen 2"),
                 ("qwen3", "Qwen 3"),
                 ("gemma", "Gemma"),
+                ("gemma2", "Gemma 2"),
+                ("gemma3_text", "Gemma 3 (text)"),
                 ("phi3", "Phi-3"),
             )
         ),
@@ -263,8 +269,8 @@ def check(
     if chunked_loss and not found.body:
         raise ConfigError(
             "train.loss_chunk_tokens",
-            f"{found.name}'s LM head transforms the hidden states before the vocabulary projection, so tfclm cannot "
-            f"split it by tokens; set train.loss_chunk_tokens to 0",
+            f"{found.name}'s LM head {found.head_extra}, so tfclm cannot split it by tokens; set "
+            f"train.loss_chunk_tokens to 0",
         )
     if precision != "fp32" and found.fp32_only:
         raise ConfigError(

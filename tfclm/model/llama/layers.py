@@ -26,6 +26,23 @@ class Switches:
     # and dropout on each block's two residual branches.
     fused: bool = False
     residual_dropout: float = 0.0
+    # With a window: 0, every layer slides; p, every layer but each p-th (Gemma 2's 2: the even layers slide).
+    window_pattern: int = 0
+    # Gemma 2: scores scaled by query_pre_attn_scalar ** -0.5 (not head_dim's), scores and logits soft-capped by
+    # tanh, and norms around each branch's output as well as its input (the "sandwich").
+    query_scale: float | None = None
+    attention_softcap: float | None = None
+    logit_softcap: float | None = None
+    sandwich: bool = False
+    # Gemma 3: the sliding layers turn by a default rotation of this base (rope_local_base_freq), the others by
+    # the config's rotation.
+    local_rope_theta: float | None = None
+
+    def slides(self, index: int) -> bool:
+        """Whether layer `index` attends through the sliding window."""
+        if self.window is None:
+            return False
+        return self.window_pattern == 0 or (index + 1) % self.window_pattern != 0
 
 
 # PyTorch's names of activations whose TF names differ: gelu_pytorch_tanh is transformers' TF gelu_new.
@@ -48,6 +65,32 @@ def switches(config) -> Switches:
         return Switches(qkv_bias=bias, o_bias=bias, gemma=True)
     if config.model_type == "mistral":
         return Switches(window=getattr(config, "sliding_window", None))
+    if config.model_type == "gemma2":
+        return Switches(
+            qkv_bias=bias,
+            o_bias=bias,
+            gemma=True,
+            window=config.sliding_window,
+            window_pattern=2,
+            query_scale=config.query_pre_attn_scalar,
+            attention_softcap=config.attn_logit_softcapping,
+            logit_softcap=config.final_logit_softcapping,
+            sandwich=True,
+        )
+    if config.model_type == "gemma3_text":
+        return Switches(
+            qkv_bias=bias,
+            o_bias=bias,
+            qk_norm=True,
+            gemma=True,
+            window=config.sliding_window,
+            window_pattern=config.sliding_window_pattern,
+            query_scale=config.query_pre_attn_scalar,
+            attention_softcap=config.attn_logit_softcapping,
+            logit_softcap=config.final_logit_softcapping,
+            sandwich=True,
+            local_rope_theta=config.rope_local_base_freq,
+        )
     if config.model_type == "phi3":
         return Switches(fused=True, window=config.sliding_window, residual_dropout=config.resid_pdrop)
     return Switches(qkv_bias=bias, o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)))
@@ -134,6 +177,7 @@ class TFLlamaAttention(keras.layers.Layer):
             self.q_norm = rms_norm(config, flags, "q_norm", self.dim)
             self.k_norm = rms_norm(config, flags, "k_norm", self.dim)
         self.qk_norm, self.hidden_size = flags.qk_norm, config.hidden_size
+        self.score_scale, self.softcap = math.sqrt(flags.query_scale or self.dim), flags.attention_softcap
         self.dropout = keras.layers.Dropout(getattr(config, "attention_dropout", 0.0))
 
     def build(self, input_shape=None):
@@ -164,7 +208,9 @@ class TFLlamaAttention(keras.layers.Layer):
         # Grouped queries: [batch, q length, kv heads, group, dim] against each kv head's keys.
         group = self.heads // self.kv_heads
         q = tf.reshape(q, [batch, length, self.kv_heads, group, self.dim])
-        scores = tf.cast(tf.einsum("bqhgd,bkhd->bhgqk", q, k), tf.float32) / math.sqrt(self.dim)
+        scores = tf.cast(tf.einsum("bqhgd,bkhd->bhgqk", q, k), tf.float32) / self.score_scale
+        if self.softcap:
+            scores = tf.tanh(scores / self.softcap) * self.softcap
         weights = tf.nn.softmax(scores + mask[:, :, None], axis=-1)
         weights = self.dropout(tf.cast(weights, v.dtype), training=training)
         out = tf.einsum("bhgqk,bkhd->bqhgd", weights, v)
@@ -184,7 +230,9 @@ class TFLlamaMLP(keras.layers.Layer):
             self.gate_proj = dense(width, use_bias=bias, name="gate_proj")
             self.up_proj = dense(width, use_bias=bias, name="up_proj")
         self.down_proj = dense(config.hidden_size, use_bias=bias, name="down_proj")
-        self.act_fn = get_tf_activation(ACTIVATIONS.get(config.hidden_act, config.hidden_act))
+        # Gemma 2 and 3 name their activation `hidden_activation`; Gemma's config has both, its MLP takes hidden_act.
+        act = config.hidden_activation if config.model_type in ("gemma2", "gemma3_text") else config.hidden_act
+        self.act_fn = get_tf_activation(ACTIVATIONS.get(act, act))
         self.sizes = (config.hidden_size, width)
 
     def build(self, input_shape=None):
@@ -208,17 +256,28 @@ class TFLlamaDecoderLayer(keras.layers.Layer):
         self.post_attention_layernorm = rms_norm(config, flags, "post_attention_layernorm")
         self.mlp = TFLlamaMLP(config, flags, name="mlp")
         self.residual_dropout = keras.layers.Dropout(flags.residual_dropout)
+        self.sandwich = flags.sandwich
+        if flags.sandwich:
+            self.pre_feedforward_layernorm = rms_norm(config, flags, "pre_feedforward_layernorm")
+            self.post_feedforward_layernorm = rms_norm(config, flags, "post_feedforward_layernorm")
 
     def build(self, input_shape=None):
-        parts = (self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp)
+        parts = [self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp]
+        if self.sandwich:
+            parts += [self.pre_feedforward_layernorm, self.post_feedforward_layernorm]
         build_children(self, *((part, None) for part in parts))
 
     def call(self, hidden_states, cos, sin, mask, past=None, training=False):
         attended, present = self.self_attn(
             self.input_layernorm(hidden_states), cos, sin, mask, past=past, training=training
         )
+        if self.sandwich:  # Gemma 2's post_attention_layernorm normalizes the branch; pre_feedforward's the MLP's
+            attended = self.post_attention_layernorm(attended)
         hidden_states = hidden_states + self.residual_dropout(attended, training=training)
-        changed = self.mlp(self.post_attention_layernorm(hidden_states))
+        if self.sandwich:
+            changed = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(hidden_states)))
+        else:
+            changed = self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states + self.residual_dropout(changed, training=training), present
 
 

@@ -1,12 +1,15 @@
-"""Llama, Mistral, Qwen 2, Qwen 3 and Gemma as transformers TF (Keras 2) causal LMs, on transformers' own config
-classes.
+"""Llama, Mistral, Qwen 2, Qwen 3, Gemma, Gemma 2, Gemma 3 (text) and Phi-3 as transformers TF (Keras 2) causal
+LMs, on transformers' own config classes.
 
-One decoder serves the five: grouped-query attention with rotary embeddings
+One decoder serves them all: grouped-query attention with rotary embeddings
 (`tfclm.model.llama.rope`), RMSNorm before attention and before the gated MLP,
 and each family's own switches (`Switches`): q/k/v biases (Qwen 2, Llama's
-`attention_bias`), an o_proj bias, MLP biases, per-head q/k RMSNorm (Qwen 3),
-Gemma's RMSNorm of 1 + weight and embeddings scaled by sqrt(width),
-Mistral's sliding window, a tied or untied head. Layer and weight names are PyTorch's
+`attention_bias`), an o_proj bias, MLP biases, per-head q/k RMSNorm (Qwen 3,
+Gemma 3), Gemma's RMSNorm of 1 + weight and embeddings scaled by sqrt(width),
+sliding windows on every layer (Mistral, Phi-3) or on a pattern of them
+(Gemma 2 and 3, whose sliding layers Gemma 3 turns by a rotation of their
+own), Gemma 2's soft-capped scores and logits and its norms around each
+branch, Phi-3's fused projections, a tied or untied head. Layer and weight names are PyTorch's
 (`model.layers.0.self_attn.q_proj.weight`), so transformers' TF
 `from_pretrained` reads the Hub's PyTorch safetensors one to one, without
 PyTorch, and `tfclm.auto` registers the classes with `TFAutoModelForCausalLM`
@@ -17,7 +20,16 @@ dtype, so bf16 training sees no overflowing mask (transformers' TF Mistral
 builds its mask in the compute dtype and fails there).
 """
 
-from transformers import GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
+from transformers import (
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
 from transformers.modeling_tf_outputs import TFBaseModelOutputWithPast, TFCausalLMOutputWithPast
 from transformers.modeling_tf_utils import TFCausalLanguageModelingLoss, TFPreTrainedModel, unpack_inputs
 
@@ -45,7 +57,10 @@ class TFLlamaMainLayer(keras.layers.Layer):
         )
         self.layers = [TFLlamaDecoderLayer(config, flags, name=f"layers.{i}") for i in range(config.num_hidden_layers)]
         self.norm = rms_norm(config, flags, "norm")
-        self.rotation = rope.rotary(config, head_dim(config))
+        # By whether a layer slides: Gemma 3's sliding layers turn by a rotation of their own.
+        self.rotations = {False: rope.rotary(config, head_dim(config))}
+        if flags.local_rope_theta is not None:
+            self.rotations[True] = rope.local_rotary(config, head_dim(config), flags.local_rope_theta)
 
     def build(self, input_shape=None):
         build_children(self, (self.embed_tokens, None), *((layer, None) for layer in self.layers), (self.norm, None))
@@ -56,9 +71,9 @@ class TFLlamaMainLayer(keras.layers.Layer):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def angles(self, positions, dtype):
+    @staticmethod
+    def angles(positions, dtype, rotation):
         """cos and sin [batch, length, 1, rotary dim] of the positions, computed in float32 as PyTorch's are."""
-        rotation = self.rotation
         inverse = tf.constant(rotation.inverse)
         if rotation.long is not None:  # LongRoPE: the long factors once the batch reaches past the original context
             inverse = tf.where(tf.reduce_max(positions) + 1 > rotation.switch_after, rotation.long, inverse)
@@ -79,12 +94,15 @@ class TFLlamaMainLayer(keras.layers.Layer):
         hidden = self.embed_tokens(input_ids)
         if self.flags.gemma:  # the scale in the compute dtype, rounded as PyTorch's Gemma rounds it
             hidden = hidden * tf.cast(self.config.hidden_size**0.5, hidden.dtype)
-        cos, sin = self.angles(position_ids, hidden.dtype)
-        mask = causal_mask(attention_mask, length, cached, self.flags.window)
+        angles = {sliding: self.angles(position_ids, hidden.dtype, turn) for sliding, turn in self.rotations.items()}
+        masks = {sliding: causal_mask(attention_mask, length, cached, self.flags.window if sliding else None)
+                 for sliding in {self.flags.slides(index) for index in range(len(self.layers))}}  # fmt: skip
         presents = []
         for index, layer in enumerate(self.layers):
             past = None if past_key_values is None else past_key_values[index]
-            hidden, present = layer(hidden, cos, sin, mask, past=past, training=training)
+            sliding = self.flags.slides(index)
+            cos, sin = angles.get(sliding, angles[False])
+            hidden, present = layer(hidden, cos, sin, masks[sliding], past=past, training=training)
             presents.append(present)
         return self.norm(hidden), tuple(presents)
 
@@ -150,8 +168,11 @@ class TFLlamaForCausalLM(TFLlamaPreTrainedModel, TFCausalLanguageModelingLoss):
 
     def head(self, hidden):
         if self.tied:
-            return tf.matmul(hidden, tf.cast(self.model.embed_tokens.embeddings, hidden.dtype), transpose_b=True)
-        return self.lm_head(hidden)
+            logits = tf.matmul(hidden, tf.cast(self.model.embed_tokens.embeddings, hidden.dtype), transpose_b=True)
+        else:
+            logits = self.lm_head(hidden)
+        cap = self.model.flags.logit_softcap
+        return logits if not cap else tf.tanh(logits / cap) * cap
 
     @unpack_inputs
     def call(
@@ -198,13 +219,15 @@ CONFIGS = {
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
     "gemma": GemmaConfig,
+    "gemma2": Gemma2Config,
+    "gemma3_text": Gemma3TextConfig,  # Gemma 3's text-only checkpoints (1B); the larger ones hold a vision tower
     "phi3": Phi3Config,
 }
 
 
 def _classes(config_class, base, causal):
     """The model_type's own TF classes (transformers looks a class's config_class up when loading)."""
-    name = config_class.model_type.capitalize()
+    name = "".join(part.capitalize() for part in config_class.model_type.split("_"))
     model = type(f"TF{name}Model", (base,), {"config_class": config_class, "__module__": __name__})
     lm = type(f"TF{name}ForCausalLM", (causal,), {"config_class": config_class, "__module__": __name__})
     return model, lm

@@ -62,9 +62,8 @@ def rotary(config, head_dim: int) -> Rotary:
     """The config's rotation, after refusing a rope_type the TF classes do not compute."""
     check(config)
     parameters = rope_parameters(config)
-    dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
-    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    powers = np.power(np.float32(parameters["rope_theta"]), exponents).astype(np.float32)
+    dim = rotary_dim(config, head_dim)
+    powers = _powers(parameters["rope_theta"], dim)
     inverse = (np.float32(1.0) / powers).astype(np.float32)
     kind = parameters["rope_type"]
     if kind == "linear":
@@ -76,6 +75,22 @@ def rotary(config, head_dim: int) -> Rotary:
     if kind == "longrope":
         return _longrope(config, parameters, powers)
     return Rotary(inverse)
+
+
+def local_rotary(config, head_dim: int, theta: float) -> Rotary:
+    """Gemma 3's rotation of its sliding layers: the default one, of base `theta` (rope_local_base_freq)."""
+    return Rotary((np.float32(1.0) / _powers(theta, rotary_dim(config, head_dim))).astype(np.float32))
+
+
+def rotary_dim(config, head_dim: int) -> int:
+    """The channels of a head that turn (all but those a `partial_rotary_factor` below 1 leaves)."""
+    return int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+
+
+def _powers(theta: float, dim: int) -> np.ndarray:
+    """theta ** (2i / dim) for each channel pair i, in float32 as PyTorch computes them."""
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    return np.power(np.float32(theta), exponents).astype(np.float32)
 
 
 def _llama3(inverse: np.ndarray, p: dict) -> np.ndarray:
