@@ -181,6 +181,10 @@ TINY_CONFIGS = {
     "gemma": dict(LLAMA_LIKE, head_dim=8),
     "gemma2": dict(LLAMA_LIKE, head_dim=8, sliding_window=16, query_pre_attn_scalar=8),
     "gemma3_text": dict(LLAMA_LIKE, head_dim=8, sliding_window=16, sliding_window_pattern=2, query_pre_attn_scalar=8),
+    "olmo2": dict(LLAMA_LIKE, tie_word_embeddings=False),
+    "granite": dict(
+        LLAMA_LIKE, embedding_multiplier=4.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.0
+    ),  # fmt: skip
     "phi3": dict(LLAMA_LIKE, partial_rotary_factor=0.5, tie_word_embeddings=False),
     "bert": dict(BERT_LIKE, max_position_embeddings=128),
     "rembert": dict(BERT_LIKE, max_position_embeddings=128, input_embedding_size=32, output_embedding_size=32),

@@ -128,7 +128,7 @@ def test_a_trainer_step_with_the_chunked_loss_updates_as_the_plain_one(model_typ
             np.testing.assert_allclose(stepped.numpy(), plain.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "gemma2"])  # gemma2: the head soft-caps the logits after projecting
+@pytest.mark.parametrize("model_type", ["bert", "gemma2", "granite"])  # soft-capped, scaled after projecting
 def test_a_family_whose_head_is_more_than_a_projection_trains_on_its_own_logits(model_type):
     from tfclm.backend import keras
     from tfclm.training.trainer import CausalLMTrainer

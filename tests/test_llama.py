@@ -76,6 +76,17 @@ CONFIGS = {
         query_pre_attn_scalar=6,
         final_logit_softcapping=0.9,
     ),  # fmt: skip
+    "olmo2, q/k norms over the projections, norms after": dict(model_type="olmo2", tie_word_embeddings=False),
+    "granite, multipliers, biases": dict(
+        model_type="granite",
+        embedding_multiplier=6.0,
+        residual_multiplier=0.3,
+        attention_multiplier=0.15,
+        logits_scaling=4.0,
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=True,
+    ),  # fmt: skip
     "qwen2, yarn rope": dict(model_type="qwen2", rope_scaling=YARN_ROPE, tie_word_embeddings=False),
 }
 
@@ -148,7 +159,8 @@ def test_a_config_in_transformers_v5s_form_gives_the_same_model(tmp_path):
 
 @pytest.mark.parametrize(
     "name", ["qwen2", "mistral, sliding window", "phi3, fused projections, sliding window",
-             "gemma2, soft-capping, alternating windows", "gemma3, q/k norms, local rotation, linear rope"],
+             "gemma2, soft-capping, alternating windows", "gemma3, q/k norms, local rotation, linear rope",
+             "olmo2, q/k norms over the projections, norms after"],
 )  # fmt: skip
 def test_cached_decoding_greedy_tokens_padding_and_xla(name, tmp_path):
     """Step by step through the cache equals one pass; greedy tokens are PyTorch's (past the sliding window

@@ -1,7 +1,7 @@
 """What `import tfclm` adds to transformers' TF auto classes, without importing TensorFlow itself.
 
 The Llama-style families that transformers has no TF classes for (`tfclm.model.llama`: llama, mistral, qwen2,
-qwen3, gemma; mistral in place of transformers' own TF class)
+qwen3, gemma, gemma2, gemma3_text, phi3, olmo2, granite; mistral in place of transformers' own TF class)
 are registered with `TFAutoModelForCausalLM` and `TFAutoModel` the first time either builds a model, so
 `from_pretrained`, `from_config` and `generate` work on their checkpoints.
 
@@ -16,7 +16,8 @@ seed recipe's client code reads a LoRA run's output dir as the model it is.
 that v5 saved: v5 names its class `TokenizersBackend`, which 4.x does not
 have, over the same `tokenizer.json`. After `import tfclm` such a tokenizer
 loads as the `PreTrainedTokenizerFast` of that file (special tokens, chat
-template and all), in tfclm and in transformers' own API alike.
+template and all), in tfclm and in transformers' own API alike. Granite, to
+which 4.52 maps no tokenizer (so `pipeline()` loaded none), gets GPT-2's.
 
 transformers builds its TF auto classes when they are first used (the import
 of `modeling_tf_auto` brings TensorFlow in), so `install` patches them then:
@@ -91,10 +92,16 @@ def _adapter_dir(path: str) -> bool:
 
 
 def _patch_tokenizer(module) -> None:
-    """AutoTokenizer reads v5's tokenizers too."""
+    """AutoTokenizer reads v5's tokenizers too; Granite has a tokenizer (GPT-2's)."""
     auto = module.AutoTokenizer
     if getattr(auto, _PATCHED, False):
         return
+    from transformers import GPT2Tokenizer, GPT2TokenizerFast, GraniteConfig
+
+    # transformers 4.52 maps no tokenizer to Granite, so pipeline() loads none for a Granite dir whose config.json
+    # names no tokenizer_class; the dir's tokenizer_config.json still picks the class.
+    if GraniteConfig not in module.TOKENIZER_MAPPING:
+        auto.register(GraniteConfig, GPT2Tokenizer, GPT2TokenizerFast, exist_ok=True)
     original = auto.from_pretrained.__func__
 
     def from_pretrained(cls, source, *args, **kwargs):

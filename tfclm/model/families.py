@@ -32,8 +32,12 @@ OWN_MISTRAL = (
     "tfclm's own TF classes, in place of transformers' TF Mistral (whose float32 mask fails under bf16 and fp16): "
     "transformers' TF API loads them after `import tfclm`"
 )
-SOFTCAPPED_FAMILIES = ("gemma2", "gemma3_text")  # final_logit_softcapping in the config (None in Gemma 3's own)
-SOFTCAPPED = "may soft-cap the logits after the vocabulary projection (final_logit_softcapping)"
+# The Llama-likes whose head does more after the vocabulary projection: the chunked loss is refused for them.
+HEAD_AFTER_PROJECTION = {
+    "gemma2": "may soft-cap the logits after the vocabulary projection (final_logit_softcapping)",
+    "gemma3_text": "may soft-cap the logits after the vocabulary projection (final_logit_softcapping)",
+    "granite": "divides the logits by logits_scaling after the vocabulary projection",
+}
 MASK_IN_FLOAT32 = "its TF attention mask is built in float32 and fails inside TensorFlow under bf16 and fp16"
 # The BERT-likes see later tokens unless built as decoders.
 AS_DECODER = {"is_decoder": True}
@@ -164,8 +168,8 @@ FAMILIES = {
                 name,
                 blocks="model.layers",
                 block_outputs=2,
-                body="" if model_type in SOFTCAPPED_FAMILIES else "model",
-                head_extra=SOFTCAPPED if model_type in SOFTCAPPED_FAMILIES else Family.head_extra,
+                body="" if model_type in HEAD_AFTER_PROJECTION else "model",
+                head_extra=HEAD_AFTER_PROJECTION.get(model_type, Family.head_extra),
                 lora_targets=PHI3_TARGETS if model_type == "phi3" else LLAMA_TARGETS,
                 tfclm_classes=True,
                 note=OWN_MISTRAL if model_type == "mistral" else OWN_CLASSES,
@@ -179,6 +183,8 @@ FAMILIES = {
                 ("gemma2", "Gemma 2"),
                 ("gemma3_text", "Gemma 3 (text)"),
                 ("phi3", "Phi-3"),
+                ("olmo2", "OLMo 2"),
+                ("granite", "Granite"),
             )
         ),
         Family(

@@ -37,6 +37,14 @@ class Switches:
     # Gemma 3: the sliding layers turn by a default rotation of this base (rope_local_base_freq), the others by
     # the config's rotation.
     local_rope_theta: float | None = None
+    # OLMo 2: q/k RMSNorm over each whole projection (not per head), and norms on each branch's output only.
+    flat_qk_norm: bool = False
+    post_norm: bool = False
+    # Granite: embeddings, each branch and the scores multiplied, the logits divided.
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
 
     def slides(self, index: int) -> bool:
         """Whether layer `index` attends through the sliding window."""
@@ -90,6 +98,18 @@ def switches(config) -> Switches:
             logit_softcap=config.final_logit_softcapping,
             sandwich=True,
             local_rope_theta=config.rope_local_base_freq,
+        )
+    if config.model_type == "olmo2":
+        return Switches(qkv_bias=bias, o_bias=bias, qk_norm=True, flat_qk_norm=True, post_norm=True)
+    if config.model_type == "granite":
+        return Switches(
+            qkv_bias=bias,
+            o_bias=bias,
+            mlp_bias=bool(config.mlp_bias),
+            embedding_multiplier=config.embedding_multiplier,
+            residual_multiplier=config.residual_multiplier,
+            attention_multiplier=config.attention_multiplier,
+            logits_scaling=config.logits_scaling,
         )
     if config.model_type == "phi3":
         return Switches(fused=True, window=config.sliding_window, residual_dropout=config.resid_pdrop)
@@ -173,11 +193,16 @@ class TFLlamaAttention(keras.layers.Layer):
             self.k_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="k_proj")
             self.v_proj = dense(self.kv_heads * self.dim, use_bias=flags.qkv_bias, name="v_proj")
         self.o_proj = dense(config.hidden_size, use_bias=flags.o_bias, name="o_proj")
+        self.flat_qk_norm = flags.flat_qk_norm
         if flags.qk_norm:
-            self.q_norm = rms_norm(config, flags, "q_norm", self.dim)
-            self.k_norm = rms_norm(config, flags, "k_norm", self.dim)
+            q_width, k_width = (
+                (self.heads * self.dim, self.kv_heads * self.dim) if flags.flat_qk_norm else [self.dim] * 2
+            )
+            self.q_norm = rms_norm(config, flags, "q_norm", q_width)
+            self.k_norm = rms_norm(config, flags, "k_norm", k_width)
         self.qk_norm, self.hidden_size = flags.qk_norm, config.hidden_size
         self.score_scale, self.softcap = math.sqrt(flags.query_scale or self.dim), flags.attention_softcap
+        self.multiplier = flags.attention_multiplier
         self.dropout = keras.layers.Dropout(getattr(config, "attention_dropout", 0.0))
 
     def build(self, input_shape=None):
@@ -197,8 +222,10 @@ class TFLlamaAttention(keras.layers.Layer):
             q, k, v = tf.split(self.qkv_proj(hidden), [self.heads * self.dim, *[self.kv_heads * self.dim] * 2], -1)
         else:
             q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
+        if self.flat_qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = heads(q, self.heads), heads(k, self.kv_heads), heads(v, self.kv_heads)
-        if self.qk_norm:
+        if self.qk_norm and not self.flat_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if past is not None:  # the cache holds [batch, kv heads, length, dim], as transformers' TF models keep it
@@ -208,7 +235,8 @@ class TFLlamaAttention(keras.layers.Layer):
         # Grouped queries: [batch, q length, kv heads, group, dim] against each kv head's keys.
         group = self.heads // self.kv_heads
         q = tf.reshape(q, [batch, length, self.kv_heads, group, self.dim])
-        scores = tf.cast(tf.einsum("bqhgd,bkhd->bhgqk", q, k), tf.float32) / self.score_scale
+        scores = tf.cast(tf.einsum("bqhgd,bkhd->bhgqk", q, k), tf.float32)
+        scores = scores * self.multiplier if self.multiplier is not None else scores / self.score_scale
         if self.softcap:
             scores = tf.tanh(scores / self.softcap) * self.softcap
         weights = tf.nn.softmax(scores + mask[:, :, None], axis=-1)
@@ -249,36 +277,45 @@ class TFLlamaMLP(keras.layers.Layer):
 
 
 class TFLlamaDecoderLayer(keras.layers.Layer):
+    """Norm, attention, norm, MLP, each branch added back (scaled by Granite's residual_multiplier); Gemma 2 and 3
+    also norm each branch's output (`sandwich`), OLMo 2 norms only the outputs (`post_norm`)."""
+
     def __init__(self, config, flags: Switches, **kwargs):
         super().__init__(**kwargs)
-        self.input_layernorm = rms_norm(config, flags, "input_layernorm")
+        self.sandwich, self.post_norm, self.multiplier = flags.sandwich, flags.post_norm, flags.residual_multiplier
+        norms = ["post_attention_layernorm"]  # Llama's is the MLP's input norm; the others' the attention output's
+        norms += [] if flags.post_norm else ["input_layernorm"]
+        norms += ["pre_feedforward_layernorm"] if flags.sandwich else []
+        norms += ["post_feedforward_layernorm"] if flags.sandwich or flags.post_norm else []
+        for name in norms:
+            setattr(self, name, rms_norm(config, flags, name))
+        self.norms = norms
         self.self_attn = TFLlamaAttention(config, flags, name="self_attn")
-        self.post_attention_layernorm = rms_norm(config, flags, "post_attention_layernorm")
         self.mlp = TFLlamaMLP(config, flags, name="mlp")
         self.residual_dropout = keras.layers.Dropout(flags.residual_dropout)
-        self.sandwich = flags.sandwich
-        if flags.sandwich:
-            self.pre_feedforward_layernorm = rms_norm(config, flags, "pre_feedforward_layernorm")
-            self.post_feedforward_layernorm = rms_norm(config, flags, "post_feedforward_layernorm")
 
     def build(self, input_shape=None):
-        parts = [self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp]
-        if self.sandwich:
-            parts += [self.pre_feedforward_layernorm, self.post_feedforward_layernorm]
+        parts = [self.self_attn, self.mlp, *(getattr(self, name) for name in self.norms)]
         build_children(self, *((part, None) for part in parts))
 
+    def _branch(self, changed, training):
+        if self.multiplier != 1.0:
+            changed = changed * tf.cast(self.multiplier, changed.dtype)
+        return self.residual_dropout(changed, training=training)
+
     def call(self, hidden_states, cos, sin, mask, past=None, training=False):
-        attended, present = self.self_attn(
-            self.input_layernorm(hidden_states), cos, sin, mask, past=past, training=training
-        )
-        if self.sandwich:  # Gemma 2's post_attention_layernorm normalizes the branch; pre_feedforward's the MLP's
+        normed = hidden_states if self.post_norm else self.input_layernorm(hidden_states)
+        attended, present = self.self_attn(normed, cos, sin, mask, past=past, training=training)
+        if self.sandwich or self.post_norm:
             attended = self.post_attention_layernorm(attended)
-        hidden_states = hidden_states + self.residual_dropout(attended, training=training)
+        hidden_states = hidden_states + self._branch(attended, training)
         if self.sandwich:
             changed = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(hidden_states)))
+        elif self.post_norm:
+            changed = self.post_feedforward_layernorm(self.mlp(hidden_states))
         else:
             changed = self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states + self.residual_dropout(changed, training=training), present
+        return hidden_states + self._branch(changed, training), present
 
 
 def causal_mask(attention_mask, length, cached, window: int | None = None):

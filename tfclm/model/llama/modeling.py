@@ -1,5 +1,5 @@
-"""Llama, Mistral, Qwen 2, Qwen 3, Gemma, Gemma 2, Gemma 3 (text) and Phi-3 as transformers TF (Keras 2) causal
-LMs, on transformers' own config classes.
+"""Llama, Mistral, Qwen 2, Qwen 3, Gemma, Gemma 2, Gemma 3 (text), Phi-3, OLMo 2 and Granite as transformers TF
+(Keras 2) causal LMs, on transformers' own config classes.
 
 One decoder serves them all: grouped-query attention with rotary embeddings
 (`tfclm.model.llama.rope`), RMSNorm before attention and before the gated MLP,
@@ -9,7 +9,8 @@ Gemma 3), Gemma's RMSNorm of 1 + weight and embeddings scaled by sqrt(width),
 sliding windows on every layer (Mistral, Phi-3) or on a pattern of them
 (Gemma 2 and 3, whose sliding layers Gemma 3 turns by a rotation of their
 own), Gemma 2's soft-capped scores and logits and its norms around each
-branch, Phi-3's fused projections, a tied or untied head. Layer and weight names are PyTorch's
+branch, Phi-3's fused projections, OLMo 2's norms on the branches' outputs, Granite's multipliers, a tied or
+untied head. Layer and weight names are PyTorch's
 (`model.layers.0.self_attn.q_proj.weight`), so transformers' TF
 `from_pretrained` reads the Hub's PyTorch safetensors one to one, without
 PyTorch, and `tfclm.auto` registers the classes with `TFAutoModelForCausalLM`
@@ -24,8 +25,10 @@ from transformers import (
     Gemma2Config,
     Gemma3TextConfig,
     GemmaConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
     Phi3Config,
     Qwen2Config,
     Qwen3Config,
@@ -94,6 +97,8 @@ class TFLlamaMainLayer(keras.layers.Layer):
         hidden = self.embed_tokens(input_ids)
         if self.flags.gemma:  # the scale in the compute dtype, rounded as PyTorch's Gemma rounds it
             hidden = hidden * tf.cast(self.config.hidden_size**0.5, hidden.dtype)
+        if self.flags.embedding_multiplier != 1.0:
+            hidden = hidden * tf.cast(self.flags.embedding_multiplier, hidden.dtype)
         angles = {sliding: self.angles(position_ids, hidden.dtype, turn) for sliding, turn in self.rotations.items()}
         masks = {sliding: causal_mask(attention_mask, length, cached, self.flags.window if sliding else None)
                  for sliding in {self.flags.slides(index) for index in range(len(self.layers))}}  # fmt: skip
@@ -171,8 +176,10 @@ class TFLlamaForCausalLM(TFLlamaPreTrainedModel, TFCausalLanguageModelingLoss):
             logits = tf.matmul(hidden, tf.cast(self.model.embed_tokens.embeddings, hidden.dtype), transpose_b=True)
         else:
             logits = self.lm_head(hidden)
-        cap = self.model.flags.logit_softcap
-        return logits if not cap else tf.tanh(logits / cap) * cap
+        flags = self.model.flags
+        if flags.logits_scaling != 1.0:
+            logits = logits / tf.cast(flags.logits_scaling, logits.dtype)
+        return logits if not flags.logit_softcap else tf.tanh(logits / flags.logit_softcap) * flags.logit_softcap
 
     @unpack_inputs
     def call(
@@ -222,6 +229,8 @@ CONFIGS = {
     "gemma2": Gemma2Config,
     "gemma3_text": Gemma3TextConfig,  # Gemma 3's text-only checkpoints (1B); the larger ones hold a vision tower
     "phi3": Phi3Config,
+    "olmo2": Olmo2Config,
+    "granite": GraniteConfig,
 }
 
 
