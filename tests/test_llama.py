@@ -160,7 +160,7 @@ def test_a_config_in_transformers_v5s_form_gives_the_same_model(tmp_path):
 @pytest.mark.parametrize(
     "name", ["qwen2", "mistral, sliding window", "phi3, fused projections, sliding window",
              "gemma2, soft-capping, alternating windows", "gemma3, q/k norms, local rotation, linear rope",
-             "olmo2, q/k norms over the projections, norms after"],
+             "olmo2, q/k norms over the projections, norms after", "granite, multipliers, biases"],
 )  # fmt: skip
 def test_cached_decoding_greedy_tokens_padding_and_xla(name, tmp_path):
     """Step by step through the cache equals one pass; greedy tokens are PyTorch's (past the sliding window
