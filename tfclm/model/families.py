@@ -33,9 +33,10 @@ OWN_MISTRAL = (
     "transformers' TF API loads them after `import tfclm`"
 )
 # The Llama-likes whose head does more after the vocabulary projection: the chunked loss is refused for them.
+SOFTCAPPED = "may soft-cap the logits after the vocabulary projection (final_logit_softcapping)"
 HEAD_AFTER_PROJECTION = {
-    "gemma2": "may soft-cap the logits after the vocabulary projection (final_logit_softcapping)",
-    "gemma3_text": "may soft-cap the logits after the vocabulary projection (final_logit_softcapping)",
+    "gemma2": SOFTCAPPED,
+    "gemma3_text": SOFTCAPPED,
     "granite": "divides the logits by logits_scaling after the vocabulary projection",
 }
 MASK_IN_FLOAT32 = "its TF attention mask is built in float32 and fails inside TensorFlow under bf16 and fp16"

@@ -73,31 +73,20 @@ def switches(config) -> Switches:
         return Switches(qkv_bias=bias, o_bias=bias, gemma=True)
     if config.model_type == "mistral":
         return Switches(window=getattr(config, "sliding_window", None))
-    if config.model_type == "gemma2":
+    if config.model_type in ("gemma2", "gemma3_text"):  # Gemma 3 adds q/k norms and its sliding layers' rotation
+        gemma3 = config.model_type == "gemma3_text"
         return Switches(
             qkv_bias=bias,
             o_bias=bias,
             gemma=True,
+            sandwich=True,
+            qk_norm=gemma3,
             window=config.sliding_window,
-            window_pattern=2,
+            window_pattern=config.sliding_window_pattern if gemma3 else 2,
             query_scale=config.query_pre_attn_scalar,
             attention_softcap=config.attn_logit_softcapping,
             logit_softcap=config.final_logit_softcapping,
-            sandwich=True,
-        )
-    if config.model_type == "gemma3_text":
-        return Switches(
-            qkv_bias=bias,
-            o_bias=bias,
-            qk_norm=True,
-            gemma=True,
-            window=config.sliding_window,
-            window_pattern=config.sliding_window_pattern,
-            query_scale=config.query_pre_attn_scalar,
-            attention_softcap=config.attn_logit_softcapping,
-            logit_softcap=config.final_logit_softcapping,
-            sandwich=True,
-            local_rope_theta=config.rope_local_base_freq,
+            local_rope_theta=config.rope_local_base_freq if gemma3 else None,
         )
     if config.model_type == "olmo2":
         return Switches(qkv_bias=bias, o_bias=bias, qk_norm=True, flat_qk_norm=True, post_norm=True)

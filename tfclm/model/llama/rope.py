@@ -7,7 +7,7 @@ PyTorch:
 
 >>> from transformers import LlamaConfig
 >>> config = LlamaConfig(hidden_size=64, num_attention_heads=2, rope_theta=10000.0)
->>> [round(float(f), 4) for f in inverse_frequencies(config, head_dim=32)[:3]]
+>>> [round(float(f), 4) for f in rotary(config, head_dim=32).inverse[:3]]
 [1.0, 0.5623, 0.3162]
 """
 
@@ -51,11 +51,6 @@ def check(config) -> None:
             f"rope_scaling.rope_type {kind!r}: tfclm's TF {config.model_type} computes {', '.join(IMPLEMENTED)} "
             f"rotary embeddings, not {kind!r}"
         )
-
-
-def inverse_frequencies(config, head_dim: int) -> np.ndarray:
-    """float32 [rotary dim / 2]: the angle each pair of channels turns by per position (LongRoPE's short ones)."""
-    return rotary(config, head_dim).inverse
 
 
 def rotary(config, head_dim: int) -> Rotary:
@@ -138,10 +133,11 @@ def _mscale(scale: float, mscale: float = 1.0) -> float:
 def _longrope(config, p: dict, powers: np.ndarray) -> Rotary:
     """LongRoPE (Phi-3): per-channel `short_factor` frequencies, `long_factor` ones past the original context, and
     the attention factor sqrt(1 + log(factor) / log(original context))."""
-    original = getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
-    factor = config.max_position_embeddings / original if hasattr(config, "original_max_position_embeddings") else (
-        p.get("factor") or 1.0
-    )  # fmt: skip
+    original = getattr(config, "original_max_position_embeddings", None)
+    if original:  # Phi-3 has it, and takes the factor from the two context lengths
+        factor = config.max_position_embeddings / original
+    else:
+        original, factor = config.max_position_embeddings, p.get("factor") or 1.0
     scale = p.get("attention_factor")
     if scale is None:
         scale = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
