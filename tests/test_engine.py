@@ -87,6 +87,30 @@ def test_accumulation_equals_one_large_batch_step():
     assert any(not np.allclose(b, s) for b, s in zip(weights[0], untouched))  # a step was taken
 
 
+def test_a_float32_fit_warns_of_no_loss_scaling():
+    """The skip-on-nonfinite wrapper (a LossScaleOptimizer whose scale stays 1) must not tell the user they
+    forgot to scale the loss: there is no scale to apply."""
+    import logging
+
+    import tf_keras as keras
+
+    from tfclm.training.trainer import CausalLMTrainer
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        trainer = CausalLMTrainer(tiny_lm())
+        trainer.compile(optimizer=keras.optimizers.legacy.SGD(learning_rate=0.1))
+        ids = np.random.default_rng(0).integers(0, 64, (4, 16)).astype(np.int32)
+        trainer.fit(batches(ids, 2), epochs=1, verbose=0)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert int(trainer.optimizer.iterations) == 2
+    assert not [r.getMessage() for r in records if "LossScaleOptimizer" in r.getMessage()]
+
+
 def test_bf16_trains_on_cpu_with_falling_loss():
     import tf_keras as keras
     from transformers import AdamWeightDecay

@@ -74,6 +74,15 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def dynamic_update_slice(operand, update, indices):
+    """XLA's DynamicUpdateSlice as a TF op (`update` written into `operand` at `indices`): LiteRT converts it to
+    its builtin, so an exported KV cache is written in place."""
+    load()
+    from tensorflow.compiler.tf2xla.python import xla
+
+    return xla.dynamic_update_slice(operand, update, indices)
+
+
 def __getattr__(name):
     if name in ("tf", "keras"):
         tf, keras = load()

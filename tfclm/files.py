@@ -260,3 +260,17 @@ class DirLock:
                     os.rmdir(path)
             elif os.path.exists(path):
                 os.unlink(path)
+
+
+def read_text_file(text_file: str) -> str:
+    try:
+        with open(text_file, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            "--text-file",
+            f"cannot read {text_file!r} as UTF-8 text ({type(exc).__name__}); pass a readable UTF-8 text file",
+        ) from None
+    if not text.strip():
+        raise ConfigError("--text-file", f"{text_file!r} holds no text; pass a file with text to evaluate on")
+    return text

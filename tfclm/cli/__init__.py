@@ -11,6 +11,7 @@ import signal
 
 import click
 
+from tfclm.cli.export import export_command
 from tfclm.cli.options import (
     config_options,
     config_type,
@@ -20,7 +21,6 @@ from tfclm.cli.options import (
     explicit_flags,
     model_option,
     read_prompts,
-    serving_sampling_options,
 )
 from tfclm.cli.pairs import evaluate_pairs
 from tfclm.cli.reference import config_command, families_command
@@ -222,7 +222,7 @@ def evaluate_command(
 
 
 @cli.command("generate")
-@model_option()
+@model_option("A tfclm output dir, a save_pretrained folder, or the model.tflite of a LiteRT export.")
 @click.option("--prompt", "prompts", multiple=True, help="Text to continue; repeat for a batch of prompts.")
 @click.option(
     "--prompt-file", type=click.File("r", encoding="utf-8"), help="A file with one prompt per line; - reads stdin."
@@ -241,6 +241,7 @@ def generate_command(model_dir, prompts, prompt_file, chat, system, xla, as_json
         python -m tfclm generate --model runs/default --prompt "The list type" --seed 1
         printf 'Return the\\nThe list type\\n' | python -m tfclm generate --model runs/default --prompt-file - --json
         python -m tfclm generate --model runs/chat --chat --system "Answer briefly." --prompt "What is a list?"
+        python -m tfclm generate --model runs/default-litert/model.tflite --prompt "The list type" --greedy
     """
     from tfclm.generation.generator import Generator
     from tfclm.model.loading import load_trained
@@ -248,7 +249,16 @@ def generate_command(model_dir, prompts, prompt_file, chat, system, xla, as_json
     if system is not None and not chat:
         raise click.BadParameter("sets a chat's system message; add --chat, or leave it out", param_hint="--system")
     texts = read_prompts(prompts, prompt_file)
-    generator = Generator(*load_trained(model_dir), xla=xla, log=lambda line: click.echo(line, err=True))
+    if model_dir.endswith(".tflite"):
+        from tfclm.generation.litert_runner import LiteRTGenerator
+
+        if click.get_current_context().get_parameter_source("xla") != click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter(
+                "picks TF's way of decoding; a .tflite runs in LiteRT: leave it out", param_hint="--xla"
+            )
+        generator = LiteRTGenerator(model_dir)
+    else:
+        generator = Generator(*load_trained(model_dir), xla=xla, log=lambda line: click.echo(line, err=True))
     samples = generator.chat(texts, system=system, **options) if chat else generator(texts, **options)
     for sample in samples:
         if as_json:
@@ -283,57 +293,7 @@ def push_command(model_dir, repo_id, private, checkpoint, message):
     click.echo(f"pushed {model_dir} to {repo_id} (commit {commit[:12]})")
 
 
-@cli.command("export")
-@model_option("A tfclm output dir or save_pretrained folder (read, never modified).")
-@click.option(
-    "--to",
-    "target",
-    type=click.Choice(["pytorch", "tf", "saved_model"]),
-    required=True,
-    help="pytorch: safetensors for PyTorch transformers (v5 too); tf: a TF save_pretrained folder; saved_model: "
-    "for TF Serving.",
-)
-@click.option(
-    "--output",
-    required=True,
-    metavar="DIR",
-    callback=expand_user,
-    help="Where the export goes; must not exist unless --force.",
-)
-@click.option("--force", is_flag=True, help="Replace --output if it exists.")
-@click.option("--merge-lora", is_flag=True, help="For a LoRA adapter dir: export its base with the adapters folded in.")
-@click.option(
-    "--prompt-length", type=click.IntRange(min=1), default=64, help="saved_model: prompt tokens (left-padded)."
-)
-@click.option(
-    "--max-new-tokens",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="saved_model: most tokens to add.",
-)
-@serving_sampling_options
-@domain_errors
-def export_command(model_dir, target, output, force, merge_lora, prompt_length, max_new_tokens, **sampling):
-    """Export a trained model to PyTorch weights, a TF folder or a TensorFlow SavedModel.
-
-    \b
-    Example:
-        python -m tfclm export --model runs/default --to pytorch --output runs/default-pt
-        python -m tfclm export --model runs/default --to saved_model --output serving/pydoc/1
-        python -m tfclm export --model runs/lora --merge-lora --to tf --output runs/lora-merged
-    """
-    from tfclm.generation.export import to_pytorch, to_saved_model, to_tf
-
-    if target == "pytorch":
-        to_pytorch(model_dir, output, force, merge_lora)
-    elif target == "tf":
-        to_tf(model_dir, output, force, merge_lora)
-    else:
-        to_saved_model(model_dir, output, force, prompt_length, max_new_tokens, **sampling, merge_lora=merge_lora)
-    click.echo(f"exported {model_dir} to {output} ({target})")
-
-
+cli.add_command(export_command)
 cli.add_command(serve_command)
 cli.add_command(config_command)
 cli.add_command(families_command)

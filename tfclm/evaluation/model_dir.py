@@ -11,6 +11,7 @@ from tfclm.data.pipeline import fast_dataset, stream_dataset
 from tfclm.errors import ConfigError
 from tfclm.evaluation.perplexity import evaluate_loss
 from tfclm.evaluation.strided import strided_loss, token_bytes
+from tfclm.files import read_text_file
 from tfclm.model.loading import load_trained, n_positions
 
 
@@ -58,7 +59,7 @@ def evaluate_dir(
     if text_file is None and config.data.format != "text":
         return _examples_loss(model, tokenizer, config, block, batch, byte_table)
     if text_file is not None:
-        texts, source = [_read_text(text_file)], text_file
+        texts, source = [read_text_file(text_file)], text_file
     elif config.data.streaming:
         texts = None
     else:
@@ -105,20 +106,6 @@ def check_mode(mode: str, given: set, stride_from_config: bool = False) -> None:
     if mode == "blocks":
         raise ConfigError(flag, "works with sliding windows, and this evaluation scores blocks; add --stride N")
     raise ConfigError(flag, "works with sliding windows over text, and this run is scored by example; leave it out")
-
-
-def _read_text(text_file: str) -> str:
-    try:
-        with open(text_file, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            "--text-file",
-            f"cannot read {text_file!r} as UTF-8 text ({type(exc).__name__}); pass a readable UTF-8 text file",
-        ) from None
-    if not text.strip():
-        raise ConfigError("--text-file", f"{text_file!r} holds no text; pass a file with text to evaluate on")
-    return text
 
 
 def _check_window(stride: int, window: int, limit: int | None, key: str) -> None:

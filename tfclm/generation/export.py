@@ -1,12 +1,12 @@
-"""Ways out of TensorFlow-transformers: PyTorch weights, and a SavedModel for TF Serving.
+"""Ways out of TensorFlow-transformers: PyTorch weights, a SavedModel for TF Serving, LiteRT for devices.
 
 transformers v5 has no TF classes, so a model trained with tfclm must not be
 stranded there. `to_pytorch` converts the TF weights directly (numpy +
 safetensors) into PyTorch's names and layouts, loadable by
 `AutoModelForCausalLM.from_pretrained` with no TensorFlow installed.
 `to_saved_model` writes a TensorFlow SavedModel with a `logits` and an
-XLA-compiled `generate` signature, servable with no transformers at all.
-Neither touches the model directory it reads.
+XLA-compiled `generate` signature, servable with no transformers at all. `to_litert` writes a LiteRT model with
+a KV cache for on-device decoding. None touches the model directory it reads.
 """
 
 import contextlib
@@ -18,6 +18,7 @@ import tempfile
 from tfclm.backend import tf
 from tfclm.errors import ConfigError
 from tfclm.files import TOKENIZER_FILES, check_apart, check_dir_target
+from tfclm.generation import litert
 from tfclm.generation.sampling import SamplingLogitsProcessor
 from tfclm.model.adapter_files import read_adapter_config
 from tfclm.model.families import family
@@ -266,3 +267,45 @@ def to_saved_model(
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(readme)
     return output
+
+
+def to_litert(
+    model_dir: str,
+    output: str,
+    force: bool = False,
+    max_length: int | None = None,
+    prefill_lengths: tuple[int, ...] | None = None,
+    quantize: str = "none",
+    text_file: str | None = None,
+    merge_lora: bool = False,
+) -> dict:
+    """`output`/model.tflite with prefill and decode signatures (see tfclm.generation.litert), its litert.json
+    and the tokenizer; returns the file's size, and with held-out text the perplexity of the export against
+    the TF model's on the same blocks."""
+    from tfclm.generation import litert_runner
+
+    if quantize not in litert.QUANTIZATIONS:
+        raise ConfigError("--quantize", f"is one of {', '.join(litert.QUANTIZATIONS)}, not {quantize!r}")
+    _check_output(output, force, model_dir)
+    model, tokenizer = _load(model_dir, merge_lora)
+    layout = litert.check_family(model)
+    limit = n_positions(model)
+    max_length = max_length or min(limit or litert.DEFAULT_MAX_LENGTH, litert.DEFAULT_MAX_LENGTH)
+    if prefill_lengths is None:  # the defaults, cut to a short cache
+        prefill_lengths = [min(n, max_length) for n in litert.DEFAULT_PREFILL_LENGTHS]
+    lengths = litert.check_lengths(max_length, prefill_lengths, limit)
+    blocks = litert_runner.held_out_blocks(model_dir, tokenizer, text_file, lengths[-1])
+    module = litert.LiteRTModule(model, max_length, layout)
+    content = litert.convert(module, lengths, quantize)
+    report = {"bytes": len(content), "float32_weight_bytes": 4 * int(model.count_params()), "quantize": quantize}
+    with _staged(output) as staging:
+        path = os.path.join(staging, litert.MODEL_FILE)
+        with open(path, "wb") as handle:
+            handle.write(content)
+        litert.write_spec(os.path.join(staging, litert.SPEC_FILE), litert.spec(module, lengths, quantize, tokenizer))
+        if os.path.exists(os.path.join(model_dir, "generation_config.json")):
+            shutil.copy2(os.path.join(model_dir, "generation_config.json"), staging)
+        _copy_tokenizer(model_dir, staging, tokenizer)
+        if blocks is not None:
+            report.update(litert_runner.compare_perplexity(model, path, tokenizer, blocks))
+    return report

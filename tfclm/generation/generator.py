@@ -16,15 +16,14 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 
 from tfclm.backend import tf
 from tfclm.config import GenerationOptions
-from tfclm.data import chat
 from tfclm.errors import ConfigError
 from tfclm.files import TOKENIZER_FILES
+from tfclm.generation.samples import Sample, chat_replies
 from tfclm.generation.sampling import HoldStopsBack, SamplingLogitsProcessor
 from tfclm.model import lora
 from tfclm.model.families import family
@@ -33,20 +32,6 @@ from tfclm.model.loading import WEIGHT_FILES, load_trained, n_positions
 logger = logging.getLogger(__name__)
 
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-
-
-@dataclass
-class Sample:
-    prompt: str
-    completion: str
-    prompt_tokens: int
-    new_tokens: int
-    seconds: float
-    stopped_at_eos: bool = False  # ended with EOS, not at max_new_tokens
-
-    @property
-    def text(self) -> str:
-        return self.prompt + self.completion
 
 
 def _bucket(value: int, buckets) -> int:
@@ -234,27 +219,7 @@ class Generator:
         """Replies to `conversations` (each a user's text, or a list of {role, content} turns so far), rendered
         with the tokenizer's chat template and stopped at its end-of-turn token; `system` opens each one that
         has no system turn."""
-        tok = self.tokenizer
-        if not tok.chat_template:
-            raise ConfigError(
-                "--chat",
-                "this model's tokenizer has no chat template; train it on data.format: messages (tfclm adds one), "
-                "or leave out --chat",
-            )
-        chat.check_template(tok, "--chat")
-        prompts = [chat.prompt_text(tok, _turns(c), system) for c in conversations]
-        return self(prompts, stop_token_ids=[chat.end_of_turn_id(tok)], **options)
-
-
-def _turns(conversation) -> tuple:
-    if isinstance(conversation, str):
-        return (("user", conversation),)
-    if not isinstance(conversation, (list, tuple)) or not all(
-        isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
-        for t in conversation
-    ):
-        raise ConfigError("messages", "a conversation is a text or a list of {'role': ..., 'content': ...} turns")
-    return tuple((t["role"], t["content"]) for t in conversation)
+        return chat_replies(self, conversations, system, **options)
 
 
 def generate_samples(model, tokenizer, prompts: list[str], xla: bool = False, **options) -> list[Sample]:
@@ -295,19 +260,25 @@ def _cached_generator(model_dir: str, xla: bool) -> Generator:
 def generate(model_or_dir, prompts, xla: bool = True, **options) -> list[str]:
     """Texts (prompt + completion) for `prompts`; a directory's model and tokenizer are loaded once and kept.
 
-    `model_or_dir` is a tfclm output dir, a `Generator`, or a `(model, tokenizer)` pair.
+    `model_or_dir` is a tfclm output dir, a LiteRT export's model.tflite, a `Generator`, or a `(model, tokenizer)`
+    pair.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
     return [sample.text for sample in _generator_of(model_or_dir, xla)(list(prompts), **options)]
 
 
-def _generator_of(model_or_dir, xla: bool) -> Generator:
-    if isinstance(model_or_dir, Generator):
+def _generator_of(model_or_dir, xla: bool):
+    from tfclm.generation.litert_runner import LiteRTGenerator  # it builds on this module
+
+    if isinstance(model_or_dir, (Generator, LiteRTGenerator)):
         return model_or_dir
     if isinstance(model_or_dir, tuple):
         return Generator(*model_or_dir, xla=xla)
-    return _cached_generator(os.path.expanduser(str(model_or_dir)), xla)
+    path = os.path.expanduser(str(model_or_dir))
+    if path.endswith(".tflite"):
+        return LiteRTGenerator(path, key="model_or_dir")
+    return _cached_generator(path, xla)
 
 
 def chat_reply(model_or_dir, conversation, system: str | None = None, xla: bool = True, **options) -> str:

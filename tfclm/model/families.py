@@ -63,6 +63,9 @@ class Family:
     blocks: str = ""  # the path of the transformer blocks, for recomputation; empty: not supported
     block_outputs: int = 2  # how many values a block returns (its caller unpacks them)
     refused: str = ""  # why tfclm does not train it; empty: it does
+    # How the TF class takes its cache, for the LiteRT export: "stacked" (GPT-2's [2, batch, heads, length, dim]
+    # a layer) or "pairs" (keys and values apart); empty: no LiteRT export.
+    litert_cache: str = ""
     tfclm_classes: bool = False  # the TF classes are tfclm's (tfclm.model.llama): `import tfclm` registers them
     note: str = ""
 
@@ -109,6 +112,7 @@ FAMILIES = {
             positions="n_positions",
             lora_targets=GPT2_TARGETS,
             body="transformer",
+            litert_cache="stacked",
         ),
         Family(
             "gpt-sw3",
@@ -173,6 +177,7 @@ FAMILIES = {
                 head_extra=HEAD_AFTER_PROJECTION.get(model_type, Family.head_extra),
                 lora_targets=PHI3_TARGETS if model_type == "phi3" else LLAMA_TARGETS,
                 tfclm_classes=True,
+                litert_cache="pairs",
                 note=OWN_MISTRAL if model_type == "mistral" else OWN_CLASSES,
             )
             for model_type, name in (
@@ -310,7 +315,7 @@ def _row(f: Family) -> tuple[str, ...]:
         return (name, "refused", "", "", "", "", f.refused)
     precision = "fp32" if f.fp32_only else "fp32, bf16, fp16"
     batched = f"{'left-padded' if f.left_padding else 'by prompt length'}, {'XLA' if f.xla_generate else 'eager'}"
-    export = "PyTorch, SavedModel" if f.saved_model else "PyTorch"
+    export = ", ".join(["PyTorch"] + ["SavedModel"] * f.saved_model + ["LiteRT"] * bool(f.litert_cache))
     notes = "; ".join(part for part in (f.note, f.fp32_only and f"fp32 only: {f.fp32_only}") if part)
     chunked = f"{'yes' if f.body else 'no'}, {'yes' if f.blocks else 'no'}"
     return (name, precision, chunked, batched, export, ", ".join(f"`{t}`" for t in f.lora_targets), notes)

@@ -155,6 +155,9 @@ class CausalLMTrainer(keras.Model):
                 optimizer = keras.mixed_precision.LossScaleOptimizer(
                     optimizer, dynamic=True, initial_scale=1.0, dynamic_growth_steps=NEVER
                 )
+                # A scale of 1 has nothing to apply: without these, Keras warns at the first step that the loss
+                # was never scaled and that quality will suffer.
+                optimizer._loss_has_been_scaled = optimizer._gradients_have_been_unscaled = True
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         variables = self.lm.trainable_variables
         # Slots exist before the first step: a step applied inside tf.cond may not create variables.
