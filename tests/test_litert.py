@@ -154,6 +154,26 @@ def test_llama_like_families_decode_as_their_tf_model(model_type):
     assert np.abs(np.stack(logits) - reference).max() < 1e-4
 
 
+def test_float16_weights_halve_the_weights_bytes_and_keep_the_logits():
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfclm.generation import litert
+
+    model = tiny("gpt2", vocab=512, dropout=False)
+    module = litert.LiteRTModule(model, 16, "stacked")
+    files = {quantize: litert.convert(module, (8,), quantize) for quantize in ("none", "float16")}
+    # Each float32 weight now takes 2 bytes, not 4: the file shrinks by nearly half the weights' bytes.
+    assert len(files["none"]) - len(files["float16"]) > 0.45 * 4 * model.count_params()
+    logits = {}
+    for quantize, content in files.items():
+        cache = {name: np.zeros(module.shapes.per_layer, np.float32) for name in module.shapes.names()}
+        run = Interpreter(model_content=content).get_signature_runner("prefill_8")
+        logits[quantize] = run(
+            tokens=np.arange(3, 11, dtype=np.int32)[None], input_pos=np.arange(8, dtype=np.int32), **cache
+        )["logits"]
+    assert 0 < np.abs(logits["float16"] - logits["none"]).max() < 1e-2 * np.abs(logits["none"]).max()
+
+
 @pytest.fixture()
 def opt_dir(tmp_path, tokenizers):
     path = str(tmp_path / "opt")
