@@ -262,26 +262,33 @@ print(json.dumps({"version": transformers.__version__, "ids": ids, "logits": log
 """
 
 
+def saved_by_v5(folder, fields: dict, text: str) -> dict:
+    """A random PyTorch model of `fields` and a BPE trained on `text`, saved by transformers v5 in a process of
+    its own; its version, `text`'s ids and their logits."""
+    import subprocess
+    import sys
+
+    v5 = os.path.join(sys.prefix, "transformers-v5")
+    if not os.path.isdir(v5):
+        pytest.skip("make test installs transformers v5 into .venv/transformers-v5")
+    env = {**os.environ, "PYTHONPATH": v5, "USE_TF": "0"}
+    done = subprocess.run([sys.executable, "-c", V5_SAVE, str(folder), json.dumps(fields), text],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_a_checkpoint_and_tokenizer_saved_by_transformers_v5_load_after_import_tfclm(tmp_path):
     """v5 writes `rope_parameters` and a tokenizer of class TokenizersBackend, which 4.x's AutoTokenizer does not
     know; after `import tfclm` both load, and give v5's PyTorch logits."""
-    import subprocess
-    import sys
 
     from transformers import AutoTokenizer, TFAutoModelForCausalLM
 
     from helpers import run_cli
 
-    v5 = os.path.join(sys.prefix, "transformers-v5")
-    if not os.path.isdir(v5):
-        pytest.skip("make test installs transformers v5 into .venv/transformers-v5")
     fields = {**SMALL, "model_type": "llama", "rope_scaling": LLAMA3_ROPE, "pad_token_id": 0, "eos_token_id": 0}
     text = "the list type holds items in order"
-    env = {**os.environ, "PYTHONPATH": v5, "USE_TF": "0"}
-    done = subprocess.run([sys.executable, "-c", V5_SAVE, str(tmp_path), json.dumps(fields), text],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    saved = json.loads(done.stdout.strip().splitlines()[-1])
+    saved = saved_by_v5(tmp_path, fields, text)
     assert saved["version"].startswith("5.")
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
     assert "rope_parameters" in json.loads((tmp_path / "config.json").read_text())
@@ -294,3 +301,29 @@ def test_a_checkpoint_and_tokenizer_saved_by_transformers_v5_load_after_import_t
         ["generate", "--model", str(tmp_path), "--prompt", "the list", "--greedy", "--max-new-tokens", "3"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_a_gemma3_config_in_v5s_form_with_layer_types_gives_v5s_logits(tmp_path):
+    """v5 writes Gemma 3's rotations as one set per layer type (`rope_parameters.full_attention`, `.sliding_attention`)
+    and which layers slide as `layer_types`, where 4.x wrote rope_theta, rope_scaling, rope_local_base_freq and
+    sliding_window_pattern. Here the layer types follow no pattern, and both rotations differ from 4.x's defaults."""
+
+    from transformers import TFAutoModelForCausalLM
+
+    fields = {
+        **SMALL, **CONFIGS["gemma3, q/k norms, local rotation, linear rope"], "num_hidden_layers": 3,
+        "layer_types": ["full_attention", "sliding_attention", "full_attention"],
+        "rope_parameters": {
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+        },
+    }  # fmt: skip
+    for old in ("rope_scaling", "rope_local_base_freq", "sliding_window_pattern"):
+        fields.pop(old)
+    saved = saved_by_v5(tmp_path, fields, "the list type holds items in order and the dict type maps keys")
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["layer_types"] == fields["layer_types"] and "full_attention" in written["rope_parameters"]
+    assert len(saved["ids"]) > fields["sliding_window"]
+    model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
+    got = model(input_ids=np.array([saved["ids"]])).logits.numpy()[0]
+    assert np.abs(got - np.array(saved["logits"])).max() < 1e-4

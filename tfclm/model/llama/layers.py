@@ -26,17 +26,16 @@ class Switches:
     # and dropout on each block's two residual branches.
     fused: bool = False
     residual_dropout: float = 0.0
-    # With a window: 0, every layer slides; p, every layer but each p-th (Gemma 2's 2: the even layers slide).
-    window_pattern: int = 0
+    # With a window, whether each layer slides; None: every layer does.
+    sliding_layers: tuple[bool, ...] | None = None
     # Gemma 2: scores scaled by query_pre_attn_scalar ** -0.5 (not head_dim's), scores and logits soft-capped by
     # tanh, and norms around each branch's output as well as its input (the "sandwich").
     query_scale: float | None = None
     attention_softcap: float | None = None
     logit_softcap: float | None = None
     sandwich: bool = False
-    # Gemma 3: the sliding layers turn by a default rotation of this base (rope_local_base_freq), the others by
-    # the config's rotation.
-    local_rope_theta: float | None = None
+    # Gemma 3: the sliding layers turn by a rotation of their own (rope.rotary's "sliding_attention").
+    local_rotation: bool = False
     # OLMo 2: q/k RMSNorm over each whole projection (not per head), and norms on each branch's output only.
     flat_qk_norm: bool = False
     post_norm: bool = False
@@ -50,7 +49,23 @@ class Switches:
         """Whether layer `index` attends through the sliding window."""
         if self.window is None:
             return False
-        return self.window_pattern == 0 or (index + 1) % self.window_pattern != 0
+        return self.sliding_layers is None or self.sliding_layers[index]
+
+
+def sliding_layers(config, pattern: int = 0) -> tuple[bool, ...] | None:
+    """Which layers slide: v5's (and 4.53's) `layer_types` where the config has them, else every layer but each
+    `pattern`-th (4.x's Gemma: sliding_window_pattern, Gemma 2's 2); None: every layer."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        kinds = ("sliding_attention", "full_attention")
+        if len(types) != config.num_hidden_layers or any(t not in kinds for t in types):
+            raise ValueError(
+                f"layer_types: one of {', '.join(kinds)} for each of the {config.num_hidden_layers} layers, not {types}"
+            )
+        return tuple(t == "sliding_attention" for t in types)
+    if pattern:
+        return tuple((index + 1) % pattern != 0 for index in range(config.num_hidden_layers))
+    return None
 
 
 # PyTorch's names of activations whose TF names differ: gelu_pytorch_tanh is transformers' TF gelu_new.
@@ -72,7 +87,7 @@ def switches(config) -> Switches:
     if config.model_type == "gemma":
         return Switches(qkv_bias=bias, o_bias=bias, gemma=True)
     if config.model_type == "mistral":
-        return Switches(window=getattr(config, "sliding_window", None))
+        return Switches(window=getattr(config, "sliding_window", None), sliding_layers=sliding_layers(config))
     if config.model_type in ("gemma2", "gemma3_text"):  # Gemma 3 adds q/k norms and its sliding layers' rotation
         gemma3 = config.model_type == "gemma3_text"
         return Switches(
@@ -82,11 +97,11 @@ def switches(config) -> Switches:
             sandwich=True,
             qk_norm=gemma3,
             window=config.sliding_window,
-            window_pattern=config.sliding_window_pattern if gemma3 else 2,
+            sliding_layers=sliding_layers(config, config.sliding_window_pattern if gemma3 else 2),
             query_scale=config.query_pre_attn_scalar,
             attention_softcap=config.attn_logit_softcapping,
             logit_softcap=config.final_logit_softcapping,
-            local_rope_theta=config.rope_local_base_freq if gemma3 else None,
+            local_rotation=gemma3,
         )
     if config.model_type == "olmo2":
         return Switches(qkv_bias=bias, o_bias=bias, qk_norm=True, flat_qk_norm=True, post_norm=True)

@@ -62,8 +62,8 @@ class TFLlamaMainLayer(keras.layers.Layer):
         self.norm = rms_norm(config, flags, "norm")
         # By whether a layer slides: Gemma 3's sliding layers turn by a rotation of their own.
         self.rotations = {False: rope.rotary(config, head_dim(config))}
-        if flags.local_rope_theta is not None:
-            self.rotations[True] = rope.local_rotary(config, head_dim(config), flags.local_rope_theta)
+        if flags.local_rotation:
+            self.rotations[True] = rope.rotary(config, head_dim(config), "sliding_attention")
 
     def build(self, input_shape=None):
         build_children(self, (self.embed_tokens, None), *((layer, None) for layer in self.layers), (self.norm, None))

@@ -31,32 +31,41 @@ class Rotary:
     scale: float = 1.0
 
 
-def rope_parameters(config) -> dict:
-    """{"rope_type": ..., "rope_theta": ..., and the type's own keys}, from either form of config."""
+def rope_parameters(config, layer: str = "full_attention") -> dict:
+    """{"rope_type": ..., "rope_theta": ..., and the type's own keys} of the layers of type `layer` (their
+    `layer_types` name: Gemma 3's sliding layers turn by a rotation of their own), from either form of config."""
     given = getattr(config, "rope_parameters", None)
-    if isinstance(given, dict) and given:
+    sliding = layer == "sliding_attention"
+    if isinstance(given, dict) and any(isinstance(value, dict) for value in given.values()):
+        found = dict(given.get(layer) or {})  # v5's Gemma 3: one set per layer type
+    elif isinstance(given, dict) and given:
         found = dict(given)
+    elif sliding:  # 4.x's Gemma 3: the default rule at a base of its own
+        found = {"rope_type": "default"}
     else:
         found = dict(getattr(config, "rope_scaling", None) or {})
-    found.setdefault("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
+    base = getattr(config, "rope_local_base_freq" if sliding else "rope_theta", None)
+    found.setdefault("rope_theta", base or 10000.0)
     found["rope_type"] = found.get("rope_type") or found.get("type") or "default"
     return found
 
 
 def check(config) -> None:
     """A rope_type the TF classes do not compute is an error naming the key, before any weight loads."""
-    kind = rope_parameters(config)["rope_type"]
-    if kind not in IMPLEMENTED:
-        raise ValueError(
-            f"rope_scaling.rope_type {kind!r}: tfclm's TF {config.model_type} computes {', '.join(IMPLEMENTED)} "
-            f"rotary embeddings, not {kind!r}"
-        )
+    for layer in ("full_attention", "sliding_attention"):
+        kind = rope_parameters(config, layer)["rope_type"]
+        if kind not in IMPLEMENTED:
+            raise ValueError(
+                f"rope_scaling.rope_type {kind!r}: tfclm's TF {config.model_type} computes {', '.join(IMPLEMENTED)} "
+                f"rotary embeddings, not {kind!r}"
+            )
 
 
-def rotary(config, head_dim: int) -> Rotary:
-    """The config's rotation, after refusing a rope_type the TF classes do not compute."""
+def rotary(config, head_dim: int, layer: str = "full_attention") -> Rotary:
+    """The rotation of the config's layers of type `layer`, after refusing a rope_type the TF classes do not
+    compute."""
     check(config)
-    parameters = rope_parameters(config)
+    parameters = rope_parameters(config, layer)
     dim = rotary_dim(config, head_dim)
     powers = _powers(parameters["rope_theta"], dim)
     inverse = (np.float32(1.0) / powers).astype(np.float32)
@@ -70,11 +79,6 @@ def rotary(config, head_dim: int) -> Rotary:
     if kind == "longrope":
         return _longrope(config, parameters, powers)
     return Rotary(inverse)
-
-
-def local_rotary(config, head_dim: int, theta: float) -> Rotary:
-    """Gemma 3's rotation of its sliding layers: the default one, of base `theta` (rope_local_base_freq)."""
-    return Rotary((np.float32(1.0) / _powers(theta, rotary_dim(config, head_dim))).astype(np.float32))
 
 
 def rotary_dim(config, head_dim: int) -> int:
