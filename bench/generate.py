@@ -6,6 +6,11 @@ random weights (no download), 100 new tokens, top-k 50 + top-p 0.95, at batch
 compile again. Also a plain `tf.function(generate, jit_compile=True)` with
 transformers' own warpers, to show what the fused top-k/top-p step buys.
 
+Each batch's row also prints the memory bound: a decoding step reads every
+weight once and the KV cache up to its position, so this machine's read
+bandwidth (the best of float32 matrix-vector products over 256 MB) over
+those bytes caps the steps a second; new tokens/s is at most batch x that.
+
     .venv/bin/python bench/generate.py [--new-tokens 100] [--repeats 2]
 """
 
@@ -82,9 +87,15 @@ def main():
         f"architecture, random weights; "
         f"{args.new_tokens} new tokens, top-k 50 + top-p 0.95; best of {args.repeats}"
     )
-    print(f"{'batch':>5} {'eager tok/s':>12} {'tfclm XLA tok/s':>16} {'ratio':>7} {'first call (compile) s':>23}")
+    bandwidth = read_bandwidth()
+    per_step = step_bytes(model, prompt_tokens=12, new_tokens=args.new_tokens)
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (float32 matvec); a batch-1 step reads {per_step / 1e6:.0f} MB")
+    header = f"{'batch':>5} {'eager tok/s':>12} {'tfclm XLA tok/s':>16} {'ratio':>7} {'first call (compile) s':>23}"
+    print(header + f" {'memory bound tok/s':>19} {'XLA of bound':>13}")
     for batch, e, x, c in rows:
-        print(f"{batch:>5} {e:>12.1f} {x:>16.1f} {x / e:>6.2f}x {c:>23.1f}")
+        # The weights are read once a step for the whole batch; each row reads its own cache.
+        bound = batch * bandwidth / (per_step + (batch - 1) * cache_bytes(model, 12, args.new_tokens))
+        print(f"{batch:>5} {e:>12.1f} {x:>16.1f} {x / e:>6.2f}x {c:>23.1f} {bound:>19.1f} {x / bound:>12.0%}")
     print(
         f"plain tf.function(generate, jit_compile=True), transformers' warpers, batch 1: {plain_tps:.1f} tok/s "
         f"(tfclm XLA is {rows[0][2] / plain_tps:.2f}x that)"
@@ -93,6 +104,32 @@ def main():
         f"second prompt length in the same bucket: {second_s:.2f} s (the first length again: {first_again_s:.2f} s); "
         f"new traces: {xla.traces - traces}"
     )
+
+
+def read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes read a second by the best of `repeats` float32 matrix-vector products over `megabytes` (what a
+    decoding step does with each weight matrix), on every core."""
+    side = int((megabytes * 2**20 / 4) ** 0.5)
+    matrix, vector = tf.random.normal([side, side]), tf.random.normal([side])
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tf.linalg.matvec(matrix, vector).numpy()
+        best = min(best, time.perf_counter() - started)
+    return side * side * 4 / best
+
+
+def cache_bytes(model, prompt_tokens: int, new_tokens: int) -> float:
+    """The keys and values one row's step reads, at the middle of its answer (float32)."""
+    config = model.config
+    positions = prompt_tokens + new_tokens / 2
+    return 2 * config.n_layer * config.n_embd * positions * 4
+
+
+def step_bytes(model, prompt_tokens: int, new_tokens: int) -> float:
+    """What a batch-1 decoding step reads: every weight once (float32) and the cache."""
+    weights = sum(v.shape.num_elements() for v in model.weights) * 4
+    return weights + cache_bytes(model, prompt_tokens, new_tokens)
 
 
 if __name__ == "__main__":
