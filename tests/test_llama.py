@@ -203,7 +203,7 @@ def test_cached_decoding_greedy_tokens_padding_and_xla(name, tmp_path):
     "fields, said",
     [
         (dict(model_type="llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "rope_type 'dynamic'"),
-        (dict(model_type="qwen2", use_sliding_window=True), "use_sliding_window: tfclm's TF qwen2 attends"),
+        (dict(model_type="gemma2", layer_types=["sliding_attention", "chunked_attention"]), "layer_types: one of"),
         (dict(model_type="llama", pretraining_tp=2), "pretraining_tp: tfclm's TF llama computes"),
     ],
 )
@@ -323,6 +323,20 @@ def test_a_gemma3_config_in_v5s_form_with_layer_types_gives_v5s_logits(tmp_path)
     saved = saved_by_v5(tmp_path, fields, "the list type holds items in order and the dict type maps keys")
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["layer_types"] == fields["layer_types"] and "full_attention" in written["rope_parameters"]
+    assert len(saved["ids"]) > fields["sliding_window"]
+    model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
+    got = model(input_ids=np.array([saved["ids"]])).logits.numpy()[0]
+    assert np.abs(got - np.array(saved["logits"])).max() < 1e-4
+
+
+def test_qwen2s_sliding_window_covers_the_layers_from_max_window_layers_as_v5s(tmp_path):
+    """use_sliding_window: the layers from max_window_layers on slide (v5's and Qwen's rule; 4.52's eager
+    attention windows every layer), here the second of two, over a text longer than the window."""
+    from transformers import TFAutoModelForCausalLM
+
+    fields = {**SMALL, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 3, "max_window_layers": 1}
+    saved = saved_by_v5(tmp_path, fields, "the list type holds items in order and the dict type maps keys")
+    assert json.loads((tmp_path / "config.json").read_text())["layer_types"] == ["full_attention", "sliding_attention"]
     assert len(saved["ids"]) > fields["sliding_window"]
     model = TFAutoModelForCausalLM.from_pretrained(str(tmp_path))
     got = model(input_ids=np.array([saved["ids"]])).logits.numpy()[0]

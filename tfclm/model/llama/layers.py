@@ -52,9 +52,11 @@ class Switches:
         return self.sliding_layers is None or self.sliding_layers[index]
 
 
-def sliding_layers(config, pattern: int = 0) -> tuple[bool, ...] | None:
+def sliding_layers(config, pattern: int = 0, first: int | None = None) -> tuple[bool, ...] | None:
     """Which layers slide: v5's (and 4.53's) `layer_types` where the config has them, else every layer but each
-    `pattern`-th (4.x's Gemma: sliding_window_pattern, Gemma 2's 2); None: every layer."""
+    `pattern`-th (4.x's Gemma: sliding_window_pattern, Gemma 2's 2), or those from `first` on (Qwen's
+    max_window_layers, as v5 and Qwen's code take it; 4.52's eager attention windows every layer); None: every
+    layer."""
     types = getattr(config, "layer_types", None)
     if types:
         kinds = ("sliding_attention", "full_attention")
@@ -65,6 +67,8 @@ def sliding_layers(config, pattern: int = 0) -> tuple[bool, ...] | None:
         return tuple(t == "sliding_attention" for t in types)
     if pattern:
         return tuple((index + 1) % pattern != 0 for index in range(config.num_hidden_layers))
+    if first is not None:
+        return tuple(index >= first for index in range(config.num_hidden_layers))
     return None
 
 
@@ -75,15 +79,19 @@ ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_new"}
 def switches(config) -> Switches:
     """The family's switches, after refusing what the TF classes do not implement."""
     rope.check(config)
-    if getattr(config, "use_sliding_window", False):
-        raise ValueError(f"use_sliding_window: tfclm's TF {config.model_type} attends to the whole context only")
     if getattr(config, "pretraining_tp", 1) != 1:
         raise ValueError("pretraining_tp: tfclm's TF llama computes the projections whole; set it to 1")
     bias = bool(getattr(config, "attention_bias", False))
-    if config.model_type == "qwen2":
-        return Switches(qkv_bias=True)
-    if config.model_type == "qwen3":
-        return Switches(qkv_bias=bias, o_bias=bias, qk_norm=True)
+    if config.model_type in ("qwen2", "qwen3"):
+        window = config.sliding_window if getattr(config, "use_sliding_window", False) else None
+        qwen3 = config.model_type == "qwen3"
+        return Switches(
+            qkv_bias=bias if qwen3 else True,
+            o_bias=bias and qwen3,
+            qk_norm=qwen3,
+            window=window,
+            sliding_layers=sliding_layers(config, first=config.max_window_layers),
+        )
     if config.model_type == "gemma":
         return Switches(qkv_bias=bias, o_bias=bias, gemma=True)
     if config.model_type == "mistral":
