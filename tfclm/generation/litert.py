@@ -78,7 +78,12 @@ class CacheShapes:
         return [1, self.max_length, self.kv_heads, self.head_dim]
 
     def names(self) -> list[str]:
-        return [f"kv_cache_{kind}_{i}" for i in range(self.layers) for kind in "kv"]
+        return cache_names(self.layers)
+
+
+def cache_names(layers: int) -> list[str]:
+    """The cache's input and output names, as LiteRT-LM names them: keys then values, layer by layer."""
+    return [f"kv_cache_{kind}_{i}" for i in range(layers) for kind in "kv"]
 
 
 class LiteRTModule(tf.Module):

@@ -22,7 +22,7 @@ import numpy as np
 
 from tfclm.config import GenerationOptions
 from tfclm.errors import ConfigError, EnvironmentFailure
-from tfclm.generation.litert import read_spec, signature_name
+from tfclm.generation.litert import cache_names, read_spec, signature_name
 from tfclm.generation.samples import Sample, chat_replies
 
 # Perplexity is measured on this many blocks at most: enough to compare float and int8, quick on a phone-sized CPU.
@@ -56,10 +56,7 @@ class LiteRTGenerator:
         self.max_length = self.spec["max_length"]
 
     def empty_cache(self) -> dict:
-        shape = self.spec["cache_shape"]
-        return {
-            f"kv_cache_{kind}_{i}": np.zeros(shape, np.float32) for i in range(self.spec["layers"]) for kind in "kv"
-        }
+        return {name: np.zeros(self.spec["cache_shape"], np.float32) for name in cache_names(self.spec["layers"])}
 
     def run(self, tokens: list[int], start: int, cache: dict) -> tuple[np.ndarray, dict]:
         """Logits [len(tokens), vocab] for `tokens` at positions start..., and the cache after them; chunks
