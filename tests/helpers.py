@@ -195,6 +195,32 @@ TINY_CONFIGS = {
 }
 
 
+# tfclm's own classes' PyTorch references: a tiny random model of any family, saved as the Hub saves it.
+SMALL = dict(
+    vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=95,
+)  # fmt: skip
+
+
+def pytorch_model(fields: dict, folder, dtype=None, **save):
+    """A random tiny PyTorch model of `fields`, saved in `folder` as the Hub's checkpoints are."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    # Eager attention: PyTorch's SDPA leaves out Gemma 2's soft-capping.
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**SMALL, **fields}), attn_implementation="eager")
+    model = model.eval()
+    with torch.no_grad():  # norms start at 1 (Gemma's at its offset 0): random ones show a weight misread
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(str(folder), **save)
+    return model.float()
+
+
 def scratch(model_type, tokenizer, block_size=32, precision="fp32"):
     from tfclm.backend import keras
     from tfclm.config import ModelConfig

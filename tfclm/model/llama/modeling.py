@@ -11,10 +11,11 @@ sliding windows on every layer (Mistral, Phi-3) or on a pattern of them
 own), Gemma 2's soft-capped scores and logits and its norms around each
 branch, Phi-3's fused projections, OLMo 2's norms on the branches' outputs, Granite's multipliers, a tied or
 untied head. Layer and weight names are PyTorch's
-(`model.layers.0.self_attn.q_proj.weight`), so transformers' TF
-`from_pretrained` reads the Hub's PyTorch safetensors one to one, without
-PyTorch, and `tfclm.auto` registers the classes with `TFAutoModelForCausalLM`
-and `TFAutoModel` (after `import tfclm`, on their first use).
+(`model.layers.0.self_attn.q_proj.weight`), so `from_pretrained` reads the
+Hub's PyTorch safetensors one to one, without PyTorch (through
+`tfclm.model.streaming`, a slice at a time into the variables), and
+`tfclm.auto` registers the classes with `TFAutoModelForCausalLM` and
+`TFAutoModel` (after `import tfclm`, on their first use).
 
 Attention scores, the mask and the softmax are float32 whatever the compute
 dtype, so bf16 training sees no overflowing mask (transformers' TF Mistral
@@ -37,6 +38,7 @@ from transformers.modeling_tf_outputs import TFBaseModelOutputWithPast, TFCausal
 from transformers.modeling_tf_utils import TFCausalLanguageModelingLoss, TFPreTrainedModel, unpack_inputs
 
 from tfclm.backend import keras, tf
+from tfclm.model import streaming
 from tfclm.model.llama import rope
 from tfclm.model.llama.layers import (
     TFLlamaDecoderLayer,
@@ -115,6 +117,13 @@ class TFLlamaMainLayer(keras.layers.Layer):
 class TFLlamaPreTrainedModel(TFPreTrainedModel):
     config_class = LlamaConfig
     base_model_prefix = "model"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained`, with the Hub's PyTorch safetensors read by `tfclm.model.streaming`: a
+        slice at a time into the variables, so loading takes little more memory than the weights themselves."""
+        with streaming.streamed(pretrained_model_name_or_path, kwargs):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 class TFLlamaModel(TFLlamaPreTrainedModel):
