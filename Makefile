@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: train test test-fast coverage lint format install docs clean
+.PHONY: train test test-fast coverage lint format install docs bench-peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,20 @@ $(VENV)/.installed-docs: setup.cfg setup.py | $(PY)
 # The documentation site, from docs/ into site/; --strict fails on a broken link or a page left out of the nav.
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# bench/peers/run.py: tfclm against PyTorch transformers and KerasHub (JAX), each peer in a venv of its own.
+$(VENV)/peers/pytorch/.installed:
+	$(PYTHON) -m venv $(VENV)/peers/pytorch
+	$(VENV)/peers/pytorch/bin/pip install --quiet 'torch==2.13.0' 'transformers>=5,<6' numpy
+	touch $@
+
+$(VENV)/peers/kerashub/.installed:
+	$(PYTHON) -m venv $(VENV)/peers/kerashub
+	$(VENV)/peers/kerashub/bin/pip install --quiet 'keras-hub>=0.32,<1' 'keras>=3.10,<4' 'jax[cpu]>=0.7,<1' numpy
+	touch $@
+
+bench-peers: $(VENV)/.installed $(VENV)/peers/pytorch/.installed $(VENV)/peers/kerashub/.installed
+	$(PY) bench/peers/run.py
 
 train: $(VENV)/.installed
 	$(PY) -m tfclm fit --config $(CONFIG)

@@ -68,22 +68,9 @@ def torch_model():
 
 
 def torch_train(blocks, batch):
-    import torch
+    from peers.worker import torch_train
 
-    model = torch_model().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
-    batches = iter(torch.tensor(blocks, dtype=torch.long).split(batch) * 10**6)
-
-    def step():
-        ids = next(batches)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss)
-
-    return step
+    return torch_train(torch_model(), blocks, batch, autocast=True)
 
 
 def tfclm_generate(blocks, batch, new_tokens):
@@ -104,17 +91,9 @@ def tfclm_generate(blocks, batch, new_tokens):
 
 
 def torch_generate(blocks, batch, new_tokens):
-    import torch
+    from peers.worker import torch_generate
 
-    model = torch_model().eval()
-    ids = torch.tensor(blocks[:1, :PROMPT], dtype=torch.long)
-
-    def step():
-        with torch.no_grad():
-            return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens)  # fmt: skip
-
-    return step
+    return torch_generate(torch_model(), blocks[:1, :PROMPT], new_tokens)
 
 
 NEW_TOKENS = int(os.environ.get("TFCLM_BENCH_NEW_TOKENS", "32"))

@@ -39,13 +39,12 @@ card), and MFU is over the matmul probes of whatever device runs it.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
+from steps import REPLY, peak_mb, reply, timed_steps
 
 from tfclm.backend import keras, tf
 from tfclm.training.flops import flops_per_token
@@ -121,9 +120,6 @@ MEMORY_VARIANTS = (
 )
 
 
-REPLY = "@@ "  # marks the worker's lines on its stdout: libraries print there too
-
-
 def serve(name, warmup, batch, block, variants=None):
     """A worker: builds `name` (of `variants`, by default this bench's), runs `warmup` steps, then one timed step
     for each "step" line on stdin; at the end of stdin, the steps it timed and its process's peak resident memory.
@@ -133,38 +129,26 @@ def serve(name, warmup, batch, block, variants=None):
     for _ in range(warmup):
         step()
     reply({"ready": name})
-    timed = 0
-    for line in sys.stdin:
-        if line.strip() != "step":
-            break
-        start = time.perf_counter()
-        step()
-        reply({"seconds": time.perf_counter() - start})
-        timed += 1
-    found = {"steps": timed, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB
+    found = {"steps": timed_steps(step), "peak_mb": peak_mb()}
     if tf.config.list_logical_devices("GPU"):  # the process's resident memory says nothing of the GPU's
         found["gpu_peak_mb"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     reply(found)
-
-
-def reply(found: dict) -> None:
-    print(REPLY + json.dumps(found), flush=True)
 
 
 class Worker:
     """A variant in a process of its own (so its peak memory is its own), which waits between the steps it is
     asked for: two workers alive at once take turns step by step, and a slow minute of the machine falls on both."""
 
-    def __init__(self, name, warmup, batch, block, script=__file__):
-        self.name, self.log = name, tempfile.TemporaryFile("w+")
-        command = [sys.executable, script, "--serve", name, "--warmup", str(warmup)]
-        command += ["--batch", str(batch), "--block", str(block)]
+    def __init__(self, name, warmup, batch, block, script=__file__, python=sys.executable, options=(), label=None):
+        self.name, self.log = label or name, tempfile.TemporaryFile("w+")
+        command = [python, script, "--serve", name, "--warmup", str(warmup)]
+        command += ["--batch", str(batch), "--block", str(block), *options]
         # Two TensorFlow processes share a GPU only if neither takes all its memory at the start.
         env = {**os.environ, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
         )
-        self.answer()
+        self.ready = self.answer()
 
     def step(self) -> float:
         self.process.stdin.write("step\n")
@@ -246,6 +230,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, in each process")
     parser.add_argument("--rounds", type=int, default=3, help="rounds a variant, each with the recipe")
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
+    parser.add_argument("--probe-repeats", type=int, default=10, help="timed matmuls in each peak probe")
     parser.add_argument("--only", choices=["speed", "memory"], help="run one of the two parts")
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), metavar="NAME", help="time these (and the recipe) alone"
@@ -266,8 +251,9 @@ def speed(args):
     model = distilgpt2()
     params = sum(v.shape.num_elements() for v in model.trainable_variables)
     per_token, tokens = flops_per_token(model, args.block), args.batch * args.block
-    peak32, peak16 = matmul_peak(tf.float32, repeats=10), matmul_peak(tf.bfloat16, repeats=10)
-    xla32, xla16 = matmul_peak(tf.float32, repeats=10, jit=True), matmul_peak(tf.bfloat16, repeats=10, jit=True)
+    probe = dict(repeats=args.probe_repeats)
+    peak32, peak16 = matmul_peak(tf.float32, **probe), matmul_peak(tf.bfloat16, **probe)
+    xla32, xla16 = matmul_peak(tf.float32, jit=True, **probe), matmul_peak(tf.bfloat16, jit=True, **probe)
     names = [name for name in VARIANTS if name != RECIPE and (not args.variants or name in args.variants)]
     shape = (args.warmup, args.batch, args.block)
     recipe_worker, rounds, peaks = Worker(RECIPE, *shape), {name: [] for name in names}, {}
