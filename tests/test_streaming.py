@@ -27,9 +27,11 @@ CHECKPOINTS = {
 
 @pytest.fixture(scope="module", params=sorted(CHECKPOINTS))
 def checkpoint(request, tmp_path_factory):
+    import torch
+
     fields, dtype, save = CHECKPOINTS[request.param]
     folder = tmp_path_factory.mktemp("checkpoint")
-    pytorch_model(fields, folder, dtype=dtype and getattr(__import__("torch"), dtype), **save)
+    pytorch_model(fields, folder, dtype=getattr(torch, dtype) if dtype else None, **save)
     return str(folder), CLASSES[fields["model_type"]][1]
 
 

@@ -8,9 +8,10 @@ PyTorch's (out, in) kernel is Keras' (in, out). What is resident past the variab
 checkpoint's size, and a bfloat16 checkpoint read into bfloat16 variables (a LoRA base, `base_precision: bf16`)
 takes no more than its bytes on disk.
 
-`streamed(source, kwargs)` puts this loader in place of transformers' own for one `from_pretrained` call of
-tfclm's own classes, so everything else (the Hub's resolution and cache, the config, the keys' reports) stays
-transformers'. Names are matched as transformers matches them (`convert_tf_weight_name_to_pt_weight_name`).
+`streamed(source, kwargs)` hands this loader the safetensors of one `from_pretrained` call of tfclm's own
+classes (transformers' loaders are wrapped once, and the wrappers pass every other call on), so everything else
+(the Hub's resolution and cache, the config, the keys' reports) stays transformers'. Names are matched as
+transformers matches them (`convert_tf_weight_name_to_pt_weight_name`).
 """
 
 import contextlib
@@ -37,9 +38,8 @@ class SafetensorsFile:
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(length))
-        self.data_start = 8 + length
-        self.metadata = header.pop("__metadata__", None) or {}
-        self.tensors = header
+        header.pop("__metadata__", None)
+        self.data_start, self.tensors = 8 + length, header
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.tensors[name]["shape"])
@@ -114,9 +114,10 @@ def _pt_name(weight, keys, drop: str, prefix: str, rename):
 
 def load_files(model, files, *, ignore_mismatched_sizes=False, _prefix=None, tf_to_pt_weight_rename=None,
                slice_bytes=SLICE_BYTES, **_unused) -> dict:  # fmt: skip
-    """Every tensor of the safetensors `files` that names one of the built `model`'s weights, into that weight;
-    transformers' loading info back (missing, unexpected and mismatched keys)."""
-    sources = [SafetensorsFile(path) for path in files]
+    """Every tensor of the safetensors `files` (paths, or SafetensorsFile already read) that names one of the
+    built `model`'s weights, into that weight; transformers' loading info back (missing, unexpected and
+    mismatched keys)."""
+    sources = [f if isinstance(f, SafetensorsFile) else SafetensorsFile(f) for f in files]
     where = {name: source for source in sources for name in source.tensors}
     unexpected, missing, mismatched = set(where), [], []
     drop = "" if any(k.startswith(model.base_model_prefix) for k in where) else model.base_model_prefix + "."
@@ -165,10 +166,10 @@ def _loader(files_of, original):
     reads; transformers' own everywhere else."""
 
     def load(tf_model, archive, *args, output_loading_info=False, **kwargs):
-        files = files_of(archive) if getattr(_ACTIVE, "call", None) else []
-        if not files or not all(SafetensorsFile(path).readable() for path in files):
+        sources = [SafetensorsFile(p) for p in files_of(archive)] if getattr(_ACTIVE, "call", None) else []
+        if not sources or not all(source.readable() for source in sources):
             return original(tf_model, archive, *args, output_loading_info=output_loading_info, **kwargs)
-        info = load_files(tf_model, files, **kwargs)
+        info = load_files(tf_model, sources, **kwargs)
         pt_utils._log_key_warnings(
             info["missing_keys"], info["unexpected_keys"], info["mismatched_keys"], class_name=type(tf_model).__name__
         )
